@@ -1,0 +1,1 @@
+"""Cortex: planners, the orchestrator loop and the ``mnemobot`` command."""

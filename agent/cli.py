@@ -1,0 +1,133 @@
+"""The ``mnemobot`` command: ``mnemobot <verb> [options]``.
+
+Usage::
+
+    mnemobot run --task-id fetch --seed 3
+    mnemobot run --task "put the red cube on the tray" --seed 1 --summary-json out.json
+    mnemobot tasks
+
+Exit codes: 0 success, 1 the episode ran but the task failed, 2 bad input (unknown task,
+object or place, bad option), 3 the environment is missing a package or broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the seed must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the seed must be >= 0, got {value}")
+    return value
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run one simulated episode end to end",
+        description="Run one episode in the pybullet household: plan, act, score.",
+    )
+    p.add_argument("--task-id", default="fetch", help="task family to generate (see 'mnemobot tasks'; default: fetch)")
+    p.add_argument("--task", default=None, help="instruction text to carry out instead of the generated one")
+    p.add_argument("--seed", type=_seed, default=0, help="world and task seed (default: 0)")
+    p.add_argument("--gui", action="store_true", help="open the pybullet GUI window")
+    p.add_argument("--steps-limit", type=_positive_int, default=None, help="stop after this many control ticks")
+    p.add_argument("--summary-json", type=Path, default=None, help="write the run summary to this JSON file")
+    p.add_argument("--agent", choices=("planner", "expert"), default="planner",
+                   help="'planner': perception-driven agent (default); 'expert': scripted expert on ground truth")
+    p.add_argument("--width", type=_positive_int, default=320, help="camera width in pixels (default: 320)")
+    p.add_argument("--height", type=_positive_int, default=240, help="camera height in pixels (default: 240)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
+
+
+def _add_tasks(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("tasks", help="list task families, places and objects",
+                   description="List the task families, places and objects of the household world.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnemobot",
+        description="mnemobot: an embodied robot agent stack built around memory.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    _add_run(sub)
+    _add_tasks(sub)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mnemobot.agent.episode import RunConfig, run_episode
+
+    cfg = RunConfig(
+        task_id=args.task_id,
+        task_text=args.task,
+        seed=args.seed,
+        gui=args.gui,
+        steps_limit=args.steps_limit,
+        agent=args.agent,
+        width=args.width,
+        height=args.height,
+    )
+    progress = None if args.quiet else (lambda msg: print(msg, flush=True))
+    summary = run_episode(cfg, progress=progress)
+    print(summary.render())
+    if args.summary_json is not None:
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return EXIT_OK if summary.success else EXIT_TASK_FAILED
+
+
+def _cmd_tasks(_args: argparse.Namespace) -> int:
+    from mnemobot.agent.episode import describe_world
+
+    print(describe_world())
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from mnemobot.agent.errors import UserError
+
+    handlers = {"run": _cmd_run, "tasks": _cmd_tasks}
+    try:
+        return handlers[args.verb](args)
+    except UserError as e:
+        print(f"mnemobot: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as e:
+        print(f"mnemobot: error: {e}", file=sys.stderr)
+        return EXIT_ENV
+    except KeyboardInterrupt:
+        print("mnemobot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

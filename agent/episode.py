@@ -1,0 +1,180 @@
+"""One simulated episode end to end: build the world, plan, act, score, summarise.
+
+Usage::
+
+    summary = run_episode(RunConfig(task_id="fetch", seed=3), progress=print)
+    print(summary.render())
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from mnemobot.agent.errors import UserError
+from mnemobot.agent.orchestrator import Orchestrator, RunOutcome
+from mnemobot.agent.planner import Goal, PlanningContext, RulePlanner, parse_instruction
+from mnemobot.control.controllers import Controller
+from mnemobot.control.executor import ExecutorConfig, SkillExecutor
+from mnemobot.control.skills import SkillContext
+from mnemobot.memory.types import ObjectLocator
+from mnemobot.memory.visible import VisibleObjects
+from mnemobot.perception.types import Observation
+
+__all__ = ["EpisodeSummary", "RunConfig", "describe_world", "run_episode"]
+
+
+@dataclass
+class RunConfig:
+    """One episode. ``agent``: ``planner`` (perception-driven) or ``expert`` (ground truth)."""
+
+    task_id: str = "fetch"
+    task_text: str | None = None
+    seed: int = 0
+    gui: bool = False
+    steps_limit: int | None = None
+    agent: str = "planner"
+    width: int = 320
+    height: int = 240
+    perceive_hz: float = 5.0
+    max_replans: int = 1
+
+
+@dataclass
+class EpisodeSummary:
+    """The run summary printed by ``mnemobot run`` and written by ``--summary-json``."""
+
+    task: str
+    task_id: str
+    seed: int
+    agent: str
+    success: bool
+    steps: int
+    planner_calls: int
+    sim_s: float
+    wall_s: float
+    skills_executed: int
+    stop_reason: str
+    skills: list[dict[str, object]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["sim_s"], d["wall_s"] = round(self.sim_s, 3), round(self.wall_s, 3)
+        return d
+
+    def render(self) -> str:
+        failed = [s for s in self.skills if not s["success"]]
+        lines = [
+            "",
+            f"task        : {self.task}",
+            f"task id     : {self.task_id} (seed {self.seed}, agent {self.agent})",
+            f"result      : {'SUCCESS' if self.success else 'FAILURE'}"
+            + ("" if self.success or not self.stop_reason else f" ({self.stop_reason})"),
+            f"skills      : {self.skills_executed} executed, {len(failed)} failed",
+            f"steps       : {self.steps} control ticks",
+            f"planner     : {self.planner_calls} call(s)",
+            f"time        : {self.sim_s:.1f} s simulated, {self.wall_s:.1f} s wall",
+        ]
+        return "\n".join(lines)
+
+
+def _make_env(cfg: RunConfig):  # noqa: ANN202 - HouseholdEnv, imported lazily (sim extra)
+    from mnemobot.sim.env import EnvConfig, HouseholdEnv
+    from mnemobot.sim.tasks import TASK_FAMILIES
+
+    if cfg.task_id not in TASK_FAMILIES:
+        raise UserError(f"unknown task id {cfg.task_id!r}; available: {', '.join(sorted(TASK_FAMILIES))}")
+    return HouseholdEnv(EnvConfig(task_family=cfg.task_id, width=cfg.width, height=cfg.height, gui=cfg.gui))
+
+
+def _locator(cfg: RunConfig, env) -> ObjectLocator:  # noqa: ANN001
+    if cfg.agent == "expert":
+        from mnemobot.sim.expert import GroundTruthLocator
+
+        return GroundTruthLocator(env.backend, env.site_map)
+    if cfg.agent == "planner":
+        return VisibleObjects()
+    raise UserError(f"unknown agent {cfg.agent!r}; use 'planner' or 'expert'")
+
+
+def _build_context(env, locator: ObjectLocator) -> SkillContext:  # noqa: ANN001
+    robot = env.robot
+    ctx = SkillContext(
+        robot=robot,
+        controller=Controller(robot.spec),
+        site=env.site_map,
+        locator=locator,
+        perceive=lambda: None,
+    )
+
+    def perceive() -> Observation:
+        obs = robot.observe()
+        locator.update(obs, place=ctx.at_place)
+        return obs
+
+    ctx.perceive = perceive
+    return ctx
+
+
+def _score(env, instruction: str, goals: list[Goal], custom: bool) -> bool:  # noqa: ANN001
+    """Task success on simulator ground truth (scoring only)."""
+    if not custom:
+        return bool(env.task.success(env.backend))
+    from mnemobot.sim.expert import goals_satisfied
+
+    return goals_satisfied(goals, env.backend, env.site_map, env.robot.read())
+
+
+def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> EpisodeSummary:
+    """Run one episode; bad input raises :class:`UserError`."""
+    say = progress or (lambda _m: None)
+    env = _make_env(cfg).unwrapped
+    try:
+        env.reset(seed=cfg.seed)
+        instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
+        pctx = PlanningContext(env.site_map, vocabulary=set(env.backend.object_labels()))
+        goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
+        ctx = _build_context(env, _locator(cfg, env))
+        executor = SkillExecutor(
+            ctx,
+            ExecutorConfig(perceive_hz=0.0 if cfg.agent == "expert" else cfg.perceive_hz, step_budget=cfg.steps_limit),
+        )
+        say(f"task: {instruction}")
+        wall0 = time.perf_counter()
+        executor.start()
+        sim0 = ctx.state.t
+        outcome: RunOutcome = Orchestrator(RulePlanner(), executor, pctx, say, cfg.max_replans).run(instruction)
+        wall = time.perf_counter() - wall0
+        success = _score(env, instruction, goals, cfg.task_text is not None)
+        return EpisodeSummary(
+            task=instruction,
+            task_id=cfg.task_id if cfg.task_text is None else "custom",
+            seed=cfg.seed,
+            agent=cfg.agent,
+            success=success,
+            steps=executor.ticks,
+            planner_calls=outcome.planner_calls,
+            sim_s=ctx.state.t - sim0,
+            wall_s=wall,
+            skills_executed=len(outcome.results),
+            stop_reason=outcome.stop_reason or ("" if success else "goal not reached"),
+            skills=[r.to_dict() for r in outcome.results],
+        )
+    finally:
+        env.close()
+
+
+def describe_world() -> str:
+    """Task families, places and objects of the default household."""
+    from mnemobot.sim.layout import DEFAULT_LAYOUT
+    from mnemobot.sim.tasks import TASK_FAMILIES
+
+    site = DEFAULT_LAYOUT.site_map()
+    lines = ["task families (--task-id):"]
+    lines += [f"  {name:8s} {getattr(fam, 'description', '')}" for name, fam in sorted(TASK_FAMILIES.items())]
+    lines.append("rooms: " + ", ".join(sorted(site.rooms)))
+    lines.append("places:")
+    lines += [f"  {p.words:20s} ({p.label}, {p.room}, {p.relation})" for p in site.places.values()]
+    lines.append("objects: " + ", ".join(o.label.replace("_", " ") for o in DEFAULT_LAYOUT.objects))
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""Planners (cortex): instruction + context -> a plan of skill calls.
+
+The default :class:`RulePlanner` is embedded and needs no model: it parses instructions made of
+clauses ("put the X on/in the Y", "bring the X [from the ROOM] to the Y", "open/close the Y",
+"go to the Z"), joined by "then", "and" or commas, into goals, and expands each goal into
+skill calls while tracking which containers the plan has opened. Object positions are never
+part of the plan: ``find`` resolves them at run time from perception or memory.
+
+Usage::
+
+    planner = make_planner(PlannerConfig(type="rule"))
+    plan = planner.plan("put the red cube on the tray", PlanningContext(site, {"red_cube"}))
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mnemobot.agent.errors import UserError
+from mnemobot.control.site import Place, SiteMap, UnknownPlaceError
+from mnemobot.control.skills import SKILLS
+
+__all__ = [
+    "Goal",
+    "InstructionError",
+    "Plan",
+    "Planner",
+    "PlannerConfig",
+    "PlanningContext",
+    "RulePlanner",
+    "SkillCall",
+    "make_planner",
+    "parse_instruction",
+]
+
+
+class InstructionError(UserError, ValueError):
+    """The instruction is empty, unparseable, or names an unknown object or place."""
+
+
+@dataclass(frozen=True)
+class SkillCall:
+    """One call of a registered skill with string arguments."""
+
+    skill: str
+    args: dict[str, str]
+
+    def __str__(self) -> str:
+        return f"{self.skill}({', '.join(v for v in self.args.values() if v)})"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A parsed clause. ``kind``: ``place`` | ``open`` | ``close`` | ``goto``."""
+
+    kind: str
+    object: str = ""
+    target: str = ""
+    relation: str = ""
+    room_hint: str = ""
+
+
+@dataclass
+class Plan:
+    """Goals parsed from the instruction and the skill calls that achieve them, in order;
+    ``goal_of[i]`` is the index of the goal that step ``i`` serves."""
+
+    instruction: str
+    goals: list[Goal]
+    steps: list[SkillCall]
+    goal_of: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PlanningContext:
+    """What a planner may use: the site map and the object vocabulary (labels the detector
+    knows). Later planners also receive a rendered memory context."""
+
+    site: SiteMap
+    vocabulary: set[str]
+    opened: set[str] = field(default_factory=set)
+
+
+class Planner(Protocol):
+    name: str
+
+    def plan(self, instruction: str, context: PlanningContext) -> Plan: ...
+
+
+@dataclass
+class PlannerConfig:
+    """``type`` picks the implementation from :data:`PLANNERS`."""
+
+    type: str = "rule"
+
+
+_CLAUSE_SPLIT = re.compile(r"\s*(?:,\s*then\s+|\bthen\b|,\s*and\s+|\band\b|;|,)\s*", re.IGNORECASE)
+_ARTICLE = r"(?:the\s+|a\s+|an\s+|my\s+)?"
+_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("place", re.compile(rf"^(?:put|place|move|set)\s+{_ARTICLE}(?P<obj>.+?)\s+(?P<rel>on|onto|in|into|inside)\s+{_ARTICLE}(?P<rec>.+)$")),
+    ("bring", re.compile(rf"^(?:bring|fetch|take|carry)\s+{_ARTICLE}(?P<obj>.+?)(?:\s+from\s+{_ARTICLE}(?P<room>.+?))?\s+to\s+{_ARTICLE}(?P<rec>.+)$")),
+    ("open", re.compile(rf"^open\s+{_ARTICLE}(?P<rec>.+)$")),
+    ("close", re.compile(rf"^(?:close|shut)\s+{_ARTICLE}(?P<rec>.+)$")),
+    ("goto", re.compile(rf"^(?:go|move|drive|navigate)\s+(?:to|into)\s+{_ARTICLE}(?P<rec>.+)$")),
+]
+
+
+def _label(words: str, vocabulary: set[str]) -> str:
+    key = words.strip().lower().replace(" ", "_")
+    if key in vocabulary:
+        return key
+    raise InstructionError(f"unknown object {words.strip()!r}; known objects: {', '.join(sorted(vocabulary))}")
+
+
+def _place(words: str, site: SiteMap) -> Place:
+    try:
+        return site.place(words)
+    except UnknownPlaceError as e:
+        raise InstructionError(str(e)) from None
+
+
+def _clause_goal(clause: str, ctx: PlanningContext, last_object: str) -> Goal:
+    text = clause.strip().rstrip(".!").lower()
+    for kind, pattern in _PATTERNS:
+        m = pattern.match(text)
+        if not m:
+            continue
+        g = m.groupdict()
+        if kind == "place":
+            obj = last_object if g["obj"] in ("it", "that") and last_object else _label(g["obj"], ctx.vocabulary)
+            rel = "in" if g["rel"] in ("in", "into", "inside") else "on"
+            return Goal("place", obj, _place(g["rec"], ctx.site).name, rel)
+        if kind == "bring":
+            rec = _place(g["rec"], ctx.site)
+            room = ctx.site.room(g["room"]).name if g.get("room") else ""
+            return Goal("place", _label(g["obj"], ctx.vocabulary), rec.name, rec.relation, room)
+        if kind == "goto":
+            try:
+                return Goal("goto", target=ctx.site.place(g["rec"]).name)
+            except UnknownPlaceError:
+                try:
+                    return Goal("goto", target=ctx.site.room(g["rec"]).name)
+                except UnknownPlaceError as e:
+                    raise InstructionError(str(e)) from None
+        return Goal(kind, target=_place(g["rec"], ctx.site).name)
+    raise InstructionError(
+        f"cannot understand {clause.strip()!r}: use clauses like 'put the X on the Y', "
+        "'bring the X to the Y', 'open the drawer', 'go to the kitchen', joined by 'then'"
+    )
+
+
+def parse_instruction(instruction: str, ctx: PlanningContext) -> list[Goal]:
+    """Split an instruction into clauses and parse each into a :class:`Goal`."""
+    if not instruction or not instruction.strip():
+        raise InstructionError("the instruction is empty")
+    goals: list[Goal] = []
+    for clause in _CLAUSE_SPLIT.split(instruction.strip()):
+        if clause:
+            goals.append(_clause_goal(clause, ctx, goals[-1].object if goals else ""))
+    return goals
+
+
+def _expand(goal: Goal, site: SiteMap, opened: set[str]) -> list[SkillCall]:
+    """Skill calls for one goal; ``opened`` is updated as the plan opens/closes containers."""
+    if goal.kind == "goto":
+        return [SkillCall("navigate_to", {"place": goal.target})]
+    if goal.kind in ("open", "close"):
+        calls = [SkillCall("navigate_to", {"place": goal.target}), SkillCall(goal.kind, {"container": goal.target})]
+        (opened.add if goal.kind == "open" else opened.discard)(goal.target)
+        return calls
+    rec = site.place(goal.target)
+    calls: list[SkillCall] = []
+    if rec.articulated and rec.name not in opened:
+        calls += [SkillCall("navigate_to", {"place": rec.name}), SkillCall("open", {"container": rec.name})]
+        opened.add(rec.name)
+    calls += [
+        SkillCall("find", {"object": goal.object, "room": goal.room_hint}),
+        SkillCall("pick", {"object": goal.object}),
+        SkillCall("navigate_to", {"place": rec.name}),
+        SkillCall("look_at", {"target": rec.name}),
+        SkillCall("place", {"object": goal.object, "receptacle": rec.name, "relation": goal.relation}),
+    ]
+    return calls
+
+
+class RulePlanner:
+    """Embedded default planner: instruction grammar + goal expansion. One call per plan."""
+
+    name = "rule"
+
+    def plan(self, instruction: str, context: PlanningContext) -> Plan:
+        return _compile(instruction, parse_instruction(instruction, context), context)
+
+    def replan(self, plan: Plan, first_goal: int, context: PlanningContext) -> Plan:
+        """A fresh plan for ``plan.goals[first_goal:]`` from the current body state."""
+        return _compile(plan.instruction, plan.goals[first_goal:], context)
+
+
+def _compile(instruction: str, goals: list[Goal], context: PlanningContext) -> Plan:
+    opened = set(context.opened)
+    steps: list[SkillCall] = []
+    goal_of: list[int] = []
+    for i, g in enumerate(goals):
+        calls = _expand(g, context.site, opened)
+        steps += calls
+        goal_of += [i] * len(calls)
+    for c in steps:
+        if c.skill not in SKILLS:
+            raise InstructionError(f"plan names unknown skill {c.skill!r}")
+    return Plan(instruction, goals, steps, goal_of)
+
+
+PLANNERS: dict[str, type] = {"rule": RulePlanner}
+
+
+def make_planner(config: PlannerConfig) -> Planner:
+    if config.type not in PLANNERS:
+        raise InstructionError(f"unknown planner type {config.type!r}; available: {', '.join(sorted(PLANNERS))}")
+    return PLANNERS[config.type]()

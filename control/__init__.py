@@ -1,0 +1,1 @@
+"""Cerebellum (skills, action expert) and brainstem (IK, joint PD, gripper, base, limits, e-stop)."""

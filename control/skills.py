@@ -1,0 +1,473 @@
+"""Scripted skills: the default action expert (cerebellum).
+
+Each skill is a generator that yields :class:`ActionChunk`s and returns a :class:`SkillResult`.
+The :class:`~mnemobot.control.executor.SkillExecutor` runs the chunks through the brainstem
+(:class:`~mnemobot.control.controllers.Controller`) and updates ``ctx.state`` after every tick,
+so a skill reads fresh proprioception after each ``yield``. Composite skills (``find``) call
+other skills with ``yield from``.
+
+Object positions come only from ``ctx.locator`` (perception or memory, or ground truth for the
+scripted expert); furniture comes from the site map.
+
+Usage::
+
+    spec = SKILLS["pick"]
+    result = executor.run(spec, {"object": "red_cube"})
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mnemobot.control.controllers import Controller
+from mnemobot.control.motion import (
+    cartesian_line,
+    gripper_move,
+    head_move,
+    hold,
+    joint_move,
+    top_down_orientation,
+    wrap_angle,
+)
+from mnemobot.control.robot import RobotInterface
+from mnemobot.control.site import Place, SiteMap, UnknownPlaceError
+from mnemobot.control.types import ActionChunk, ControlTarget, RobotState, SkillResult, SkillStatus
+from mnemobot.memory.types import ObjectEstimate, ObjectLocator
+from mnemobot.perception.types import Observation, Pose, quat_from_matrix
+
+__all__ = ["SKILLS", "SkillContext", "SkillGen", "SkillSpec", "skill"]
+
+SkillGen = Generator[ActionChunk, None, SkillResult]
+
+GRASPED_MIN_WIDTH = 0.004  # m: fingers closed further than this hold nothing
+PRE_GRASP_HEIGHT = 0.12  # m above the object's top
+LIFT_HEIGHT = 0.15  # m
+HANDLE_STANDOFF = 0.12  # m before the handle along the approach axis
+HEAD_DEFAULT = np.array([0.0, 0.55])  # pan, tilt (rad): looking ahead and down while driving
+
+
+@dataclass
+class SkillContext:
+    """What skills act through and the body-level facts they keep between calls.
+
+    ``perceive`` renders a frame, feeds the locator (and memory) and returns it.
+    ``held`` / ``held_offset`` describe the object in the hand (``held_offset``: height of the
+    grasp point above the object's bottom, m); ``opened`` the containers this robot opened.
+    """
+
+    robot: RobotInterface
+    controller: Controller
+    site: SiteMap
+    locator: ObjectLocator
+    perceive: Callable[[], Observation | None]
+    state: RobotState | None = None
+    at_place: str | None = None
+    held: str | None = None
+    held_offset: float = 0.0
+    opened: set[str] = field(default_factory=set)
+
+    @property
+    def spec(self):  # noqa: ANN201 - RobotSpec
+        return self.robot.spec
+
+    def commanded_q(self) -> np.ndarray:
+        last = self.controller.last_command
+        return np.asarray(last.arm_q if last is not None else self.state.arm_q, dtype=float)
+
+    def commanded_gripper(self) -> float:
+        last = self.controller.last_command
+        return float(last.gripper_width if last is not None else self.state.gripper_width)
+
+    def commanded_head(self) -> np.ndarray:
+        last = self.controller.last_command
+        return np.asarray(last.head if last is not None else self.state.head, dtype=float)
+
+    def commanded_ee(self) -> Pose:
+        """End-effector pose (world) of the last commanded joint targets."""
+        base = self.controller.world_to_arm_base(self.state).inverse()
+        return base @ self.controller.kinematics.fk(self.commanded_q())
+
+
+@dataclass(frozen=True)
+class SkillSpec:
+    """A registered skill: its name, argument names, generator and time budget (robot s)."""
+
+    name: str
+    params: tuple[str, ...]
+    fn: Callable[..., SkillGen]
+    timeout_s: float
+    description: str
+
+
+SKILLS: dict[str, SkillSpec] = {}
+
+
+def skill(name: str, params: tuple[str, ...], timeout_s: float, description: str):
+    """Register a skill generator under ``name`` in :data:`SKILLS`."""
+
+    def deco(fn: Callable[..., SkillGen]) -> Callable[..., SkillGen]:
+        SKILLS[name] = SkillSpec(name, params, fn, timeout_s, description)
+        return fn
+
+    return deco
+
+
+def _ok(name: str, args: dict[str, str], message: str = "", **data: object) -> SkillResult:
+    return SkillResult(name, args, SkillStatus.SUCCESS, message=message, data=dict(data))
+
+
+def _fail(name: str, args: dict[str, str], reason: str, message: str) -> SkillResult:
+    return SkillResult(name, args, SkillStatus.FAILURE, reason=reason, message=message)
+
+
+# ---------------------------------------------------------------------------- arm motions
+
+
+def _ik_world(ctx: SkillContext, pose: Pose) -> np.ndarray | None:
+    """Joint solution for a world-frame end-effector pose, seeded at the commanded joints."""
+    spec = ctx.spec
+    local = ctx.controller.world_to_arm_base(ctx.state) @ pose
+    res = ctx.controller.kinematics.ik(local, ctx.commanded_q(), spec.arm_lower, spec.arm_upper)
+    return res.q if res.success else None
+
+
+def _move_joints_to_pose(ctx: SkillContext, pose: Pose, gripper: float | None = None) -> SkillGen:
+    q = _ik_world(ctx, pose)
+    if q is None:
+        return _fail("move", {}, "unreachable", f"no arm configuration reaches {np.round(pose.position, 3)}")
+    yield joint_move(ctx.spec, ctx.commanded_q(), q, gripper_width=gripper)
+    return _ok("move", {})
+
+
+def _line_to(ctx: SkillContext, pose: Pose, speed: float = 0.2, gripper: float | None = None) -> ActionChunk:
+    return cartesian_line(ctx.commanded_ee(), pose, ctx.spec.control_dt, speed=speed, gripper_width=gripper)
+
+
+def _home(ctx: SkillContext) -> ActionChunk:
+    return joint_move(ctx.spec, ctx.commanded_q(), ctx.spec.arm_home)
+
+
+def _grasp_yaw(est: ObjectEstimate, base_yaw: float) -> float:
+    """Hand heading that closes the fingers across the object's narrow side, nearest the base's."""
+    step = math.pi / 2 if abs(est.extent[0] - est.extent[1]) < 0.01 else math.pi
+    k = round(wrap_angle(base_yaw - est.yaw) / step)
+    return wrap_angle(est.yaw + k * step)
+
+
+def _surface_z(ctx: SkillContext, place_name: str | None, default: float) -> float:
+    if place_name is None:
+        return default
+    try:
+        return float(ctx.site.place(place_name).surface.position[2])
+    except UnknownPlaceError:
+        return default
+
+
+# ---------------------------------------------------------------------------- skills
+
+
+@skill("pick", ("object",), 40.0, "Grasp an object top-down and lift it into the carry posture.")
+def pick(ctx: SkillContext, object: str) -> SkillGen:  # noqa: A002 - the skill schema's name
+    args = {"object": object}
+    if ctx.held is not None:
+        return _fail("pick", args, "hand_full", f"already holding the {ctx.held}")
+    est = ctx.locator.locate(object)
+    if est is None:
+        return _fail("pick", args, "not_found", f"the {object} is not where I can see it")
+    bottom = _surface_z(ctx, est.place, est.top_z - est.extent[2])
+    height = max(0.01, est.top_z - bottom)
+    grasp_z = max(est.top_z - min(0.025, height / 2), bottom + 0.012)
+    quat = top_down_orientation(_grasp_yaw(est, float(ctx.state.base_pose[2])))
+    above = Pose(np.array([est.position[0], est.position[1], est.top_z + PRE_GRASP_HEIGHT]), quat)
+    grasp = Pose(np.array([est.position[0], est.position[1], grasp_z]), quat)
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
+    moved = yield from _move_joints_to_pose(ctx, above)
+    if not moved.success:
+        return _fail("pick", args, moved.reason, moved.message)
+    yield _line_to(ctx, grasp, speed=0.15)
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), 0.0, settle_ticks=8)
+    if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
+        yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
+        yield _line_to(ctx, above)
+        yield _home(ctx)
+        return _fail("pick", args, "grasp_failed", f"the fingers closed on nothing at the {object}")
+    yield _line_to(ctx, Pose(grasp.position + [0, 0, LIFT_HEIGHT], quat))
+    yield _home(ctx)
+    if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
+        return _fail("pick", args, "dropped", f"the {object} slipped out of the hand")
+    ctx.held, ctx.held_offset = object, grasp_z - bottom
+    return _ok("pick", args, width=round(float(ctx.state.gripper_width), 4))
+
+
+def _free_spot(ctx: SkillContext, place: Place, centre: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The point of a 3x3 grid on the surface farthest from the objects known to be there."""
+    others = [
+        e.position[:2]
+        for lbl in ctx.locator.known_labels()
+        if lbl != ctx.held and (e := ctx.locator.locate(lbl)) is not None and e.place == place.name
+    ]
+    rot = place.surface.rotation[:2, :2]
+    grid = [centre[:2] + rot @ (np.array([i, j]) * size * 0.25) for i in (0, -1, 1) for j in (0, -1, 1)]
+    if not others:
+        return grid[0]
+    return max(grid, key=lambda p: min(float(np.linalg.norm(p - o)) for o in others))
+
+
+def _drop_point(ctx: SkillContext, place: Place) -> tuple[np.ndarray, float] | SkillResult:
+    """Where to release on/in ``place``: (x, y) and the surface height."""
+    centre = place.surface.position.copy()
+    size = np.asarray(place.surface_size, dtype=float)
+    if place.articulated:
+        if place.name not in ctx.opened:
+            return _fail("place", {}, "container_closed", f"the {place.words} is closed")
+        # The drawer box spans [-depth/2, depth/2] along d when closed; opened by `open_distance`
+        # the part outside the cabinet is [depth/2, depth/2 + open_distance]: drop in its middle,
+        # a little back from the drawer front.
+        d = np.asarray(place.open_direction, dtype=float)
+        along_x = abs(float(place.surface.rotation[:, 0] @ d)) > 0.7
+        depth = float(size[0] if along_x else size[1])
+        centre = centre + d * (depth / 2 + place.open_distance / 2 - 0.03)
+        return centre[:2], float(centre[2])
+    return _free_spot(ctx, place, centre, size), float(centre[2])
+
+
+@skill("place", ("object", "receptacle", "relation"), 40.0, "Put the held object on or in a receptacle.")
+def place(ctx: SkillContext, object: str, receptacle: str, relation: str = "on") -> SkillGen:  # noqa: A002
+    args = {"object": object, "receptacle": receptacle, "relation": relation}
+    if ctx.held != object:
+        held = f"the {ctx.held}" if ctx.held else "nothing"
+        return _fail("place", args, "not_holding", f"cannot place the {object}: holding {held}")
+    target = ctx.site.place(receptacle)
+    if relation not in ("on", "in"):
+        return _fail("place", args, "bad_relation", f"relation must be 'on' or 'in', not {relation!r}")
+    drop = _drop_point(ctx, target)
+    if isinstance(drop, SkillResult):
+        drop.args = args
+        return drop
+    xy, surface_z = drop
+    quat = top_down_orientation(float(ctx.state.base_pose[2]))
+    release = Pose(np.array([xy[0], xy[1], surface_z + ctx.held_offset + 0.015]), quat)
+    above = Pose(release.position + [0, 0, LIFT_HEIGHT], quat)
+    moved = yield from _move_joints_to_pose(ctx, above)
+    if not moved.success:
+        return _fail("place", args, moved.reason, moved.message)
+    yield _line_to(ctx, release, speed=0.15)
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=6)
+    yield _line_to(ctx, above)
+    yield _home(ctx)
+    ctx.held = None
+    return _ok("place", args)
+
+
+def _handle_pose(place: Place, opening: float) -> Pose:
+    """Gripper pose at the handle: approach along the handle's x, fingers closing vertically."""
+    approach = place.handle.rotation[:, 0]
+    y = np.array([0.0, 0.0, 1.0])
+    x = np.cross(y, approach)
+    rot = np.stack([x / np.linalg.norm(x), y, approach], axis=1)
+    pos = place.handle.position + np.asarray(place.open_direction) * opening
+    return Pose(pos, quat_from_matrix(rot))
+
+
+def _slide_drawer(ctx: SkillContext, name: str, place: Place, start: float, end: float) -> SkillGen:
+    """Grasp the handle at opening ``start`` and move it to opening ``end`` (metres)."""
+    grip = _handle_pose(place, start)
+    approach = place.handle.rotation[:, 0]
+    stand_off = Pose(grip.position - approach * HANDLE_STANDOFF, grip.quaternion)
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
+    moved = yield from _move_joints_to_pose(ctx, stand_off)
+    if not moved.success:
+        return _fail(name, {}, moved.reason, moved.message)
+    yield _line_to(ctx, grip, speed=0.12)
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), 0.0, settle_ticks=6)
+    if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
+        yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
+        yield _line_to(ctx, stand_off)
+        yield _home(ctx)
+        return _fail(name, {}, "grasp_failed", f"could not grasp the {place.words} handle")
+    goal = _handle_pose(place, end)
+    yield _line_to(ctx, goal, speed=0.1)
+    yield hold(4)
+    reached = float(np.linalg.norm(ctx.controller.ee_pose(ctx.state).position - goal.position))
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=2)
+    yield _line_to(ctx, Pose(goal.position - approach * HANDLE_STANDOFF, goal.quaternion))
+    yield _home(ctx)
+    if reached > 0.04:
+        return _fail(name, {}, "stuck", f"the {place.words} did not move with the hand ({reached:.2f} m off)")
+    return _ok(name, {})
+
+
+def _articulated(ctx: SkillContext, name: str, container: str) -> Place | SkillResult:
+    target = ctx.site.place(container)
+    if not target.articulated:
+        return _fail(name, {"container": container}, "not_articulated", f"the {target.words} cannot be opened")
+    if ctx.held is not None:
+        return _fail(name, {"container": container}, "hand_full", f"holding the {ctx.held}")
+    return target
+
+
+@skill("open", ("container",), 40.0, "Pull a drawer or door open by its handle.")
+def open_(ctx: SkillContext, container: str) -> SkillGen:
+    target = _articulated(ctx, "open", container)
+    if isinstance(target, SkillResult):
+        return target
+    result = yield from _slide_drawer(ctx, "open", target, 0.0, target.open_distance)
+    result.args = {"container": container}
+    if result.success:
+        ctx.opened.add(target.name)
+    return result
+
+
+@skill("close", ("container",), 40.0, "Push a drawer or door closed by its handle.")
+def close(ctx: SkillContext, container: str) -> SkillGen:
+    target = _articulated(ctx, "close", container)
+    if isinstance(target, SkillResult):
+        return target
+    result = yield from _slide_drawer(ctx, "close", target, target.open_distance, 0.0)
+    result.args = {"container": container}
+    if result.success:
+        ctx.opened.discard(target.name)
+    return result
+
+
+# ---------------------------------------------------------------------------- base and head
+
+
+def _twist_towards(state: RobotState, goal: np.ndarray, yaw_goal: float, vmax: float, wmax: float) -> np.ndarray:
+    """Base-frame twist driving towards ``goal`` (world x, y) and heading ``yaw_goal``."""
+    x, y, yaw = (float(v) for v in state.base_pose)
+    err = goal - np.array([x, y])
+    dist = float(np.linalg.norm(err))
+    v_world = err / dist * min(vmax, 1.5 * dist) if dist > 1e-6 else np.zeros(2)
+    c, s = math.cos(yaw), math.sin(yaw)
+    vx, vy = c * v_world[0] + s * v_world[1], -s * v_world[0] + c * v_world[1]
+    wz = float(np.clip(2.0 * wrap_angle(yaw_goal - yaw), -wmax, wmax))
+    return np.array([vx, vy, wz])
+
+
+def _drive(ctx: SkillContext, goal: np.ndarray, yaw_goal: float, tol: float, yaw_tol: float) -> SkillGen:
+    """Feedback-drive the base to a waypoint in 4-tick chunks; fails when it stops progressing."""
+    spec = ctx.spec
+    vmax, wmax = 0.8 * spec.base_max_linear, 0.8 * spec.base_max_angular
+    best, stalled = math.inf, 0
+    while True:
+        st = ctx.state
+        dist = float(np.linalg.norm(goal - st.base_pose[:2]))
+        yaw_err = abs(wrap_angle(yaw_goal - float(st.base_pose[2])))
+        if dist < tol and yaw_err < yaw_tol:
+            return _ok("drive", {})
+        stalled = 0 if dist < best - 0.005 or yaw_err > yaw_tol else stalled + 1
+        best = min(best, dist)
+        if stalled > 10:
+            return _fail("drive", {}, "blocked", f"the base stopped {dist:.2f} m short of its waypoint")
+        tw = _twist_towards(st, goal, yaw_goal, vmax, wmax)
+        yield ActionChunk([ControlTarget(base_twist=tw) for _ in range(4)])
+
+
+def _door_waypoints(ctx: SkillContext, start: tuple[float, float], room: str) -> list[np.ndarray]:
+    """Points 0.7 m either side of each doorway on the route, so the base passes straight through."""
+    pts: list[np.ndarray] = []
+    cur_room = ctx.site.room_of(start)
+    for door in ctx.site.route(start, room):
+        a, b = door.rooms if door.rooms[0] == cur_room else (door.rooms[1], door.rooms[0])
+        axis = np.subtract(ctx.site.rooms[b].center, ctx.site.rooms[a].center)
+        axis = np.eye(2)[int(np.argmax(np.abs(axis)))] * np.sign(axis[int(np.argmax(np.abs(axis)))])
+        pts += [np.asarray(door.position) - 0.7 * axis, np.asarray(door.position) + 0.7 * axis]
+        cur_room = b
+    return pts
+
+
+@skill("navigate_to", ("place",), 90.0, "Drive the base to a place's stand pose or a room's centre.")
+def navigate_to(ctx: SkillContext, place: str) -> SkillGen:
+    args = {"place": place}
+    try:
+        target = ctx.site.place(place)
+        goal, yaw_goal, room = np.array(target.stand[:2]), float(target.stand[2]), target.room
+    except UnknownPlaceError:
+        r = ctx.site.room(place)  # raises UnknownPlaceError naming places and rooms
+        target, goal, room = None, np.array(r.center), r.name
+        yaw_goal = float(ctx.state.base_pose[2])
+    if np.max(np.abs(ctx.commanded_q() - ctx.spec.arm_home)) > 1e-3:
+        yield _home(ctx)
+    yield head_move(ctx.spec, ctx.commanded_head(), HEAD_DEFAULT, settle_ticks=0)
+    start = (float(ctx.state.base_pose[0]), float(ctx.state.base_pose[1]))
+    ctx.at_place = None
+    for wp in _door_waypoints(ctx, start, room):
+        heading = math.atan2(wp[1] - ctx.state.base_pose[1], wp[0] - ctx.state.base_pose[0])
+        res = yield from _drive(ctx, wp, heading, tol=0.12, yaw_tol=math.pi)
+        if not res.success:
+            res.args, res.skill = args, "navigate_to"
+            return res
+    res = yield from _drive(ctx, goal, yaw_goal, tol=0.02, yaw_tol=0.02)
+    res.args, res.skill = args, "navigate_to"
+    if res.success:
+        yield hold(2)
+        ctx.at_place = target.name if target is not None else None
+    return res
+
+
+def _look_target(ctx: SkillContext, target: str) -> np.ndarray | None:
+    try:
+        return ctx.site.place(target).surface.position
+    except UnknownPlaceError:
+        est = ctx.locator.locate(target)
+        return None if est is None else est.position
+
+
+@skill("look_at", ("target",), 10.0, "Point the head camera at a place or a known object and perceive.")
+def look_at(ctx: SkillContext, target: str) -> SkillGen:
+    args = {"target": target}
+    point = _look_target(ctx, target)
+    if point is None:
+        return _fail("look_at", args, "not_found", f"no place or known object called {target!r}")
+    mount = ctx.state.base_pose3d() @ ctx.spec.head_mount
+    d = mount.inverse().apply(point)
+    pan = math.atan2(d[1], d[0])
+    tilt = math.atan2(-d[2], math.hypot(d[0], d[1]))
+    if not ctx.spec.head_lower[0] <= pan <= ctx.spec.head_upper[0]:
+        return _fail("look_at", args, "out_of_view", f"the {target} is behind the robot")
+    yield head_move(ctx.spec, ctx.commanded_head(), np.array([pan, tilt]))
+    ctx.perceive()
+    return _ok("look_at", args, visible=sorted(ctx.locator.known_labels()))
+
+
+def _search_order(ctx: SkillContext, room_hint: str | None) -> list[Place]:
+    """Surfaces first (hinted room first, then nearest), containers last."""
+    pos = ctx.state.base_pose[:2]
+
+    def key(p: Place) -> tuple[int, int, float]:
+        return (int(p.articulated), int(room_hint is not None and p.room != room_hint),
+                float(np.linalg.norm(np.asarray(p.stand[:2]) - pos)))
+
+    return sorted(ctx.site.places.values(), key=key)
+
+
+@skill("find", ("object", "room"), 400.0, "Search places (then containers) until the object is seen.")
+def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A002
+    args = {"object": object, "room": room}
+    est = ctx.locator.locate(object)
+    if est is not None and est.place is not None:
+        return _ok("find", args, place=est.place, searched=0)
+    searched = 0
+    for p in _search_order(ctx, room or None):
+        res = yield from navigate_to(ctx, p.name)
+        if not res.success:
+            continue
+        opened_here = False
+        if p.articulated and p.name not in ctx.opened:
+            res = yield from open_(ctx, p.name)
+            opened_here = res.success
+            if not res.success:
+                continue
+        yield from look_at(ctx, p.name)
+        searched += 1
+        est = ctx.locator.locate(object)
+        if est is not None:
+            return _ok("find", args, place=p.name, searched=searched)
+        if opened_here:
+            yield from close(ctx, p.name)
+    return _fail("find", args, "not_found", f"searched {searched} places and did not see the {object}")

@@ -1,0 +1,1 @@
+"""Senses: RGB-D observations -> 3D object observations."""

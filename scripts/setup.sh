@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# mnemobot set-up: Debian packages, a virtual environment, torch (CPU) first, then the package.
+#
+#   bash scripts/setup.sh demo   # set up (if needed) and run a demo simulated episode
+#   bash scripts/setup.sh test   # set up (if needed) and run the test suite
+#   bash scripts/setup.sh        # set up only
+#
+# Idempotent: a second run reinstalls nothing unless pyproject.toml changed.
+# Environment: MNEMOBOT_VENV (default .venv), PYTHON (default python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${MNEMOBOT_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="2.13.0"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1; fi
+}
+
+debian_packages() {
+  # libusb-1.0-0: open3d's native library links it. python3-venv: Debian splits venv out.
+  local missing=()
+  ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
+  "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if command -v apt-get >/dev/null; then
+      log "installing Debian packages: ${missing[*]}"
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      log "please install the equivalents of: ${missing[*]}"
+    fi
+  fi
+}
+
+python_env() {
+  local stamp="$VENV/.mnemobot-installed"
+  local want
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "environment $VENV is up to date"
+    return
+  fi
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+  # torch first and pinned, so nothing later pulls a multi-GB CUDA build.
+  log "installing torch==$TORCH_VERSION"
+  "${pip[@]}" install "torch==$TORCH_VERSION"
+  log "installing mnemobot with all extras (editable)"
+  "${pip[@]}" install -e ".[all,dev]"
+  echo "$want" > "$stamp"
+}
+
+debian_packages
+python_env
+
+case "${1:-}" in
+  demo)
+    log "running a demo episode"
+    exec "$VENV/bin/mnemobot" run --task-id fetch --seed 0
+    ;;
+  test)
+    log "running the test suite"
+    exec "$VENV/bin/python" -m pytest -q
+    ;;
+  "") log "done: activate with 'source $VENV/bin/activate'" ;;
+  *) log "unknown command '$1' (use: demo, test)"; exit 2 ;;
+esac

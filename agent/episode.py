@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from mnemobot.agent.errors import UserError
 from mnemobot.agent.orchestrator import Orchestrator, RunOutcome
 from mnemobot.agent.planner import Goal, PlanningContext, RulePlanner, parse_instruction
+from mnemobot.agent.scoring import goals_satisfied
 from mnemobot.control.controllers import Controller
 from mnemobot.control.executor import ExecutorConfig, SkillExecutor
 from mnemobot.control.skills import SkillContext
@@ -85,7 +86,7 @@ def _make_env(cfg: RunConfig):  # noqa: ANN202 - HouseholdEnv, imported lazily (
 
     if cfg.task_id not in TASK_FAMILIES:
         raise UserError(f"unknown task id {cfg.task_id!r}; available: {', '.join(sorted(TASK_FAMILIES))}")
-    return HouseholdEnv(EnvConfig(task_family=cfg.task_id, width=cfg.width, height=cfg.height, gui=cfg.gui))
+    return HouseholdEnv(EnvConfig(task=cfg.task_id, width=cfg.width, height=cfg.height, gui=cfg.gui))
 
 
 def _locator(cfg: RunConfig, env) -> ObjectLocator:  # noqa: ANN001
@@ -121,15 +122,19 @@ def _score(env, instruction: str, goals: list[Goal], custom: bool) -> bool:  # n
     """Task success on simulator ground truth (scoring only)."""
     if not custom:
         return bool(env.task.success(env.backend))
-    from mnemobot.sim.expert import goals_satisfied
-
     return goals_satisfied(goals, env.backend, env.site_map, env.robot.read())
 
 
-def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> EpisodeSummary:
-    """Run one episode; bad input raises :class:`UserError`."""
+def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, env=None) -> EpisodeSummary:  # noqa: ANN001
+    """Run one episode; bad input raises :class:`UserError`.
+
+    ``env``: a :class:`~mnemobot.sim.env.HouseholdEnv` to reuse (its task family must be
+    ``cfg.task_id``); it is reset with ``cfg.seed`` and left open. Otherwise one is built and
+    closed.
+    """
     say = progress or (lambda _m: None)
-    env = _make_env(cfg).unwrapped
+    owned = env is None
+    env = (_make_env(cfg) if owned else env).unwrapped
     try:
         env.reset(seed=cfg.seed)
         instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
@@ -162,7 +167,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None) -
             skills=[r.to_dict() for r in outcome.results],
         )
     finally:
-        env.close()
+        if owned:
+            env.close()
 
 
 def describe_world() -> str:

@@ -83,15 +83,18 @@ class EStop:
             return self._reason
 
 
-def command_from_state(state: RobotState) -> RobotCommand:
+def command_from_state(state: RobotState, spec: RobotSpec | None = None) -> RobotCommand:
     """The command that keeps the robot where it is measured: same arm, gripper and head, base
-    stopped."""
-    return RobotCommand(
-        arm_q=np.asarray(state.arm_q, dtype=float).copy(),
-        gripper_width=float(state.gripper_width),
-        base_twist=np.zeros(3),
-        head=np.asarray(state.head, dtype=float).copy(),
-    )
+    stopped. With ``spec``, measurements a hair outside a limit (sensor noise, a joint resting
+    on its stop) are brought to the nearest legal target."""
+    arm = np.asarray(state.arm_q, dtype=float).copy()
+    grip = float(state.gripper_width)
+    head = np.asarray(state.head, dtype=float).copy()
+    if spec is not None:
+        arm = np.clip(arm, spec.arm_lower, spec.arm_upper)
+        grip = float(np.clip(grip, spec.gripper_min, spec.gripper_max))
+        head = np.clip(head, spec.head_lower, spec.head_upper)
+    return RobotCommand(arm_q=arm, gripper_width=grip, base_twist=np.zeros(3), head=head)
 
 
 class SafetyGuard:
@@ -108,7 +111,7 @@ class SafetyGuard:
 
     def reset(self, state: RobotState) -> None:
         """Take the measured state as the previous command (call when control (re)starts)."""
-        self.previous = command_from_state(state)
+        self.previous = command_from_state(state, self.spec)
 
     def check(self, cmd: RobotCommand) -> None:
         """Raise a :class:`SafetyError` subclass naming the first broken limit; else return."""

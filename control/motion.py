@@ -78,7 +78,7 @@ def cartesian_line(
 
 
 def joint_move(
-    spec: RobotSpec, q0: np.ndarray, q1: np.ndarray, speed_fraction: float = 0.4, gripper_width: float | None = None
+    spec: RobotSpec, q0: np.ndarray, q1: np.ndarray, speed_fraction: float = 0.6, gripper_width: float | None = None
 ) -> ActionChunk:
     """Joint-space move from ``q0`` to ``q1`` at ``speed_fraction`` of the slowest joint's limit."""
     dq = np.abs(np.asarray(q1) - np.asarray(q0))

@@ -18,8 +18,11 @@ PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 _PANDA_LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
 _PANDA_UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
 _PANDA_VELOCITY = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
-# Arm tucked above the base, elbow up, hand pointing down: the carry posture.
+# Ready posture: elbow up, hand pointing down in front of the base; manipulation starts here.
 _PANDA_HOME = np.array([0.0, -0.6, 0.0, -2.4, 0.0, 1.8, 0.785])
+# Carry posture: folded behind the head mast, hand down 0.63 m above the floor, out of the head
+# camera's view (in the ready posture the hand hides objects on the surface being looked at).
+_PANDA_STOW = np.array([2.8, -0.3, 0.0, -2.4, 0.0, 2.1, 0.785])
 
 #: Arm base in the mobile base frame: the arm stands on top of a 0.30 m tall base, slightly forward.
 MOBILE_BASE_HEIGHT = 0.30
@@ -58,6 +61,7 @@ def mobile_panda_spec(urdf: str | Path | None = None, control_dt: float = 0.05) 
         arm_velocity=_PANDA_VELOCITY.copy(),
         arm_home=_PANDA_HOME.copy(),
         arm_mount=ARM_MOUNT,
+        arm_stow=_PANDA_STOW.copy(),
         gripper_min=0.0,
         gripper_max=0.08,
         gripper_speed=0.2,

@@ -116,8 +116,8 @@ class SiteMap:
                 return r.name
         return None
 
-    def route(self, start_xy: tuple[float, float], goal_room: str) -> list[tuple[float, float]]:
-        """Doorway waypoints from ``start_xy`` to ``goal_room`` (breadth-first over rooms).
+    def route(self, start_xy: tuple[float, float], goal_room: str) -> list[Doorway]:
+        """Doorways to pass, in order, from ``start_xy`` to ``goal_room`` (breadth-first over rooms).
 
         Empty when already in the goal room. Raises :class:`UnknownPlaceError` if unreachable.
         """
@@ -140,10 +140,10 @@ class SiteMap:
                 queue.append(nxt)
         if goal_room not in prev:
             raise UnknownPlaceError(f"no route from room {start!r} to room {goal_room!r}")
-        path: list[tuple[float, float]] = []
+        path: list[Doorway] = []
         node = goal_room
         while prev[node] is not None:
             parent, door = prev[node]  # type: ignore[misc]
-            path.append(door.position)
+            path.append(door)
             node = parent
         return list(reversed(path))

@@ -56,7 +56,8 @@ class SkillContext:
 
     ``perceive`` renders a frame, feeds the locator (and memory) and returns it.
     ``held`` / ``held_offset`` describe the object in the hand (``held_offset``: height of the
-    grasp point above the object's bottom, m); ``opened`` the containers this robot opened.
+    grasp point above the object's bottom, m); ``opened`` maps each container this robot opened to its opening (m), measured by the
+    hand's travel while it pulled.
     """
 
     robot: RobotInterface
@@ -68,7 +69,7 @@ class SkillContext:
     at_place: str | None = None
     held: str | None = None
     held_offset: float = 0.0
-    opened: set[str] = field(default_factory=set)
+    opened: dict[str, float] = field(default_factory=dict)
 
     @property
     def spec(self):  # noqa: ANN201 - RobotSpec
@@ -128,10 +129,17 @@ def _fail(name: str, args: dict[str, str], reason: str, message: str) -> SkillRe
 
 
 def _ik_world(ctx: SkillContext, pose: Pose) -> np.ndarray | None:
-    """Joint solution for a world-frame end-effector pose, seeded at the commanded joints."""
+    """Joint solution for a world-frame end-effector pose.
+
+    Seeded at the commanded joints, or at the ready posture when the arm is stowed (the
+    solution then lies in front of the robot, where manipulation happens).
+    """
     spec = ctx.spec
     local = ctx.controller.world_to_arm_base(ctx.state) @ pose
-    res = ctx.controller.kinematics.ik(local, ctx.commanded_q(), spec.arm_lower, spec.arm_upper)
+    seed = ctx.commanded_q()
+    if np.max(np.abs(seed - spec.stow)) < 0.05:
+        seed = spec.arm_home
+    res = ctx.controller.kinematics.ik(local, seed, spec.arm_lower, spec.arm_upper, restarts=4)
     return res.q if res.success else None
 
 
@@ -143,12 +151,34 @@ def _move_joints_to_pose(ctx: SkillContext, pose: Pose, gripper: float | None = 
     return _ok("move", {})
 
 
-def _line_to(ctx: SkillContext, pose: Pose, speed: float = 0.2, gripper: float | None = None) -> ActionChunk:
-    return cartesian_line(ctx.commanded_ee(), pose, ctx.spec.control_dt, speed=speed, gripper_width=gripper)
+def _line(ctx: SkillContext, pose: Pose, speed: float = 0.2) -> SkillGen:
+    """Straight end-effector line to ``pose``, planned in joint space before moving.
+
+    Every waypoint is solved by IK seeded with the previous one; the line is refused (nothing
+    moves) if a waypoint is unreachable or two waypoints need a joint jump beyond 90% of the
+    joint's speed limit (a wrist flip), so the brainstem never sees such a command.
+    """
+    spec = ctx.spec
+    poses = cartesian_line(ctx.commanded_ee(), pose, spec.control_dt, speed=speed)
+    to_arm = ctx.controller.world_to_arm_base(ctx.state)
+    q = ctx.commanded_q()
+    max_step = 0.9 * spec.arm_velocity * spec.control_dt
+    targets = []
+    for t in poses.targets:
+        res = ctx.controller.kinematics.ik(to_arm @ t.ee_pose, q, spec.arm_lower, spec.arm_upper, restarts=0)
+        if not res.success:
+            return _fail("move", {}, "unreachable", f"no arm configuration reaches {np.round(t.ee_pose.position, 3)}")
+        if np.any(np.abs(res.q - q) > max_step):
+            return _fail("move", {}, "unreachable", "the straight path needs a joint flip")
+        q = res.q
+        targets.append(ControlTarget(arm_q=q))
+    yield ActionChunk(targets)
+    return _ok("move", {})
 
 
-def _home(ctx: SkillContext) -> ActionChunk:
-    return joint_move(ctx.spec, ctx.commanded_q(), ctx.spec.arm_home)
+def _stow(ctx: SkillContext) -> ActionChunk:
+    """Fold the arm into the carry posture (out of the camera's view)."""
+    return joint_move(ctx.spec, ctx.commanded_q(), ctx.spec.stow)
 
 
 def _grasp_yaw(est: ObjectEstimate, base_yaw: float) -> float:
@@ -188,15 +218,18 @@ def pick(ctx: SkillContext, object: str) -> SkillGen:  # noqa: A002 - the skill 
     moved = yield from _move_joints_to_pose(ctx, above)
     if not moved.success:
         return _fail("pick", args, moved.reason, moved.message)
-    yield _line_to(ctx, grasp, speed=0.15)
+    moved = yield from _line(ctx, grasp, speed=0.15)
+    if not moved.success:
+        yield _stow(ctx)
+        return _fail("pick", args, moved.reason, moved.message)
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), 0.0, settle_ticks=8)
     if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
         yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
-        yield _line_to(ctx, above)
-        yield _home(ctx)
+        yield from _line(ctx, above)
+        yield _stow(ctx)
         return _fail("pick", args, "grasp_failed", f"the fingers closed on nothing at the {object}")
-    yield _line_to(ctx, Pose(grasp.position + [0, 0, LIFT_HEIGHT], quat))
-    yield _home(ctx)
+    yield from _line(ctx, Pose(grasp.position + [0, 0, LIFT_HEIGHT], quat))
+    yield _stow(ctx)
     if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
         return _fail("pick", args, "dropped", f"the {object} slipped out of the hand")
     ctx.held, ctx.held_offset = object, grasp_z - bottom
@@ -230,7 +263,8 @@ def _drop_point(ctx: SkillContext, place: Place) -> tuple[np.ndarray, float] | S
         d = np.asarray(place.open_direction, dtype=float)
         along_x = abs(float(place.surface.rotation[:, 0] @ d)) > 0.7
         depth = float(size[0] if along_x else size[1])
-        centre = centre + d * (depth / 2 + place.open_distance / 2 - 0.03)
+        opening = ctx.opened[place.name]
+        centre = centre + d * (depth / 2 + opening / 2 - 0.03)
         return centre[:2], float(centre[2])
     return _free_spot(ctx, place, centre, size), float(centre[2])
 
@@ -255,47 +289,111 @@ def place(ctx: SkillContext, object: str, receptacle: str, relation: str = "on")
     moved = yield from _move_joints_to_pose(ctx, above)
     if not moved.success:
         return _fail("place", args, moved.reason, moved.message)
-    yield _line_to(ctx, release, speed=0.15)
+    moved = yield from _line(ctx, release, speed=0.15)
+    if not moved.success:
+        yield _stow(ctx)
+        return _fail("place", args, moved.reason, moved.message)
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=6)
-    yield _line_to(ctx, above)
-    yield _home(ctx)
+    yield from _line(ctx, above)
+    yield _stow(ctx)
     ctx.held = None
     return _ok("place", args)
 
 
-def _handle_pose(place: Place, opening: float) -> Pose:
-    """Gripper pose at the handle: approach along the handle's x, fingers closing vertically."""
+def _handle_poses(place: Place, opening: float) -> list[Pose]:
+    """Gripper poses at the handle: approach along the handle's x, fingers closing vertically.
+
+    Two mirror-image grips (fingers' y axis up or down); the caller keeps the one the arm reaches.
+    """
     approach = place.handle.rotation[:, 0]
-    y = np.array([0.0, 0.0, 1.0])
-    x = np.cross(y, approach)
-    rot = np.stack([x / np.linalg.norm(x), y, approach], axis=1)
     pos = place.handle.position + np.asarray(place.open_direction) * opening
-    return Pose(pos, quat_from_matrix(rot))
+    poses = []
+    for up in (1.0, -1.0):
+        y = np.array([0.0, 0.0, up])
+        x = np.cross(y, approach)
+        poses.append(Pose(pos, quat_from_matrix(np.stack([x / np.linalg.norm(x), y, approach], axis=1))))
+    return poses
+
+
+def _choose_grip(ctx: SkillContext, place: Place, start: float, end: float) -> tuple[Pose, Pose] | None:
+    """The (grip, goal) handle poses whose IK solutions are nearest the current joints."""
+    best, best_cost = None, math.inf
+    for grip, goal in zip(_handle_poses(place, start), _handle_poses(place, end), strict=True):
+        q_grip, q_goal = _ik_world(ctx, grip), _ik_world(ctx, goal)
+        if q_grip is None or q_goal is None:
+            continue
+        cost = float(np.sum(np.abs(q_grip - ctx.commanded_q())))
+        if cost < best_cost:
+            best, best_cost = (grip, goal), cost
+    return best
+
+
+def _retreat_from_handle(ctx: SkillContext, approach: np.ndarray) -> SkillGen:
+    """Slide the open fingers off the handle bar, back the base away with the arm held still,
+    stow the arm clear of the drawer, and drive back to where the base stood."""
+    ee = ctx.commanded_ee()
+    yield from _line(ctx, Pose(ee.position - approach * 0.04, ee.quaternion), speed=0.1)
+    x, y, yaw = (float(v) for v in ctx.state.base_pose)
+    back = np.array([x, y]) - approach[:2] * 0.25
+    res = yield from _drive(ctx, back, yaw, tol=0.02, yaw_tol=0.02, speed=0.25)
+    yield _stow(ctx)
+    yield from _drive(ctx, np.array([x, y]), yaw, tol=0.01, yaw_tol=0.01, speed=0.5)
+    return res
 
 
 def _slide_drawer(ctx: SkillContext, name: str, place: Place, start: float, end: float) -> SkillGen:
-    """Grasp the handle at opening ``start`` and move it to opening ``end`` (metres)."""
-    grip = _handle_pose(place, start)
+    """Grasp the handle at opening ``start`` and move it to opening ``end`` (metres).
+
+    Opening pulls with the arm. Closing first backs the base up by the opening, so the handle
+    sits where the arm reaches it, grips it, then drives the base back to the stand pose with
+    the arm held still, pushing the drawer shut.
+    """
+    closing = end < start
+    stand = np.asarray(place.stand[:2], dtype=float)
+    direction = np.asarray(place.open_direction, dtype=float)
+    if closing:
+        res = yield from _drive(ctx, stand + direction[:2] * start, float(place.stand[2]), tol=0.01, yaw_tol=0.01)
+        if not res.success:
+            return _fail(name, {}, res.reason, res.message)
+    poses = _choose_grip(ctx, place, start, start if closing else end)
+    if poses is None:
+        return _fail(name, {}, "unreachable", f"the arm cannot reach the {place.words} handle from here")
+    grip, goal = poses[0], _handle_poses(place, end)[0]
     approach = place.handle.rotation[:, 0]
-    stand_off = Pose(grip.position - approach * HANDLE_STANDOFF, grip.quaternion)
+    # Straight in along the approach axis, or, when the handle is too close to the arm base for
+    # that (an open drawer), down from above just in front of it.
+    near = Pose(grip.position - approach * 0.05, grip.quaternion)
+    routes = [  # (first waypoint, reached by a joint move; then straight lines)
+        [Pose(grip.position - approach * HANDLE_STANDOFF, grip.quaternion), grip],
+        [Pose(near.position + [0.0, 0.0, HANDLE_STANDOFF], grip.quaternion), near, grip],
+    ]
+    route = next((r for r in routes if _ik_world(ctx, r[0]) is not None), routes[0])
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
-    moved = yield from _move_joints_to_pose(ctx, stand_off)
+    moved = yield from _move_joints_to_pose(ctx, route[0])
+    for waypoint in route[1:]:
+        if moved.success:
+            moved = yield from _line(ctx, waypoint, speed=0.1)
     if not moved.success:
+        yield _stow(ctx)
         return _fail(name, {}, moved.reason, moved.message)
-    yield _line_to(ctx, grip, speed=0.12)
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), 0.0, settle_ticks=6)
     if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
         yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
-        yield _line_to(ctx, stand_off)
-        yield _home(ctx)
+        yield from _retreat_from_handle(ctx, approach)
         return _fail(name, {}, "grasp_failed", f"could not grasp the {place.words} handle")
-    goal = _handle_pose(place, end)
-    yield _line_to(ctx, goal, speed=0.1)
+    grip_at = ctx.controller.ee_pose(ctx.state).position
+    if closing:
+        moved = yield from _drive(ctx, stand, float(place.stand[2]), tol=0.01, yaw_tol=0.01, speed=0.1)
+    else:
+        moved = yield from _line(ctx, poses[1], speed=0.1)
     yield hold(4)
-    reached = float(np.linalg.norm(ctx.controller.ee_pose(ctx.state).position - goal.position))
+    hand = ctx.controller.ee_pose(ctx.state).position
+    reached = float(np.linalg.norm(hand - goal.position))
+    ctx.opened[place.name] = max(0.0, start + float((hand - grip_at) @ direction))
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=2)
-    yield _line_to(ctx, Pose(goal.position - approach * HANDLE_STANDOFF, goal.quaternion))
-    yield _home(ctx)
+    yield from _retreat_from_handle(ctx, approach)
+    if not moved.success:
+        return _fail(name, {}, moved.reason, moved.message)
     if reached > 0.04:
         return _fail(name, {}, "stuck", f"the {place.words} did not move with the hand ({reached:.2f} m off)")
     return _ok(name, {})
@@ -315,10 +413,10 @@ def open_(ctx: SkillContext, container: str) -> SkillGen:
     target = _articulated(ctx, "open", container)
     if isinstance(target, SkillResult):
         return target
-    result = yield from _slide_drawer(ctx, "open", target, 0.0, target.open_distance)
+    result = yield from _slide_drawer(ctx, "open", target, ctx.opened.get(target.name, 0.0), target.open_distance)
     result.args = {"container": container}
-    if result.success:
-        ctx.opened.add(target.name)
+    if not result.success and ctx.opened.get(target.name, 0.0) < 0.5 * target.open_distance:
+        ctx.opened.pop(target.name, None)
     return result
 
 
@@ -327,10 +425,11 @@ def close(ctx: SkillContext, container: str) -> SkillGen:
     target = _articulated(ctx, "close", container)
     if isinstance(target, SkillResult):
         return target
-    result = yield from _slide_drawer(ctx, "close", target, target.open_distance, 0.0)
+    start = ctx.opened.get(target.name, target.open_distance)
+    result = yield from _slide_drawer(ctx, "close", target, start, 0.0)
     result.args = {"container": container}
-    if result.success:
-        ctx.opened.discard(target.name)
+    if result.success or ctx.opened.get(target.name, 0.0) < 0.03:
+        ctx.opened.pop(target.name, None)
     return result
 
 
@@ -349,10 +448,15 @@ def _twist_towards(state: RobotState, goal: np.ndarray, yaw_goal: float, vmax: f
     return np.array([vx, vy, wz])
 
 
-def _drive(ctx: SkillContext, goal: np.ndarray, yaw_goal: float, tol: float, yaw_tol: float) -> SkillGen:
-    """Feedback-drive the base to a waypoint in 4-tick chunks; fails when it stops progressing."""
+def _drive(
+    ctx: SkillContext, goal: np.ndarray, yaw_goal: float, tol: float, yaw_tol: float, speed: float | None = None
+) -> SkillGen:
+    """Feedback-drive the base to a waypoint in 4-tick chunks; fails when it stops progressing.
+
+    ``speed``: top speed (m/s), default 80% of the base's limit.
+    """
     spec = ctx.spec
-    vmax, wmax = 0.8 * spec.base_max_linear, 0.8 * spec.base_max_angular
+    vmax, wmax = speed or 0.8 * spec.base_max_linear, 0.8 * spec.base_max_angular
     best, stalled = math.inf, 0
     while True:
         st = ctx.state
@@ -391,8 +495,8 @@ def navigate_to(ctx: SkillContext, place: str) -> SkillGen:
         r = ctx.site.room(place)  # raises UnknownPlaceError naming places and rooms
         target, goal, room = None, np.array(r.center), r.name
         yaw_goal = float(ctx.state.base_pose[2])
-    if np.max(np.abs(ctx.commanded_q() - ctx.spec.arm_home)) > 1e-3:
-        yield _home(ctx)
+    if np.max(np.abs(ctx.commanded_q() - ctx.spec.stow)) > 1e-3:
+        yield _stow(ctx)
     yield head_move(ctx.spec, ctx.commanded_head(), HEAD_DEFAULT, settle_ticks=0)
     start = (float(ctx.state.base_pose[0]), float(ctx.state.base_pose[1]))
     ctx.at_place = None
@@ -451,7 +555,14 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     args = {"object": object, "room": room}
     est = ctx.locator.locate(object)
     if est is not None and est.place is not None:
-        return _ok("find", args, place=est.place, searched=0)
+        if ctx.at_place != est.place:
+            res = yield from navigate_to(ctx, est.place)
+            if not res.success:
+                res.skill, res.args = "find", args
+                return res
+        yield from look_at(ctx, est.place)
+        if ctx.locator.locate(object) is not None:
+            return _ok("find", args, place=est.place, searched=1)
     searched = 0
     for p in _search_order(ctx, room or None):
         res = yield from navigate_to(ctx, p.name)

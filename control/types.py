@@ -58,7 +58,9 @@ class RobotSpec:
 
     Arrays of length ``n_arm`` follow ``arm_joints`` order. The arm base (``arm_base_link`` of
     ``arm_urdf``) sits at ``arm_mount`` in the base frame. ``workspace_min/max`` bound
-    end-effector targets in the arm-base frame. The head's pan/tilt centre sits at
+    end-effector targets in the arm-base frame. ``arm_home`` is the ready posture in front of
+    the robot that manipulation starts from; ``arm_stow`` (defaults to ``arm_home``) the carry
+    posture, folded out of the head camera's view, used while driving and looking. The head's pan/tilt centre sits at
     ``head_mount`` in the base frame (pan about z, then tilt about the pan frame's y; tilt > 0
     looks down; at pan = tilt = 0 the optical axis points along the base's x axis).
     """
@@ -72,6 +74,7 @@ class RobotSpec:
     arm_velocity: np.ndarray
     arm_home: np.ndarray
     arm_mount: Pose
+    arm_stow: np.ndarray | None = None
     gripper_min: float = 0.0
     gripper_max: float = 0.08
     gripper_speed: float = 0.2
@@ -84,6 +87,11 @@ class RobotSpec:
     workspace_min: np.ndarray = field(default_factory=lambda: np.array([-0.9, -0.9, -0.6]))
     workspace_max: np.ndarray = field(default_factory=lambda: np.array([0.9, 0.9, 1.2]))
     control_dt: float = 0.05
+
+    @property
+    def stow(self) -> np.ndarray:
+        """The carry posture (``arm_stow``, or ``arm_home`` when none is given)."""
+        return self.arm_home if self.arm_stow is None else self.arm_stow
 
     @property
     def n_arm(self) -> int:

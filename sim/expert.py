@@ -35,17 +35,17 @@ class GroundTruthLocator:
             return None
         lo, hi = self.backend.object_aabb(label)
         pose = self.backend.object_pose(label)
+        ext = self.backend.object_extent(label)  # along the object's own axes
         on = self.backend.place_of(label)
-        size = hi - lo
-        yaw = pose.yaw if size[0] >= size[1] else pose.yaw + math.pi / 2
+        major_is_x = ext[0] >= ext[1]
         return ObjectEstimate(
             label=label,
-            position=np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2]),
+            position=(lo + hi) / 2,
             top_z=float(hi[2]),
-            extent=np.array([max(size[0], size[1]), min(size[0], size[1]), size[2]]),
-            yaw=float(yaw),
+            extent=np.array([max(ext[0], ext[1]), min(ext[0], ext[1]), hi[2] - lo[2]]),
+            yaw=float(pose.yaw if major_is_x else pose.yaw + math.pi / 2),
             place=on[0] if on else None,
-            time=0.0,
+            time=self.backend.time,
         )
 
     def known_labels(self) -> set[str]:

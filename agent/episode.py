@@ -178,7 +178,7 @@ def describe_world() -> str:
 
     site = DEFAULT_LAYOUT.site_map()
     lines = ["task families (--task-id):"]
-    lines += [f"  {name:8s} {getattr(fam, 'description', '')}" for name, fam in sorted(TASK_FAMILIES.items())]
+    lines += [f"  {name:8s} {(fam.__doc__ or '').strip().splitlines()[0]}" for name, fam in sorted(TASK_FAMILIES.items())]
     lines.append("rooms: " + ", ".join(sorted(site.rooms)))
     lines.append("places:")
     lines += [f"  {p.words:20s} ({p.label}, {p.room}, {p.relation})" for p in site.places.values()]

@@ -68,6 +68,7 @@ class Orchestrator:
                 return out
             replans += 1
             self.context.opened = set(self.executor.ctx.opened)
+            self.context.held = self.executor.ctx.held
             plan = self._plan(out, lambda g=plan.goal_of[i], p=plan: self.planner.replan(p, g, self.context))
             i = 0
         out.completed = True

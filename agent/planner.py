@@ -81,6 +81,7 @@ class PlanningContext:
     site: SiteMap
     vocabulary: set[str]
     opened: set[str] = field(default_factory=set)
+    held: str | None = None
 
 
 class Planner(Protocol):
@@ -162,7 +163,7 @@ def parse_instruction(instruction: str, ctx: PlanningContext) -> list[Goal]:
     return goals
 
 
-def _expand(goal: Goal, site: SiteMap, opened: set[str]) -> list[SkillCall]:
+def _expand(goal: Goal, site: SiteMap, opened: set[str], held: str | None = None) -> list[SkillCall]:
     """Skill calls for one goal; ``opened`` is updated as the plan opens/closes containers."""
     if goal.kind == "goto":
         return [SkillCall("navigate_to", {"place": goal.target})]
@@ -175,9 +176,12 @@ def _expand(goal: Goal, site: SiteMap, opened: set[str]) -> list[SkillCall]:
     if rec.articulated and rec.name not in opened:
         calls += [SkillCall("navigate_to", {"place": rec.name}), SkillCall("open", {"container": rec.name})]
         opened.add(rec.name)
+    if goal.object != held:
+        calls += [
+            SkillCall("find", {"object": goal.object, "room": goal.room_hint}),
+            SkillCall("pick", {"object": goal.object}),
+        ]
     calls += [
-        SkillCall("find", {"object": goal.object, "room": goal.room_hint}),
-        SkillCall("pick", {"object": goal.object}),
         SkillCall("navigate_to", {"place": rec.name}),
         SkillCall("look_at", {"target": rec.name}),
         SkillCall("place", {"object": goal.object, "receptacle": rec.name, "relation": goal.relation}),
@@ -202,8 +206,10 @@ def _compile(instruction: str, goals: list[Goal], context: PlanningContext) -> P
     opened = set(context.opened)
     steps: list[SkillCall] = []
     goal_of: list[int] = []
+    held = context.held
     for i, g in enumerate(goals):
-        calls = _expand(g, context.site, opened)
+        calls = _expand(g, context.site, opened, held)
+        held = None
         steps += calls
         goal_of += [i] * len(calls)
     for c in steps:

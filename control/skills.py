@@ -236,37 +236,41 @@ def pick(ctx: SkillContext, object: str) -> SkillGen:  # noqa: A002 - the skill 
     return _ok("pick", args, width=round(float(ctx.state.gripper_width), 4))
 
 
-def _free_spot(ctx: SkillContext, place: Place, centre: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """The point of a 3x3 grid on the surface farthest from the objects known to be there."""
+def _spots(ctx: SkillContext, place: Place, centre: np.ndarray, size: np.ndarray) -> list[np.ndarray]:
+    """Release points on a surface, best first: a 5x3 grid over its inner part, ordered by
+    distance from the objects known to rest there (farthest first), then nearest the robot."""
     others = [
         e.position[:2]
         for lbl in ctx.locator.known_labels()
         if lbl != ctx.held and (e := ctx.locator.locate(lbl)) is not None and e.place == place.name
     ]
     rot = place.surface.rotation[:2, :2]
-    grid = [centre[:2] + rot @ (np.array([i, j]) * size * 0.25) for i in (0, -1, 1) for j in (0, -1, 1)]
-    if not others:
-        return grid[0]
-    return max(grid, key=lambda p: min(float(np.linalg.norm(p - o)) for o in others))
+    grid = [centre[:2] + rot @ (np.array([i, j]) * size * 0.18) for i in (0, -1, 1) for j in (0, -1, 1, -2, 2)]
+    base = ctx.state.base_pose[:2]
+
+    def key(p: np.ndarray) -> tuple[float, float]:
+        clearance = min((float(np.linalg.norm(p - o)) for o in others), default=1.0)
+        return (-min(clearance, 0.15), float(np.linalg.norm(p - base)))
+
+    return sorted(grid, key=key)
 
 
-def _drop_point(ctx: SkillContext, place: Place) -> tuple[np.ndarray, float] | SkillResult:
-    """Where to release on/in ``place``: (x, y) and the surface height."""
+def _drop_points(ctx: SkillContext, place: Place) -> list[np.ndarray] | SkillResult:
+    """Candidate release points ``(x, y, surface z)`` on/in ``place``, best first."""
     centre = place.surface.position.copy()
     size = np.asarray(place.surface_size, dtype=float)
     if place.articulated:
         if place.name not in ctx.opened:
             return _fail("place", {}, "container_closed", f"the {place.words} is closed")
-        # The drawer box spans [-depth/2, depth/2] along d when closed; opened by `open_distance`
-        # the part outside the cabinet is [depth/2, depth/2 + open_distance]: drop in its middle,
-        # a little back from the drawer front.
+        # The drawer box spans [-depth/2, depth/2] along d when closed; opened by `opening` the
+        # part outside the cabinet is [depth/2, depth/2 + opening]. Drop 7 cm behind the drawer
+        # front, as far from the cabinet as it goes, so the hand (about 0.2 m across) clears
+        # the cabinet top when it comes back for the object.
         d = np.asarray(place.open_direction, dtype=float)
         along_x = abs(float(place.surface.rotation[:, 0] @ d)) > 0.7
         depth = float(size[0] if along_x else size[1])
-        opening = ctx.opened[place.name]
-        centre = centre + d * (depth / 2 + opening / 2 - 0.03)
-        return centre[:2], float(centre[2])
-    return _free_spot(ctx, place, centre, size), float(centre[2])
+        return [centre + d * (depth / 2 + ctx.opened[place.name] - 0.07)]
+    return [np.array([p[0], p[1], centre[2]]) for p in _spots(ctx, place, centre, size)]
 
 
 @skill("place", ("object", "receptacle", "relation"), 40.0, "Put the held object on or in a receptacle.")
@@ -278,14 +282,16 @@ def place(ctx: SkillContext, object: str, receptacle: str, relation: str = "on")
     target = ctx.site.place(receptacle)
     if relation not in ("on", "in"):
         return _fail("place", args, "bad_relation", f"relation must be 'on' or 'in', not {relation!r}")
-    drop = _drop_point(ctx, target)
-    if isinstance(drop, SkillResult):
-        drop.args = args
-        return drop
-    xy, surface_z = drop
+    drops = _drop_points(ctx, target)
+    if isinstance(drops, SkillResult):
+        drops.args = args
+        return drops
     quat = top_down_orientation(float(ctx.state.base_pose[2]))
-    release = Pose(np.array([xy[0], xy[1], surface_z + ctx.held_offset + 0.015]), quat)
-    above = Pose(release.position + [0, 0, LIFT_HEIGHT], quat)
+    for spot in drops:
+        release = Pose(np.array([spot[0], spot[1], spot[2] + ctx.held_offset + 0.015]), quat)
+        above = Pose(release.position + [0, 0, LIFT_HEIGHT], quat)
+        if _ik_world(ctx, above) is not None and _ik_world(ctx, release) is not None:
+            break
     moved = yield from _move_joints_to_pose(ctx, above)
     if not moved.success:
         return _fail("place", args, moved.reason, moved.message)
@@ -383,7 +389,9 @@ def _slide_drawer(ctx: SkillContext, name: str, place: Place, start: float, end:
         return _fail(name, {}, "grasp_failed", f"could not grasp the {place.words} handle")
     grip_at = ctx.controller.ee_pose(ctx.state).position
     if closing:
-        moved = yield from _drive(ctx, stand, float(place.stand[2]), tol=0.01, yaw_tol=0.01, speed=0.1)
+        approach = place.handle.rotation[:, 0]
+        past = stand + approach[:2] * 0.02  # push a little past the stand pose to seat the drawer
+        moved = yield from _drive(ctx, past, float(place.stand[2]), tol=0.01, yaw_tol=0.01, speed=0.1)
     else:
         moved = yield from _line(ctx, poses[1], speed=0.1)
     yield hold(4)
@@ -555,12 +563,18 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     args = {"object": object, "room": room}
     est = ctx.locator.locate(object)
     if est is not None and est.place is not None:
-        if ctx.at_place != est.place:
-            res = yield from navigate_to(ctx, est.place)
+        where = ctx.site.place(est.place)
+        if ctx.at_place != where.name:
+            res = yield from navigate_to(ctx, where.name)
             if not res.success:
                 res.skill, res.args = "find", args
                 return res
-        yield from look_at(ctx, est.place)
+        if where.articulated and where.name not in ctx.opened:
+            res = yield from open_(ctx, where.name)
+            if not res.success:
+                res.skill, res.args = "find", args
+                return res
+        yield from look_at(ctx, where.name)
         if ctx.locator.locate(object) is not None:
             return _ok("find", args, place=est.place, searched=1)
     searched = 0

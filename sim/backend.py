@@ -35,9 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnemobot.sim.native import quiet_native_output
+
 try:
-    import pybullet as p
-    import pybullet_data
+    with quiet_native_output():
+        import pybullet as p
+        import pybullet_data
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "the simulated household world needs pybullet; install the extra: pip install 'mnemobot[sim]'"
@@ -222,7 +225,8 @@ class PyBulletBackend:
     def __init__(self, layout: HouseLayout = DEFAULT_LAYOUT, config: BackendConfig | None = None) -> None:
         self.layout = layout
         self.config = config or BackendConfig()
-        self._pb: BulletClient | None = BulletClient(self.config.gui)
+        with quiet_native_output():
+            self._pb: BulletClient | None = BulletClient(self.config.gui)
         self._steps = 0
         self._hooks: dict[int, StepHook] = {}
         self._next_hook = 0
@@ -235,9 +239,10 @@ class PyBulletBackend:
         self._furniture: dict[str, int] = {}
         self._extents: dict[str, np.ndarray] = {}
         self._rooms = layout.room_rects()
-        self._setup_physics()
-        self._build_static()
-        self._load_objects()
+        with quiet_native_output():
+            self._setup_physics()
+            self._build_static()
+            self._load_objects()
         self._lut = self._build_lut()
 
     # -- lifecycle ---------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 from mnemobot.control.robots import MOBILE_BASE_HEIGHT, mobile_panda_spec
 from mnemobot.control.types import RobotCommand, RobotSpec, RobotState
 from mnemobot.perception.types import Observation, Pose, Proprioception, quat_from_matrix
-from mnemobot.sim.backend import PyBulletBackend, fast_panda_urdf, pybullet_data_path
+from mnemobot.sim.backend import PyBulletBackend, fast_panda_urdf, pybullet_data_path, quiet_native_output
 from mnemobot.sim.layout import Rect
 
 __all__ = ["Grasp", "SimRobot", "SimRobotConfig", "head_rotation"]
@@ -97,7 +97,8 @@ class SimRobot:
         self._gripper_target = self.config.start_gripper
         self.grasp: Grasp | None = None
         self._frame: Observation | None = None
-        self._build()
+        with quiet_native_output():
+            self._build()
         backend.attach_robot(self)
         self.reset()
 

@@ -255,6 +255,7 @@ def _drawer_place(layout: HouseLayout) -> str:
 
 
 def _make_place(rng: np.random.Generator, seed: int, layout: HouseLayout, placements: dict[str, str]) -> Task:
+    """Put an object on or in another receptacle (any room)."""
     obj = _pick(rng, sorted(placements))
     receptacle = _pick(rng, [p for p in layout.place_names if p != placements[obj]])
     instruction = f"put the {_words(obj)} {_put_phrase(layout, receptacle)}"
@@ -262,6 +263,7 @@ def _make_place(rng: np.random.Generator, seed: int, layout: HouseLayout, placem
 
 
 def _make_fetch(rng: np.random.Generator, seed: int, layout: HouseLayout, placements: dict[str, str]) -> Task:
+    """Bring an object from its room to a receptacle in another room."""
     obj = _pick(rng, sorted(placements))
     room = layout.room_of_place(placements[obj])
     receptacle = _pick(rng, [p for p in layout.place_names if layout.room_of_place(p) != room])
@@ -270,6 +272,7 @@ def _make_fetch(rng: np.random.Generator, seed: int, layout: HouseLayout, placem
 
 
 def _make_memory(rng: np.random.Generator, seed: int, layout: HouseLayout, placements: dict[str, str]) -> Task:
+    """Hide an object in the drawer, leave the room, then fetch it from where it now is."""
     drawer = _drawer_place(layout)
     drawer_room = layout.room_of_place(drawer)
     obj = _pick(rng, sorted(placements))

@@ -16,6 +16,9 @@ TORCH_VERSION="2.13.0"
 
 log() { printf '[setup] %s\n' "$*"; }
 
+# pip prints one warning per missing local index folder on some machines; keep the log readable.
+quiet_pip() { "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; }
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     log "need root to run: $*"; return 1; fi
@@ -49,9 +52,9 @@ python_env() {
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
   # torch first and pinned, so nothing later pulls a multi-GB CUDA build.
   log "installing torch==$TORCH_VERSION"
-  "${pip[@]}" install "torch==$TORCH_VERSION"
+  quiet_pip "${pip[@]}" install "torch==$TORCH_VERSION"
   log "installing mnemobot with all extras (editable)"
-  "${pip[@]}" install -e ".[all,dev]"
+  quiet_pip "${pip[@]}" install -e ".[all,dev]"
   echo "$want" > "$stamp"
 }
 

@@ -6,7 +6,6 @@ planner, executor, locator and body context own theirs.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,8 +15,6 @@ from mnemobot.control.skills import SKILLS
 from mnemobot.control.types import SkillResult
 
 __all__ = ["Orchestrator", "RunOutcome"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

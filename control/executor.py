@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from mnemobot.control.site import UnknownPlaceError
@@ -10,8 +9,6 @@ from mnemobot.control.skills import SkillContext, SkillSpec
 from mnemobot.control.types import ControlTarget, SafetyError, SkillResult, SkillStatus
 
 __all__ = ["ExecutorConfig", "SkillExecutor", "StepBudgetExceeded"]
-
-log = logging.getLogger(__name__)
 
 
 class StepBudgetExceeded(RuntimeError):

@@ -18,6 +18,7 @@ __all__ = [
     "TOP_DOWN",
     "cartesian_line",
     "gripper_move",
+    "head_angles_towards",
     "head_move",
     "hold",
     "joint_move",
@@ -108,6 +109,13 @@ def head_move(spec: RobotSpec, h0: np.ndarray, h1: np.ndarray, settle_ticks: int
     n = max(1, math.ceil(d / (0.8 * spec.head_velocity * spec.control_dt)))
     heads = [h0 + (h1 - h0) * (i / n) for i in range(1, n + 1)] + [h1] * settle_ticks
     return ActionChunk([ControlTarget(head=h) for h in heads])
+
+
+def head_angles_towards(spec: RobotSpec, base_pose: Pose, point: np.ndarray) -> np.ndarray:
+    """Head ``(pan, tilt)`` (rad, not clipped to limits) that point the optical axis, from the
+    pan/tilt centre ``spec.head_mount``, at world ``point``; ``base_pose`` is the base in the world."""
+    d = (base_pose @ spec.head_mount).inverse().apply(np.asarray(point, dtype=float))
+    return np.array([math.atan2(d[1], d[0]), math.atan2(-d[2], math.hypot(d[0], d[1]))])
 
 
 def hold(ticks: int) -> ActionChunk:

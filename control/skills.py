@@ -27,6 +27,7 @@ from mnemobot.control.controllers import Controller
 from mnemobot.control.motion import (
     cartesian_line,
     gripper_move,
+    head_angles_towards,
     head_move,
     hold,
     joint_move,
@@ -536,10 +537,7 @@ def look_at(ctx: SkillContext, target: str) -> SkillGen:
     point = _look_target(ctx, target)
     if point is None:
         return _fail("look_at", args, "not_found", f"no place or known object called {target!r}")
-    mount = ctx.state.base_pose3d() @ ctx.spec.head_mount
-    d = mount.inverse().apply(point)
-    pan = math.atan2(d[1], d[0])
-    tilt = math.atan2(-d[2], math.hypot(d[0], d[1]))
+    pan, tilt = head_angles_towards(ctx.spec, ctx.state.base_pose3d(), point)
     if not ctx.spec.head_lower[0] <= pan <= ctx.spec.head_upper[0]:
         return _fail("look_at", args, "out_of_view", f"the {target} is behind the robot")
     yield head_move(ctx.spec, ctx.commanded_head(), np.array([pan, tilt]))

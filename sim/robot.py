@@ -14,7 +14,7 @@
   ``panda_hand`` and the fingers stop at its width; opening past that width + ``release_margin``
   (or fully) releases it. Only contacts whose normal lies along the closing axis count, so
   fingers resting on top of an object do not grasp it.
-* Head: a camera on a mast at ``mast_xy`` (base frame), ``camera_height`` above the floor. Its
+* Head: a camera on a mast, its optical centre at ``spec.head_mount`` (base frame). Its
   optical frame: pan about the base z axis, then tilt about the head's sideways axis (tilt > 0
   looks down). Pan and tilt move kinematically at ``spec.head_velocity``.
 """
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnemobot.control.kinematics import ArmKinematics, from_spec
+from mnemobot.control.motion import head_angles_towards
 from mnemobot.control.robots import MOBILE_BASE_HEIGHT, mobile_panda_spec
 from mnemobot.control.types import RobotCommand, RobotSpec, RobotState
 from mnemobot.perception.types import Observation, Pose, Proprioception, quat_from_matrix
@@ -55,8 +57,6 @@ class SimRobotConfig:
     """
 
     base_size: tuple[float, float] = (0.6, 0.5)
-    mast_xy: tuple[float, float] = (-0.15, 0.0)
-    camera_height: float = 1.30
     grasp_force: float = 40.0
     finger_friction: float = 1.5
     release_margin: float = 0.01
@@ -96,6 +96,7 @@ class SimRobot:
         self._head_target = self.head.copy()
         self._gripper_target = self.config.start_gripper
         self.grasp: Grasp | None = None
+        self._kinematics: ArmKinematics | None = None
         self._frame: Observation | None = None
         with quiet_native_output():
             self._build()
@@ -106,8 +107,9 @@ class SimRobot:
     def _build(self) -> None:
         pb, cfg = self._pb, self.config
         half = [cfg.base_size[0] / 2, cfg.base_size[1] / 2, MOBILE_BASE_HEIGHT / 2]
-        mast_len = cfg.camera_height - MOBILE_BASE_HEIGHT - 0.06
-        mast_pos = [cfg.mast_xy[0], cfg.mast_xy[1], MOBILE_BASE_HEIGHT + mast_len / 2]
+        mount = self.spec.head_mount.position
+        mast_len = float(mount[2]) - MOBILE_BASE_HEIGHT - 0.06
+        mast_pos = [float(mount[0]), float(mount[1]), MOBILE_BASE_HEIGHT + mast_len / 2]
         col = pb.createCollisionShape(pb.GEOM_BOX, halfExtents=half, collisionFramePosition=[0, 0, half[2]])
         vis = pb.createVisualShapeArray(
             [pb.GEOM_BOX, pb.GEOM_CYLINDER], halfExtents=[half, [0, 0, 0]], radii=[0, 0.03],
@@ -245,14 +247,12 @@ class SimRobot:
     def camera_pose(self, head: np.ndarray | None = None) -> Pose:
         """Optical-frame pose of the head camera in the world (for ``head`` angles, default current)."""
         pan, tilt = (float(v) for v in (self.head if head is None else head))
-        mount = np.array([self.config.mast_xy[0], self.config.mast_xy[1], self.config.camera_height])
+        mount = self.spec.head_mount.position
         return self.base_pose3d() @ Pose(mount, quat_from_matrix(head_rotation(pan, tilt)))
 
     def head_angles_towards(self, point: np.ndarray) -> np.ndarray:
         """Head ``(pan, tilt)`` (rad, within limits) that centre world ``point`` in the image."""
-        cam = self.camera_pose(np.zeros(2)).position
-        d = self.base_pose3d().rotation.T @ (np.asarray(point, float) - cam)
-        angles = np.array([math.atan2(d[1], d[0]), math.atan2(-d[2], math.hypot(d[0], d[1]))])
+        angles = head_angles_towards(self.spec, self.base_pose3d(), point)
         return np.clip(angles, self.spec.head_lower, self.spec.head_upper)
 
     def ee_pose(self) -> Pose:
@@ -260,54 +260,19 @@ class SimRobot:
         state = self._pb.getLinkState(self._arm_uid, self.ee_link, computeForwardKinematics=True)
         return Pose(np.asarray(state[4]), np.asarray(state[5]))
 
-    def ik(self, ee_pose: Pose, rest: np.ndarray | None = None, rounds: int = 12, restarts: int = 8,
-           tol: float = 0.005) -> np.ndarray:
-        """Arm joint targets (rad) putting ``ee_link`` at world ``ee_pose``, by pybullet's IK.
+    def ik(self, ee_pose: Pose, seed: np.ndarray | None = None) -> np.ndarray:
+        """Arm joint targets (rad) putting ``ee_link`` at world ``ee_pose`` (tests and experts).
 
-        For scripted experts and tests. Iterates pybullet's solver on the arm's own joints from
-        the current posture, then from ``restarts`` fixed perturbations of the rest posture until
-        the position error is below ``tol`` (m); finally puts the joints back exactly (the
-        simulation is not advanced). Returns the best solution found, clipped to the joint
-        limits; it may not reach the pose: check with :meth:`ee_pose` after moving.
+        Uses the brainstem's own URDF kinematics, seeded at ``seed`` (default: the current
+        joints), with restarts; returns the best solution, which may miss an unreachable pose.
         """
-        pb = self._pb
-        rest_q = self.spec.arm_home if rest is None else np.asarray(rest, float)
-        saved = pb.getJointStates(self._arm_uid, self._arm)
-        seeds = [np.array([st[0] for st in saved])]
-        rng = np.random.default_rng(0)
-        seeds += [np.clip(rest_q + rng.uniform(-1.0, 1.0, rest_q.shape) * (i > 0), self.spec.arm_lower,
-                          self.spec.arm_upper) for i in range(restarts)]
-        best_q, best_err = seeds[0], math.inf
-        for seed in seeds:
-            q, err = self._ik_from(seed, ee_pose, rest_q, rounds)
-            if err < best_err:
-                best_q, best_err = q, err
-            if best_err < tol:
-                break
-        for j, st in zip(self._arm, saved, strict=True):
-            pb.resetJointState(self._arm_uid, j, st[0], st[1])
-        return best_q
-
-    def _ik_from(self, seed: np.ndarray, ee_pose: Pose, rest_q: np.ndarray, rounds: int) -> tuple[np.ndarray, float]:
-        """Run pybullet's IK ``rounds`` times from ``seed`` (moves the joints); returns (q, error m)."""
-        pb, s = self._pb, self.spec
-        q = seed
-        for _ in range(rounds):
-            for j, qj in zip(self._arm, q, strict=True):
-                pb.resetJointState(self._arm_uid, j, float(qj))
-            sol = pb.calculateInverseKinematics(
-                self._arm_uid, self.ee_link, ee_pose.position.tolist(), ee_pose.quaternion.tolist(),
-                lowerLimits=[*s.arm_lower, 0.0, 0.0], upperLimits=[*s.arm_upper, 0.04, 0.04],
-                jointRanges=[*(s.arm_upper - s.arm_lower), 0.04, 0.04], restPoses=[*rest_q, 0.02, 0.02],
-                maxNumIterations=100, residualThreshold=1e-6,
-            )
-            q = np.clip(np.asarray(sol[: s.n_arm]), s.arm_lower, s.arm_upper)
-        for j, qj in zip(self._arm, q, strict=True):
-            pb.resetJointState(self._arm_uid, j, float(qj))
-        reached = self.ee_pose()
-        err = float(np.linalg.norm(reached.position - ee_pose.position))
-        angle = 2.0 * math.acos(min(1.0, abs(float(np.dot(reached.quaternion, ee_pose.quaternion)))))
-        return q, err + 0.1 * angle
+        if self._kinematics is None:
+            self._kinematics = from_spec(self.spec)
+        arm_base = self.base_pose3d() @ self.spec.arm_mount
+        q0 = self.read().arm_q if seed is None else np.asarray(seed, dtype=float)
+        res = self._kinematics.ik(arm_base.inverse() @ ee_pose, q0, self.spec.arm_lower, self.spec.arm_upper,
+                                  restarts=8)
+        return res.q
 
     def footprint(self, pose: np.ndarray | None = None) -> Rect:
         x, y, yaw = (float(v) for v in (self.base_pose if pose is None else pose))

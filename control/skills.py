@@ -144,11 +144,11 @@ def _ik_world(ctx: SkillContext, pose: Pose) -> np.ndarray | None:
     return res.q if res.success else None
 
 
-def _move_joints_to_pose(ctx: SkillContext, pose: Pose, gripper: float | None = None) -> SkillGen:
+def _move_joints_to_pose(ctx: SkillContext, pose: Pose) -> SkillGen:
     q = _ik_world(ctx, pose)
     if q is None:
         return _fail("move", {}, "unreachable", f"no arm configuration reaches {np.round(pose.position, 3)}")
-    yield joint_move(ctx.spec, ctx.commanded_q(), q, gripper_width=gripper)
+    yield joint_move(ctx.spec, ctx.commanded_q(), q)
     return _ok("move", {})
 
 

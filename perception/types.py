@@ -24,6 +24,7 @@ import numpy as np
 __all__ = [
     "CameraIntrinsics",
     "Observation",
+    "ObservationError",
     "Pose",
     "Proprioception",
     "quat_from_matrix",
@@ -197,6 +198,10 @@ class Proprioception:
         return Pose.from_xyz_yaw(x, y, 0.0, yaw)
 
 
+class ObservationError(ValueError):
+    """A sensor frame whose arrays are malformed or disagree with each other or with its labels."""
+
+
 @dataclass(frozen=True)
 class Observation:
     """One synchronised sensor frame.
@@ -218,11 +223,42 @@ class Observation:
     proprio: Proprioception | None = None
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the problem if the arrays disagree with each other."""
+        """Raise :class:`ObservationError` naming the problem if the frame is malformed.
+
+        Checks, in order: ``rgb`` is ``(H, W, 3)`` uint8 and ``depth`` is ``(H, W)`` for the
+        intrinsics' size; ``depth`` is floating point, has no negative or ``-inf`` pixel and at
+        least one valid pixel (finite and > 0; 0, NaN and +inf are "no return" pixels and are
+        allowed); the instance mask, when present, is ``(H, W)`` of an integer dtype and every
+        non-zero id in it has an entry in ``labels``.
+        """
         h, w = self.intrinsics.height, self.intrinsics.width
         if self.rgb.shape != (h, w, 3) or self.rgb.dtype != np.uint8:
-            raise ValueError(f"rgb must be ({h}, {w}, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
+            raise ObservationError(f"rgb must be ({h}, {w}, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
         if self.depth.shape != (h, w):
-            raise ValueError(f"depth must be ({h}, {w}), got {self.depth.shape}")
-        if self.instances is not None and self.instances.shape != (h, w):
-            raise ValueError(f"instance mask must be ({h}, {w}), got {self.instances.shape}")
+            raise ObservationError(f"depth must be ({h}, {w}), got {self.depth.shape}")
+        if not np.issubdtype(self.depth.dtype, np.floating):
+            raise ObservationError(f"depth must be floating point metres, got dtype {self.depth.dtype}")
+        negative = int(np.count_nonzero(self.depth < 0))  # -inf counts; NaN compares False
+        if negative:
+            raise ObservationError(
+                f"depth has {negative} pixels with negative values or -inf "
+                "(no-return pixels must be 0, NaN or +inf)"
+            )
+        if not np.any(np.isfinite(self.depth) & (self.depth > 0)):
+            raise ObservationError("depth has no valid pixels (every pixel is NaN, +inf or 0)")
+        if self.instances is None:
+            return
+        if self.instances.shape != (h, w):
+            raise ObservationError(f"instance mask must be ({h}, {w}), got {self.instances.shape}")
+        if not np.issubdtype(self.instances.dtype, np.integer):
+            raise ObservationError(f"instance mask must have an integer dtype, got {self.instances.dtype}")
+        ids = self.instances
+        if ids.size and int(ids.min()) >= 0 and int(ids.max()) < (1 << 20):  # counting pass, no sort
+            present = np.flatnonzero(np.bincount(ids.ravel().astype(np.intp, copy=False)))
+        else:
+            present = np.unique(ids)
+        missing = [i for i in present.tolist() if i != 0 and i not in self.labels]
+        if missing:
+            shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
+            raise ObservationError(f"instance ids [{shown}] are not in the label map")
+

@@ -7,9 +7,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from mnemobot.perception.types import Observation
+from mnemobot.perception.types import Observation, Pose
 
-__all__ = ["ObjectEstimate", "ObjectLocator"]
+__all__ = ["MapLike", "ObjectEstimate", "ObjectLocator", "PlaceLike", "RoomLike"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,38 @@ class ObjectLocator(Protocol):
     def locate(self, label: str) -> ObjectEstimate | None: ...
 
     def known_labels(self) -> set[str]: ...
+
+
+@runtime_checkable
+class RoomLike(Protocol):
+    """A room of the robot's map (the site map's rooms satisfy this)."""
+
+    name: str
+    center: tuple[float, float]
+    size: tuple[float, float]
+
+
+@runtime_checkable
+class PlaceLike(Protocol):
+    """A place of the robot's map: furniture or a receptacle (the site map's places satisfy this).
+
+    Memory reads only these fields, so it does not depend on the controller package.
+    """
+
+    name: str
+    label: str
+    room: str
+    surface: Pose
+    surface_size: tuple[float, float]
+    relation: str
+    open_direction: tuple[float, float, float] | None
+    open_distance: float
+    aliases: tuple[str, ...]
+
+
+@runtime_checkable
+class MapLike(Protocol):
+    """Prior map given to memory: rooms and places (static layers of the scene graph)."""
+
+    rooms: dict[str, RoomLike]
+    places: dict[str, PlaceLike]

@@ -1,0 +1,394 @@
+"""Scene-graph memory without a simulator: association, moves, negative evidence, relations,
+the operation log, snapshots, retrieval and the persistent facade (real SQLite)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnemobot.memory.graph import HELD, MISSING, PRESENT, FrameInfo, SceneGraph, SceneGraphConfig
+from mnemobot.memory.memory import Memory, MemoryConfig
+from mnemobot.memory.ops import MemoryOp, OpKind
+from mnemobot.memory.retrieval import MemoryQuery, approx_tokens, build_context
+from mnemobot.memory.spatial import GridIndex
+from mnemobot.perception.objects import ObjectObservation
+from mnemobot.perception.types import CameraIntrinsics, Observation, Pose
+from mnemobot.sim.layout import DEFAULT_LAYOUT
+
+SITE = DEFAULT_LAYOUT.site_map()
+K = CameraIntrinsics.from_fov(320, 240, 60.0)
+COLOURS = {"mug": (0.9, 0.9, 0.9), "duck": (0.95, 0.85, 0.1), "red_cube": (0.85, 0.1, 0.1),
+           "blue_cube": (0.1, 0.2, 0.85), "teddy": (0.6, 0.4, 0.2)}
+
+
+def surface(place: str, dx: float = 0.0, dy: float = 0.0, size: float = 0.05) -> np.ndarray:
+    """Centre of an object of ``size`` resting on ``place`` at offset (dx, dy)."""
+    p = SITE.place(place).surface.position
+    return np.array([p[0] + dx, p[1] + dy, p[2] + size / 2])
+
+
+def obs(label: str, centre: np.ndarray, t: float, size: float = 0.05, colour=None, pixels: int = 300
+        ) -> ObjectObservation:
+    h = size / 2
+    corners = np.array([[x, y, z] for x in (-h, h) for y in (-h, h) for z in (-h, h)]) + centre
+    return ObjectObservation(
+        label=label, instance_id=None, points=corners, centroid=corners.mean(axis=0),
+        aabb_min=corners.min(axis=0), aabb_max=corners.max(axis=0), yaw=0.0, extent=np.array([size] * 3),
+        colour=np.array(colour or COLOURS.get(label, (0.5, 0.5, 0.5))), confidence=1.0, timestamp=t,
+        pixel_count=pixels,
+    )
+
+
+def blind(t: float) -> FrameInfo:
+    """A frame that gives no negative evidence (no valid depth)."""
+    return FrameInfo(t, Pose(), K, np.zeros((K.height, K.width), dtype=np.float32))
+
+
+def camera_looking_at(target: np.ndarray, back: float = 1.0, up: float = 0.6) -> Pose:
+    """Optical-frame pose (z forward, x right, y down) looking at ``target`` from -x and above."""
+    eye = target + np.array([-back, 0.0, up])
+    z = target - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = np.column_stack([x, y, z]), eye
+    return Pose.from_matrix(m)
+
+
+def depth_frame(cam: Pose, t: float, depth_value: float) -> FrameInfo:
+    return FrameInfo(t, cam, K, np.full((K.height, K.width), depth_value, dtype=np.float32))
+
+
+def graph() -> SceneGraph:
+    g = SceneGraph(SceneGraphConfig(), SITE)
+    g.load_map(SITE)
+    return g
+
+
+# -- spatial index -----------------------------------------------------------------------------------
+def test_grid_index_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    idx = GridIndex(0.5)
+    pts = {f"k{i}": rng.uniform(-5, 5, 3) for i in range(2000)}
+    for k, p in pts.items():
+        idx.insert(k, p)
+    for k in list(pts)[:300]:  # move some
+        pts[k] = rng.uniform(-5, 5, 3)
+        idx.insert(k, pts[k])
+    for k in list(pts)[300:400]:
+        idx.remove(k)
+        del pts[k]
+    for _ in range(50):
+        c, r = rng.uniform(-5, 5, 3), float(rng.uniform(0.1, 2.0))
+        got = {k for k, _d in idx.query(c, r)}
+        want = {k for k, p in pts.items() if np.linalg.norm(p - c) <= r}
+        assert got == want
+    assert len(idx) == len(pts)
+
+
+# -- association and dynamics ------------------------------------------------------------------------
+def test_first_sighting_adds_and_resighting_confirms() -> None:
+    g = graph()
+    changes = g.integrate([obs("mug", surface("kitchen_table", -0.1), 1.0)], blind(1.0))
+    assert list(changes.values()) == ["observed"]
+    key = next(iter(changes))
+    node = g.node(key)
+    assert node["place"] == "kitchen_table" and node["relation"] == "on" and node["room"] == "kitchen"
+    assert g.g.has_edge(key, "place:kitchen_table", key="on")
+    seq = g.seq
+    assert g.integrate([obs("mug", surface("kitchen_table", -0.1) + 0.002, 2.0)], blind(2.0)) == {}
+    assert g.seq == seq + 1 and g.tail[-1].kind is OpKind.NOOP
+    assert g.node(key)["last_seen"] == 2.0 and g.node(key)["n_obs"] == 2
+    assert len(g.by_layer("object")) == 1
+
+
+def test_object_seen_elsewhere_is_moved_with_history() -> None:
+    g = graph()
+    (key,) = g.integrate([obs("duck", surface("kitchen_table"), 1.0)], blind(1.0))
+    changes = g.integrate([obs("duck", surface("bedroom_table", 0.1), 5.0)], blind(5.0))
+    assert changes == {key: "moved"}
+    node = g.node(key)
+    assert node["place"] == "bedroom_table" and node["room"] == "bedroom"
+    assert [h[4] for h in node["history"]] == ["kitchen_table", "bedroom_table"]
+    assert g.g.has_edge(key, "place:bedroom_table", key="on")
+    assert not g.g.has_edge(key, "place:kitchen_table", key="on")
+    assert len(g.by_layer("object")) == 1
+    q = MemoryQuery(g)
+    assert q.origin("duck") == "kitchen_table"
+    assert q.moved_between(1.0, 6.0) == ["duck"] and q.moved_between(1.5, 4.0) == []
+    assert q.moved_between(0.5, 6.0) == []  # not yet remembered at 0.5 s: not a move
+
+
+def test_two_same_label_objects_seen_together_stay_two() -> None:
+    g = graph()
+    g.integrate([obs("red_cube", surface("kitchen_table", -0.2), 1.0),
+                 obs("red_cube", surface("kitchen_table", 0.2), 1.0)], blind(1.0))
+    assert MemoryQuery(g).count("red_cube") == 2
+    g.integrate([obs("red_cube", surface("kitchen_table", -0.2), 2.0),
+                 obs("red_cube", surface("kitchen_table", 0.2), 2.0)], blind(2.0))
+    assert MemoryQuery(g).count("red_cube") == 2
+
+
+def test_colour_gate_separates_objects() -> None:
+    g = graph()
+    g.integrate([obs("unknown", surface("shelf"), 1.0, colour=(0.9, 0.1, 0.1))], blind(1.0))
+    g.integrate([obs("unknown", surface("shelf", 0.01), 2.0, colour=(0.1, 0.1, 0.9))], blind(2.0))
+    assert len(g.by_layer("object")) == 2
+
+
+def test_negative_evidence_marks_missing_only_when_view_is_clear() -> None:
+    g = graph()
+    centre = surface("living_room_table")
+    (key,) = g.integrate([obs("mug", centre, 1.0, size=0.1)], blind(1.0))
+    cam = camera_looking_at(centre)
+    dist = float(np.linalg.norm(cam.inverse().apply(centre[None])[0]))
+    # occluded: something nearer than the mug covers its pixels -> no evidence
+    for t in (2.0, 2.2, 2.4):
+        assert g.integrate([], depth_frame(cam, t, dist - 0.4)) == {}
+    assert g.node(key)["state"] == PRESENT
+    # clear view of the surface behind where the mug was: missing after `missing_after` frames
+    assert g.integrate([], depth_frame(cam, 3.0, dist + 0.05)) == {}
+    assert g.integrate([], depth_frame(cam, 3.2, dist + 0.05)) == {key: "not_seen"}
+    assert g.node(key)["state"] == MISSING
+    assert not g.g.has_edge(key, "place:living_room_table", key="on")
+    q = MemoryQuery(g)
+    assert q.where("mug")[0].state == MISSING
+    # seen again in the same place: it reappears under the same identity
+    assert g.integrate([obs("mug", centre, 4.0, size=0.1)], blind(4.0)) == {key: "reappeared"}
+
+
+def test_missing_object_found_elsewhere_is_a_move() -> None:
+    cfg = SceneGraphConfig(missing_after=1)
+    g = SceneGraph(cfg, SITE)
+    g.load_map(SITE)
+    centre = surface("living_room_table")
+    (key,) = g.integrate([obs("unknown", centre, 1.0, size=0.1, colour=(0.2, 0.8, 0.2))], blind(1.0))
+    cam = camera_looking_at(centre)
+    dist = float(np.linalg.norm(cam.inverse().apply(centre[None])[0]))
+    g.integrate([], depth_frame(cam, 2.0, dist + 0.05))
+    assert g.node(key)["state"] == MISSING
+    changes = g.integrate([obs("unknown", surface("shelf"), 3.0, size=0.1, colour=(0.2, 0.8, 0.2))], blind(3.0))
+    assert changes == {key: "moved"} and g.node(key)["place"] == "shelf"
+
+
+def test_grasp_release_and_container_state() -> None:
+    g = graph()
+    (key,) = g.integrate([obs("teddy", surface("bedroom_table"), 1.0)], blind(1.0))
+    g.grasped("teddy", 2.0)
+    assert g.node(key)["state"] == HELD and g.g.has_edge("agent", key, key="holds")
+    # while held, sightings of the held label are skipped by the caller; nothing is added
+    g.integrate([obs("teddy", np.array([11.0, 3.0, 1.0]), 2.5)], blind(2.5), skip_labels={"teddy"})
+    assert len(g.by_layer("object")) == 1
+    g.articulated("drawer", 0.3, 3.0)
+    assert g.node("place:drawer")["state"] == "open"
+    g.released("teddy", "drawer", 4.0)
+    node = g.node(key)
+    assert node["state"] == PRESENT and node["place"] == "drawer" and node["relation"] == "in"
+    assert g.g.has_edge(key, "place:drawer", key="in")
+    g.articulated("drawer", 0.0, 5.0)
+    q = MemoryQuery(g)
+    assert q.state("drawer") == "closed"
+    assert [h.label for h in q.contents("drawer")] == ["teddy"]
+
+
+def test_near_and_stacked_relations_update_locally() -> None:
+    g = graph()
+    base = surface("kitchen_table", 0.0, 0.0, size=0.05)
+    changes = g.integrate([obs("red_cube", base, 1.0), obs("blue_cube", base + [0.12, 0, 0], 1.0)], blind(1.0))
+    a, b = sorted(changes)
+    assert g.g.has_edge(a, b, key="near")
+    on_top = base + [0.0, 0.0, 0.05]
+    (c,) = g.integrate([obs("duck", on_top, 2.0, size=0.05)], blind(2.0))
+    support = next(v for _u, v, r in g.g.out_edges(c, keys=True) if r == "on")
+    assert g.node(support)["label"] == "red_cube"
+    g.integrate([obs("blue_cube", surface("shelf"), 3.0)], blind(3.0))
+    assert not g.g.has_edge(a, b, key="near")
+
+
+# -- log, snapshot, replay ---------------------------------------------------------------------------
+def _random_history(g: SceneGraph, steps: int = 60, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    places = ["kitchen_table", "living_room_table", "shelf", "bedroom_table"]
+    labels = list(COLOURS)
+    for i in range(steps):
+        t = 1.0 + i
+        seen = [obs(lb, surface(rng.choice(places), rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2)), t)
+                for lb in rng.sample(labels, 2)]
+        g.integrate(seen, blind(t))
+        g.integrate(seen, blind(t + 0.05))  # confirmations
+        if i % 17 == 5:
+            g.grasped(seen[0].label, t + 0.1)
+            g.released(seen[0].label, rng.choice(places), t + 0.2)
+
+
+def _canon(g: SceneGraph) -> tuple[object, object]:
+    nodes = sorted((n, sorted(d.items())) for n, d in g.g.nodes(data=True))
+    edges = sorted((u, k, v) for u, v, k in g.g.edges(keys=True))
+    return repr(nodes), edges
+
+
+def test_log_replay_and_snapshot_rebuild_the_same_graph() -> None:
+    g = graph()
+    _random_history(g)
+    ops = list(g.tail) if g.seq <= g.tail.maxlen else pytest.skip("log longer than the tail")
+    assert [op.seq for op in ops] == list(range(1, g.seq + 1))
+    assert {op.kind for op in ops} >= {OpKind.ADD, OpKind.UPDATE, OpKind.DELETE, OpKind.NOOP}
+    rebuilt = SceneGraph(SceneGraphConfig(), SITE)
+    for op in ops:
+        rebuilt.apply(MemoryOp.from_row(op.to_row()))  # through the storage encoding
+    assert _canon(rebuilt) == _canon(g)
+    half = SceneGraph(SceneGraphConfig(), SITE)
+    for op in ops[: len(ops) // 2]:
+        half.apply(op)
+    snap = SceneGraph(SceneGraphConfig(), SITE)
+    snap.load_state(half.to_state())
+    for op in ops[len(ops) // 2:]:
+        snap.apply(op)
+    assert _canon(snap) == _canon(g)
+    with pytest.raises(ValueError, match="not after"):
+        snap.apply(ops[0])
+
+
+def test_every_op_has_cause_and_time() -> None:
+    g = graph()
+    _random_history(g, steps=20)
+    for op in g.tail:
+        assert op.cause and op.time >= 0 and op.kind in OpKind
+        assert op.target in ("node", "edge")
+
+
+# -- retrieval -----------------------------------------------------------------------------------------
+def test_retrieval_questions() -> None:
+    g = graph()
+    g.integrate([obs("mug", surface("kitchen_table"), 1.0), obs("duck", surface("shelf"), 1.0)], blind(1.0))
+    g.integrate([obs("red_cube", surface("bedroom_table"), 5.0)], blind(5.0))
+    g.integrate([obs("mug", surface("living_room_table"), 9.0)], blind(9.0))
+    q = MemoryQuery(g)
+    (hit,) = q.where("mug")
+    assert hit.place == "living_room_table" and hit.room == "living_room" and hit.score == 1.0
+    assert [h.label for h in q.contents("shelf")] == ["duck"]
+    assert [h.label for h in q.contents("living room table")] == ["mug"]
+    assert [c.label for c in q.changed_since(4.0)] == ["red_cube", "mug"]
+    assert [c.cause for c in q.changed_since(8.0)] == ["moved"]
+    assert q.last_seen("duck") == 1.0 and q.last_seen("teddy") is None
+    assert q.count("mug") == 1 and q.count("teddy") == 0
+    assert q.where("teddy") == []
+
+
+def test_search_by_description_lexical_and_word_overlap() -> None:
+    from mnemobot.memory.embedding import LexicalEmbedder
+
+    g = graph()
+    g.integrate([obs("mug", surface("kitchen_table", -0.2), 1.0), obs("duck", surface("kitchen_table", 0.2), 1.0),
+                 obs("red_cube", surface("shelf"), 1.0)], blind(1.0))
+    q = MemoryQuery(g, LexicalEmbedder())
+    assert q.search("something to drink from", k=3)[0].label == "mug"
+    assert q.search("the red block", k=1)[0].label == "red_cube"
+    # the index follows changes: a moved object is found by its new place
+    g.integrate([obs("duck", surface("bedroom_table"), 2.0)], blind(2.0))
+    assert q.search("bedroom", k=1)[0].label == "duck"
+    plain = MemoryQuery(g)
+    assert plain.search("red cube", k=1)[0].label == "red_cube"
+    assert plain.search("", k=1) == []
+
+
+def test_context_respects_token_budget_and_priorities() -> None:
+    g = graph()
+    labels = list(COLOURS)
+    for i in range(40):
+        g.integrate([obs(labels[i % len(labels)] if i < 5 else f"thing_{i}",
+                         surface("kitchen_table" if i % 2 else "shelf", 0.01 * (i % 10)), float(i))], blind(float(i)))
+    q = MemoryQuery(g)
+    text = build_context(q, "bring the duck to the shelf", budget_tokens=120)
+    assert approx_tokens(text) <= 120
+    lines = text.splitlines()
+    assert lines[1] == "objects named in the task:" and lines[2].startswith("- duck:")
+    assert any(line.startswith("- shelf:") for line in lines)
+    big = build_context(q, "bring the duck to the shelf", budget_tokens=2000)
+    assert approx_tokens(big) <= 2000 and big.count("\n") > text.count("\n")
+    assert build_context(q, "x", budget_tokens=3).count("\n") == 0
+
+
+# -- the facade with a real SQLite store ----------------------------------------------------------------
+def frame(t: float, depth: float = 0.0) -> Observation:
+    """A frame without instance masks or depth returns: perception finds nothing."""
+    return Observation(t, np.zeros((K.height, K.width, 3), np.uint8), np.full((K.height, K.width), depth, np.float32),
+                       K, Pose())
+
+
+def test_memory_persists_across_restarts_and_episodes(tmp_path: Path) -> None:
+    db = tmp_path / "house.db"
+    sightings = {1.0: [obs("mug", surface("kitchen_table"), 1.0)], 2.0: [obs("duck", surface("shelf"), 2.0)]}
+
+    def extractor(o: Observation) -> list[ObjectObservation]:
+        return sightings.get(o.timestamp, [])
+
+    m = Memory(MemoryConfig(db_path=db, embedder="none"), site=SITE, extractor=extractor)
+    m.begin_episode({"task": "look"})
+    m.update(frame(1.0, 1.0))
+    m.update(frame(2.0, 1.0))
+    m.set_body("mug", {}, None, t=2.5)
+    m.set_body(None, {}, "bedroom_table", t=3.0)
+    assert m.locate("mug").place == "bedroom_table"
+    m.end_episode({"success": True})
+    seq = m.graph.seq
+    m.close()
+
+    m2 = Memory(MemoryConfig(db_path=db, embedder="none"), site=SITE, extractor=lambda o: [])
+    assert m2.graph.seq == seq
+    assert m2.locate("duck").place == "shelf" and m2.locate("mug").place == "bedroom_table"
+    m2.begin_episode({"task": "again"})
+    assert m2.offset > 3.0  # one clock across episodes
+    assert m2.locate("duck").time < 0  # seen before this episode began
+    assert m2.query.origin("mug") == "kitchen_table"
+    assert m2.recall_origin("mug") is None  # not seen in this episode
+    m2.close()
+
+
+def test_bad_frame_leaves_memory_intact() -> None:
+    m = Memory(MemoryConfig(embedder="none"), site=SITE)
+    seq = m.graph.seq
+    bad = Observation(0.0, np.zeros((K.height, K.width, 3), np.uint8),
+                      np.full((K.height, K.width), np.nan, np.float32), K, Pose(),
+                      instances=np.ones((K.height, K.width), np.int32), labels={1: "mug"})
+    with pytest.raises(ValueError, match="depth"):
+        m.update(bad)
+    size = Observation(0.0, np.zeros((10, 10, 3), np.uint8), np.ones((K.height, K.width), np.float32), K,
+                       Pose())
+    with pytest.raises(ValueError, match="rgb"):
+        m.update(size)
+    assert m.graph.seq == seq
+
+
+def test_corrupt_database_is_refused_and_left_intact(tmp_path: Path) -> None:
+    from mnemobot.memory.store import StoreError
+
+    db = tmp_path / "notes.db"
+    db.write_bytes(b"this is not a database " * 100)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    with pytest.raises(StoreError):
+        Memory(MemoryConfig(db_path=db, embedder="none"), site=SITE)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+
+def test_short_term_memory_records_changes_and_counts_questions() -> None:
+    seen = {1.0: [obs("mug", surface("kitchen_table"), 1.0)], 2.0: [obs("mug", surface("shelf"), 2.0)]}
+    m = Memory(MemoryConfig(embedder="none", record_trace=True), site=SITE, extractor=lambda o: seen.get(o.timestamp, []))
+    m.begin_episode()
+    m.update(frame(1.0))
+    m.update(frame(2.0))
+    assert [c.change for c in m.short_term.recent()] == ["moved"]  # one entry per object, newest state
+    m.ask("mug")
+    m.ask("teddy")
+    st = m.short_term.stats
+    assert st.hits == 1 and st.misses == 1
+    assert [e["op"] for e in m.trace] == ["put", "put", "get", "get"]
+    assert "mug" in m.context("bring the mug to the tray") and not math.isnan(m.now(1.0))

@@ -4,6 +4,8 @@ Usage::
 
     mnemobot run --task-id fetch --seed 3
     mnemobot run --task "put the red cube on the tray" --seed 1 --summary-json out.json
+    mnemobot run --task-id recall --seed 0 --memory-db house.db
+    mnemobot memory house.db where mug
     mnemobot tasks
 
 Exit codes: 0 success, 1 the episode ran but the task failed, 2 bad input (unknown task,
@@ -61,7 +63,31 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="'planner': perception-driven agent (default); 'expert': scripted expert on ground truth")
     p.add_argument("--width", type=_positive_int, default=320, help="camera width in pixels (default: 320)")
     p.add_argument("--height", type=_positive_int, default=240, help="camera height in pixels (default: 240)")
+    p.add_argument("--memory", choices=("on", "off"), default="on",
+                   help="'on': scene-graph memory (default); 'off': the no-memory ablation (current frame only)")
+    p.add_argument("--memory-db", type=Path, default=None,
+                   help="SQLite file that keeps memory across episodes and restarts (created if missing)")
+    p.add_argument("--memory-policy", default="lru",
+                   help="short-term memory eviction policy: fifo, lru, lfu, w-tinylfu, none (default: lru)")
+    p.add_argument("--short-term-capacity", type=_positive_int, default=32,
+                   help="short-term memory capacity in object-state changes (default: 32)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
+
+
+def _add_memory(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "memory",
+        help="query a persistent memory database",
+        description="Ask a memory database written by 'mnemobot run --memory-db' what it remembers.",
+    )
+    p.add_argument("db", type=Path, help="memory database (SQLite) written with --memory-db")
+    p.add_argument("question", nargs="?", default="summary",
+                   choices=("summary", "objects", "where", "contents", "changed", "last-seen", "search", "episodes"),
+                   help="what to ask (default: summary)")
+    p.add_argument("argument", nargs="?", default=None,
+                   help="object label (where, last-seen), place (contents), description (search), time in s (changed)")
+    p.add_argument("-k", type=_positive_int, default=5, help="answers to show for search (default: 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _add_tasks(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
     _add_run(sub)
+    _add_memory(sub)
     _add_tasks(sub)
     return parser
 
@@ -93,6 +120,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         agent=args.agent,
         width=args.width,
         height=args.height,
+        memory=args.memory == "on",
+        memory_db=str(args.memory_db) if args.memory_db is not None else None,
+        memory_policy=args.memory_policy,
+        short_term_capacity=args.short_term_capacity,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     summary = run_episode(cfg, progress=progress)
@@ -101,6 +132,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return EXIT_OK if summary.success else EXIT_TASK_FAILED
+
+
+def _cmd_memory(args: argparse.Namespace) -> int:
+    from mnemobot.agent.memory_cli import run_memory_query
+
+    text = run_memory_query(args.db, args.question, args.argument, k=args.k, as_json=args.json)
+    print(text)
+    return EXIT_OK
 
 
 def _cmd_tasks(_args: argparse.Namespace) -> int:
@@ -116,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from mnemobot.agent.errors import UserError
 
-    handlers = {"run": _cmd_run, "tasks": _cmd_tasks}
+    handlers = {"run": _cmd_run, "memory": _cmd_memory, "tasks": _cmd_tasks}
     try:
         return handlers[args.verb](args)
     except UserError as e:

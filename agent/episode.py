@@ -19,11 +19,12 @@ from mnemobot.agent.scoring import goals_satisfied
 from mnemobot.control.controllers import Controller
 from mnemobot.control.executor import ExecutorConfig, SkillExecutor
 from mnemobot.control.skills import SkillContext
+from mnemobot.memory.memory import Memory, MemoryConfig
 from mnemobot.memory.types import ObjectLocator
 from mnemobot.memory.visible import VisibleObjects
 from mnemobot.perception.types import Observation
 
-__all__ = ["EpisodeSummary", "RunConfig", "describe_world", "run_episode"]
+__all__ = ["EpisodeSummary", "RunConfig", "describe_world", "make_memory", "run_episode"]
 
 
 @dataclass
@@ -40,6 +41,13 @@ class RunConfig:
     height: int = 240
     perceive_hz: float = 5.0
     max_replans: int = 1
+    memory: bool = True
+    """``False``: the no-memory ablation (only the current frame is known)."""
+    memory_db: str | None = None
+    """SQLite file that carries memory across episodes and restarts (None: this episode only)."""
+    memory_policy: str = "lru"
+    short_term_capacity: int = 32
+    record_trace: bool = False
 
 
 @dataclass
@@ -58,6 +66,10 @@ class EpisodeSummary:
     skills_executed: int
     stop_reason: str
     skills: list[dict[str, object]] = field(default_factory=list)
+    memory: str = "off"
+    memory_questions: int = 0
+    search_ticks: int = 0
+    memory_stats: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -75,6 +87,9 @@ class EpisodeSummary:
             f"skills      : {self.skills_executed} executed, {len(failed)} failed",
             f"steps       : {self.steps} control ticks",
             f"planner     : {self.planner_calls} call(s)",
+            f"memory      : {self.memory}" + (
+                f" ({self.memory_stats.get('objects', 0)} objects, {self.memory_questions} questions, "
+                f"{self.search_ticks} ticks searching)" if self.memory != "off" else ""),
             f"time        : {self.sim_s:.1f} s simulated, {self.wall_s:.1f} s wall",
         ]
         return "\n".join(lines)
@@ -89,13 +104,44 @@ def _make_env(cfg: RunConfig):  # noqa: ANN202 - HouseholdEnv, imported lazily (
     return HouseholdEnv(EnvConfig(task=cfg.task_id, width=cfg.width, height=cfg.height, gui=cfg.gui))
 
 
+def _static_labels(env) -> frozenset[str]:  # noqa: ANN001
+    """Furniture and place names of the map: not objects for memory."""
+    layout = env.config.layout
+    return frozenset({f.name for f in layout.furniture} | set(layout.place_names))
+
+
+def make_memory(cfg: RunConfig, env) -> Memory:  # noqa: ANN001
+    """The agent's memory for this episode (persistent when ``cfg.memory_db`` is set)."""
+    from mnemobot.memory.graph import SceneGraphConfig
+    from mnemobot.memory.short_term import ShortTermConfig
+
+    try:
+        return Memory(
+            MemoryConfig(
+                db_path=cfg.memory_db,
+                graph=SceneGraphConfig(static_labels=_static_labels(env)),
+                short_term=ShortTermConfig(capacity=cfg.short_term_capacity, policy=cfg.memory_policy),
+                record_trace=cfg.record_trace,
+            ),
+            site=env.site_map,
+        )
+    except ValueError as e:  # unknown policy, bad capacity
+        raise UserError(str(e)) from None
+    except Exception as e:
+        from mnemobot.memory.store import StoreError
+
+        if isinstance(e, StoreError):  # corrupt, foreign or newer database: named, left intact
+            raise UserError(str(e)) from None
+        raise
+
+
 def _locator(cfg: RunConfig, env) -> ObjectLocator:  # noqa: ANN001
     if cfg.agent == "expert":
         from mnemobot.sim.expert import GroundTruthLocator
 
         return GroundTruthLocator(env.backend, env.site_map)
     if cfg.agent == "planner":
-        return VisibleObjects()
+        return make_memory(cfg, env) if cfg.memory else VisibleObjects()
     raise UserError(f"unknown agent {cfg.agent!r}; use 'planner' or 'expert'")
 
 
@@ -109,8 +155,12 @@ def _build_context(env, locator: ObjectLocator) -> SkillContext:  # noqa: ANN001
         perceive=lambda: None,
     )
 
+    body = getattr(locator, "set_body", None)
+
     def perceive() -> Observation:
         obs = robot.observe()
+        if body is not None:
+            body(ctx.held, ctx.opened, ctx.at_place, t=obs.timestamp)
         locator.update(obs, place=ctx.at_place)
         return obs
 
@@ -118,11 +168,11 @@ def _build_context(env, locator: ObjectLocator) -> SkillContext:  # noqa: ANN001
     return ctx
 
 
-def _score(env, instruction: str, goals: list[Goal], custom: bool) -> bool:  # noqa: ANN001
+def _score(env, instruction: str, goals: list[Goal], custom: bool, initial: dict[str, str]) -> bool:  # noqa: ANN001
     """Task success on simulator ground truth (scoring only)."""
     if not custom:
         return bool(env.task.success(env.backend))
-    return goals_satisfied(goals, env.backend, env.site_map, env.robot.read())
+    return goals_satisfied(goals, env.backend, env.site_map, env.robot.read(), initial)
 
 
 def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, env=None) -> EpisodeSummary:  # noqa: ANN001
@@ -140,19 +190,39 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
         pctx = PlanningContext(env.site_map, vocabulary=set(env.backend.object_labels()))
         goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
-        ctx = _build_context(env, _locator(cfg, env))
+        initial = {lb: (env.backend.place_of(lb) or ("",))[0] for lb in env.backend.object_labels()}  # scoring
+        locator = _locator(cfg, env)
+        memory = locator if isinstance(locator, Memory) else None
+        ctx = _build_context(env, locator)
         executor = SkillExecutor(
             ctx,
             ExecutorConfig(perceive_hz=0.0 if cfg.agent == "expert" else cfg.perceive_hz, step_budget=cfg.steps_limit),
         )
         say(f"task: {instruction}")
+        if memory is not None:
+            memory.begin_episode({"task": instruction, "task_id": cfg.task_id, "seed": cfg.seed})
+            memory.log_event("instruction", {"text": instruction}, t=0.0)
+            if memory.graph.by_layer("object"):
+                say(f"memory: {len(memory.graph.by_layer('object'))} objects remembered from earlier episodes")
         wall0 = time.perf_counter()
         executor.start()
         sim0 = ctx.state.t
-        outcome: RunOutcome = Orchestrator(RulePlanner(), executor, pctx, say, cfg.max_replans).run(instruction)
+        orchestrator = Orchestrator(RulePlanner(), executor, pctx, say, cfg.max_replans, memory=memory)
+        try:
+            outcome: RunOutcome = orchestrator.run(instruction)
+        except BaseException:
+            if memory is not None:
+                memory.close()
+            raise
         wall = time.perf_counter() - wall0
-        success = _score(env, instruction, goals, cfg.task_text is not None)
-        return EpisodeSummary(
+        success = _score(env, instruction, goals, cfg.task_text is not None, initial)
+        if memory is not None:
+            for r in outcome.results:
+                memory.log_event("skill", r.to_dict(), object=r.args.get("object"),
+                                 place=r.args.get("place") or r.args.get("receptacle") or r.args.get("container"))
+            memory.end_episode({"success": success, "steps": executor.ticks})
+            memory.close()
+        summary = EpisodeSummary(
             task=instruction,
             task_id=cfg.task_id if cfg.task_text is None else "custom",
             seed=cfg.seed,
@@ -165,7 +235,14 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             skills_executed=len(outcome.results),
             stop_reason=outcome.stop_reason or ("" if success else "goal not reached"),
             skills=[r.to_dict() for r in outcome.results],
+            memory="off" if cfg.agent == "expert" else ("on" if memory is not None else "off"),
+            memory_questions=orchestrator.memory_questions,
+            search_ticks=sum(r.ticks for r in outcome.results if r.skill == "find"),
+            memory_stats=memory.stats() if memory is not None else {},
         )
+        if memory is not None and cfg.record_trace:
+            summary.trace = memory.trace  # type: ignore[attr-defined]
+        return summary
     finally:
         if owned:
             env.close()

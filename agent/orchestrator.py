@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from mnemobot.agent.planner import Plan, Planner, PlanningContext
+from mnemobot.agent.planner import ORIGIN_REF, Plan, Planner, PlanningContext, SkillCall
 from mnemobot.control.executor import SkillExecutor, StepBudgetExceeded
 from mnemobot.control.skills import SKILLS
 from mnemobot.control.types import SkillResult
@@ -38,17 +39,47 @@ class Orchestrator:
         context: PlanningContext,
         progress: Callable[[str], None] | None = None,
         max_replans: int = 1,
+        memory: Any | None = None,
     ) -> None:
         self.planner, self.executor, self.context = planner, executor, context
         self.progress = progress or (lambda _msg: None)
         self.max_replans = max_replans
+        self.memory = memory
+        self.memory_questions = 0
+
+    def _resolve(self, call: SkillCall) -> SkillCall | str:
+        """Ask memory about the call's object and resolve memory references in its arguments.
+
+        Returns the call to run, or the reason it cannot run (memory has no answer).
+        """
+        if self.memory is not None and call.args.get("object") and hasattr(self.memory, "ask"):
+            self.memory.ask(call.args["object"])
+            self.memory_questions += 1
+        refs = {k: v for k, v in call.args.items() if v.startswith(ORIGIN_REF)}
+        if not refs:
+            return call
+        args = dict(call.args)
+        for name, ref in refs.items():
+            label = ref[len(ORIGIN_REF):]
+            origin = self.memory.recall_origin(label) if hasattr(self.memory, "recall_origin") else None
+            self.memory_questions += 1
+            if origin is None:
+                return f"memory has no record of where the {label.replace('_', ' ')} was"
+            args[name] = origin
+        if call.skill == "place" and not args.get("relation"):
+            args["relation"] = self.context.site.place(args["receptacle"]).relation
+        return SkillCall(call.skill, args)
 
     def run(self, instruction: str) -> RunOutcome:
         out = RunOutcome()
         plan = self._plan(out, lambda: self.planner.plan(instruction, self.context))
         replans, i = 0, 0
         while i < len(plan.steps):
-            call = plan.steps[i]
+            call = self._resolve(plan.steps[i])
+            if isinstance(call, str):
+                out.stop_reason = call
+                self.progress(f"   cannot continue: {call}")
+                return out
             self.progress(f"-> {call}")
             try:
                 res = self.executor.run(SKILLS[call.skill], call.args)

@@ -23,6 +23,7 @@ from mnemobot.control.site import Place, SiteMap, UnknownPlaceError
 from mnemobot.control.skills import SKILLS
 
 __all__ = [
+    "ORIGIN_REF",
     "Goal",
     "InstructionError",
     "Plan",
@@ -60,6 +61,8 @@ class Goal:
     target: str = ""
     relation: str = ""
     room_hint: str = ""
+    recall: str = ""
+    """``"origin"``: the target is where memory first saw the object ("put it back")."""
 
 
 @dataclass
@@ -99,7 +102,12 @@ class PlannerConfig:
 
 _CLAUSE_SPLIT = re.compile(r"\s*(?:,\s*then\s+|\bthen\b|,\s*and\s+|\band\b|;|,)\s*", re.IGNORECASE)
 _ARTICLE = r"(?:the\s+|a\s+|an\s+|my\s+)?"
+ORIGIN_REF = "$origin:"
+"""Argument prefix of a place that memory resolves at run time (``$origin:duck``)."""
+
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("return", re.compile(rf"^(?:put|place|bring|take|return)\s+{_ARTICLE}(?P<obj>.+?)\s+back(?:\s+(?:where|to where)\s+(?:it|they)\s+(?:was|were|belongs?))?$")),
+    ("return", re.compile(rf"^return\s+{_ARTICLE}(?P<obj>.+?)\s+to\s+where\s+(?:it|they)\s+(?:was|were)$")),
     ("place", re.compile(rf"^(?:put|place|move|set)\s+{_ARTICLE}(?P<obj>.+?)\s+(?P<rel>on|onto|in|into|inside)\s+{_ARTICLE}(?P<rec>.+)$")),
     ("bring", re.compile(rf"^(?:bring|fetch|take|carry)\s+{_ARTICLE}(?P<obj>.+?)(?:\s+from\s+{_ARTICLE}(?P<room>.+?))?\s+to\s+{_ARTICLE}(?P<rec>.+)$")),
     ("open", re.compile(rf"^open\s+{_ARTICLE}(?P<rec>.+)$")),
@@ -129,6 +137,9 @@ def _clause_goal(clause: str, ctx: PlanningContext, last_object: str) -> Goal:
         if not m:
             continue
         g = m.groupdict()
+        if kind == "return":
+            obj = last_object if g["obj"] in ("it", "that") and last_object else _label(g["obj"], ctx.vocabulary)
+            return Goal("place", obj, recall="origin")
         if kind == "place":
             obj = last_object if g["obj"] in ("it", "that") and last_object else _label(g["obj"], ctx.vocabulary)
             rel = "in" if g["rel"] in ("in", "into", "inside") else "on"
@@ -148,7 +159,8 @@ def _clause_goal(clause: str, ctx: PlanningContext, last_object: str) -> Goal:
         return Goal(kind, target=_place(g["rec"], ctx.site).name)
     raise InstructionError(
         f"cannot understand {clause.strip()!r}: use clauses like 'put the X on the Y', "
-        "'bring the X to the Y', 'open the drawer', 'go to the kitchen', joined by 'then'"
+        "'bring the X to the Y', 'put the X back where it was', 'open the drawer', 'go to the kitchen', "
+        "joined by 'then'"
     )
 
 
@@ -171,6 +183,17 @@ def _expand(goal: Goal, site: SiteMap, opened: set[str], held: str | None = None
         calls = [SkillCall("navigate_to", {"place": goal.target}), SkillCall(goal.kind, {"container": goal.target})]
         (opened.add if goal.kind == "open" else opened.discard)(goal.target)
         return calls
+    if goal.recall:
+        ref = f"{ORIGIN_REF}{goal.object}"
+        calls = [] if goal.object == held else [
+            SkillCall("find", {"object": goal.object, "room": goal.room_hint}),
+            SkillCall("pick", {"object": goal.object}),
+        ]
+        return calls + [
+            SkillCall("navigate_to", {"place": ref}),
+            SkillCall("look_at", {"target": ref}),
+            SkillCall("place", {"object": goal.object, "receptacle": ref, "relation": ""}),
+        ]
     rec = site.place(goal.target)
     calls: list[SkillCall] = []
     if rec.articulated and rec.name not in opened:

@@ -11,19 +11,25 @@ from mnemobot.control.types import RobotState
 __all__ = ["goals_satisfied"]
 
 
-def goals_satisfied(goals: list[Goal], backend, site: SiteMap, state: RobotState) -> bool:
+def goals_satisfied(goals: list[Goal], backend, site: SiteMap, state: RobotState,
+                    initial: dict[str, str] | None = None) -> bool:
     """Whether the world now satisfies every goal of a parsed instruction.
 
     A later goal about the same object or container supersedes an earlier one (``put the duck
-    in the drawer, then bring the duck to the tray`` is scored on the tray).
+    in the drawer, then bring the duck to the tray`` is scored on the tray). ``initial`` maps each
+    object to the place it started on, for "put it back" goals.
     """
     final: dict[str, Goal] = {}
     for g in goals:
         final[g.object or g.target] = g
-    return all(_goal_holds(g, backend, site, state) for g in final.values())
+    return all(_goal_holds(g, backend, site, state, initial or {}) for g in final.values())
 
 
-def _goal_holds(g: Goal, backend, site: SiteMap, state: RobotState) -> bool:
+def _goal_holds(g: Goal, backend, site: SiteMap, state: RobotState, initial: dict[str, str]) -> bool:
+    if g.kind == "place" and g.recall:
+        origin = initial.get(g.object)
+        return (origin is not None and not backend.is_held(g.object)
+                and backend.place_of(g.object) == (origin, site.place(origin).relation))
     if g.kind == "place":
         return not backend.is_held(g.object) and backend.place_of(g.object) == (g.target, g.relation)
     if g.kind == "open":

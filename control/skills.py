@@ -558,28 +558,40 @@ def _search_order(ctx: SkillContext, room_hint: str | None) -> list[Place]:
 
 @skill("find", ("object", "room"), 400.0, "Search places (then containers) until the object is seen.")
 def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A002
+    """Find an object and stop at the place it rests on, with a fresh sighting of it.
+
+    The place the locator (memory) believes it is on is visited first, then the others in
+    search order. A remembered estimate counts only once a frame taken during this visit shows
+    the object there, so stale memory cannot end the search at the wrong place; an object
+    spotted on another place while driving is visited next.
+    """
     args = {"object": object, "room": room}
-    est = ctx.locator.locate(object)
-    if est is not None and est.place is not None:
-        where = ctx.site.place(est.place)
-        if ctx.at_place != where.name:
-            res = yield from navigate_to(ctx, where.name)
-            if not res.success:
-                res.skill, res.args = "find", args
-                return res
-        if where.articulated and where.name not in ctx.opened:
-            res = yield from open_(ctx, where.name)
-            if not res.success:
-                res.skill, res.args = "find", args
-                return res
-        yield from look_at(ctx, where.name)
-        if ctx.locator.locate(object) is not None:
-            return _ok("find", args, place=est.place, searched=1)
+    t_start = ctx.state.t
+
+    def fresh(t0: float) -> ObjectEstimate | None:
+        est = ctx.locator.locate(object)
+        return est if est is not None and est.time >= t0 - 1e-6 else None
+
+    first = ctx.locator.locate(object)
+    queue = [p for p in _search_order(ctx, room or None)]
+    if first is not None and first.place in ctx.site.places:
+        queue.insert(0, ctx.site.place(first.place))
+    tried: set[str] = set()
     searched = 0
-    for p in _search_order(ctx, room or None):
-        res = yield from navigate_to(ctx, p.name)
-        if not res.success:
-            continue
+    while queue:
+        spotted = fresh(t_start)
+        if spotted is not None and spotted.place in ctx.site.places and spotted.place not in tried:
+            p = ctx.site.place(spotted.place)
+        else:
+            p = queue.pop(0)
+            if p.name in tried:
+                continue
+        tried.add(p.name)
+        t_visit = ctx.state.t
+        if ctx.at_place != p.name:
+            res = yield from navigate_to(ctx, p.name)
+            if not res.success:
+                continue
         opened_here = False
         if p.articulated and p.name not in ctx.opened:
             res = yield from open_(ctx, p.name)
@@ -588,8 +600,8 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
                 continue
         yield from look_at(ctx, p.name)
         searched += 1
-        est = ctx.locator.locate(object)
-        if est is not None:
+        est = fresh(t_visit)
+        if est is not None and est.place == p.name:
             return _ok("find", args, place=p.name, searched=searched)
         if opened_here:
             yield from close(ctx, p.name)

@@ -7,7 +7,7 @@ making an environment raises ImportError naming the extra: ``pip install 'mnemob
 Environments (``gymnasium.make(id, **EnvConfig fields)``):
 
 * ``mnemobot/Household-v0``: task family chosen by the ``task`` keyword (default ``"place"``);
-* ``mnemobot/HouseholdPlace-v0``, ``mnemobot/HouseholdFetch-v0``, ``mnemobot/HouseholdMemory-v0``.
+* ``mnemobot/HouseholdPlace-v0``, ``mnemobot/HouseholdFetch-v0``, ``mnemobot/HouseholdMemory-v0``, ``mnemobot/HouseholdRecall-v0``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ ENV_IDS: dict[str, dict[str, str]] = {
     "mnemobot/HouseholdPlace-v0": {"task": "place"},
     "mnemobot/HouseholdFetch-v0": {"task": "fetch"},
     "mnemobot/HouseholdMemory-v0": {"task": "memory"},
+    "mnemobot/HouseholdRecall-v0": {"task": "recall"},
 }
 """Registered environment ids and their fixed keyword arguments."""
 

@@ -13,7 +13,9 @@
   closes and both fingers touch the same object (or the drawer), a fixed constraint attaches it to
   ``panda_hand`` and the fingers stop at its width; opening past that width + ``release_margin``
   (or fully) releases it. Only contacts whose normal lies along the closing axis count, so
-  fingers resting on top of an object do not grasp it.
+  fingers resting on top of an object do not grasp it. For a second after a release, fingers
+  still touching the released object open with 4x the force: contact penetration can otherwise
+  pin them to it and the object is carried away instead of being put down.
 * Head: a camera on a mast, its optical centre at ``spec.head_mount`` (base frame). Its
   optical frame: pan about the base z axis, then tilt about the head's sideways axis (tilt > 0
   looks down). Pan and tilt move kinematically at ``spec.head_velocity``.
@@ -96,6 +98,8 @@ class SimRobot:
         self._head_target = self.head.copy()
         self._gripper_target = self.config.start_gripper
         self.grasp: Grasp | None = None
+        self._release_boost_until = -1.0
+        self._released_body = -1
         self._kinematics: ArmKinematics | None = None
         self._frame: Observation | None = None
         with quiet_native_output():
@@ -179,7 +183,9 @@ class SimRobot:
         ids = {pb.getConstraintUniqueId(i) for i in range(pb.getNumConstraints())}
         if self.grasp.constraint in ids:
             pb.removeConstraint(self.grasp.constraint)
+        self._released_body = self.grasp.body
         self.grasp = None
+        self._release_boost_until = self.backend.time + 1.0
 
     # -- RobotInterface ----------------------------------------------------------------------------
     def read(self) -> RobotState:
@@ -345,9 +351,14 @@ class SimRobot:
             self.release()
         self._gripper_target = width
         hold = self.grasp.width if self.grasp is not None else width
+        # right after a release, opening pushes with more force than the grasp squeezed, so
+        # fingers left pressed into the object's contact (penetration) come free
+        boost = (self.grasp is None and self.backend.time < self._release_boost_until
+                 and hold > self._finger_width() + 0.005 and self._fingers_touch(self._released_body))
+        force = self.config.grasp_force * (4.0 if boost else 1.0)
         for f in self._fingers:
             self._pb.setJointMotorControl2(self._arm_uid, f, self._pb.POSITION_CONTROL, targetPosition=hold / 2,
-                                           maxVelocity=self.spec.gripper_speed / 2, force=self.config.grasp_force)
+                                           maxVelocity=self.spec.gripper_speed / 2, force=force)
 
     def _finger_q(self) -> list[float]:
         return [float(s[0]) for s in self._pb.getJointStates(self._arm_uid, self._fingers)]
@@ -367,6 +378,12 @@ class SimRobot:
             (c[2], c[4]) for c in contacts
             if abs(float(np.dot(c[7], axis))) > self.config.pinch_cos and self.backend.is_graspable(c[2], c[4])
         }
+
+    def _fingers_touch(self, body: int) -> bool:
+        """Whether both fingers are in contact with ``body``."""
+        pb = self._pb
+        return all(any(c[2] == body for c in pb.getContactPoints(bodyA=self._arm_uid, linkIndexA=f))
+                   for f in self._fingers)
 
     def _update_grasp(self) -> None:
         """Grasp assist: attach what both closing fingers pinch from opposite sides."""

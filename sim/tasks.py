@@ -14,6 +14,8 @@ Families:
 * ``fetch``: bring an object from its room to a place in a different room;
 * ``memory``: hide an object in the drawer and close it, go to another room (where the world
   changes behind the robot's back), then bring the hidden object to a place in another room.
+* ``recall``: move an object to another place, then put it back where it was. The instruction
+  never names the original place: only memory of what the camera saw can answer it.
 
 Scoring reads simulator ground truth through the backend; it never feeds memory or perception.
 This module needs no simulator: ``success`` and the hooks take any object with the backend's
@@ -87,8 +89,9 @@ class WorldEvent:
 class Milestone:
     """A condition that must hold at some moment, after the previous milestone, before success.
 
-    ``kind``: ``"hidden_in_drawer"`` (``object`` in the drawer and the drawer closed) or
-    ``"visit_room"`` (the robot's base in ``room``); see :data:`MILESTONES`.
+    ``kind``: ``"hidden_in_drawer"`` (``object`` in the drawer and the drawer closed),
+    ``"visit_room"`` (the robot's base in ``room``) or ``"placed_at"`` (``object`` resting on/in
+    the place named by ``room``); see :data:`MILESTONES`.
     """
 
     kind: str
@@ -220,9 +223,15 @@ def _visit_room(backend: PyBulletBackend, milestone: Milestone) -> bool:
     return backend.robot_room() == milestone.room
 
 
+def _placed_at(backend: PyBulletBackend, milestone: Milestone) -> bool:
+    where = backend.place_of(milestone.object)
+    return where is not None and where[0] == milestone.room and not backend.is_held(milestone.object)
+
+
 MILESTONES: dict[str, Callable[[PyBulletBackend, Milestone], bool]] = {
     "hidden_in_drawer": _hidden_in_drawer,
     "visit_room": _visit_room,
+    "placed_at": _placed_at,
 }
 
 
@@ -289,6 +298,18 @@ def _make_memory(rng: np.random.Generator, seed: int, layout: HouseLayout, place
                 events=events, milestones=milestones)
 
 
+def _make_recall(rng: np.random.Generator, seed: int, layout: HouseLayout, placements: dict[str, str]) -> Task:
+    """Move an object to another surface, then put it back where it was (memory-dependent)."""
+    drawer = _drawer_place(layout)
+    obj = _pick(rng, sorted(placements))
+    origin = placements[obj]
+    away = _pick(rng, [p for p in layout.place_names if p not in (drawer, origin)
+                       and min(layout.place_spec(p).surface_size) >= 0.3])
+    instruction = f"put the {_words(obj)} {_put_phrase(layout, away)}, then put the {_words(obj)} back where it was"
+    return Task("recall", seed, instruction, obj, origin, layout.place_spec(origin).relation,
+                milestones=(Milestone("placed_at", object=obj, room=away),))
+
+
 def _distractor_event(rng: np.random.Generator, layout: HouseLayout, placements: dict[str, str],
                       exclude: tuple[str, ...], away_from: str) -> tuple[WorldEvent, ...]:
     """Once the first milestone is reached and the robot is in ``away_from``, another object moves
@@ -311,6 +332,7 @@ TASK_FAMILIES: dict[str, TaskGenerator] = {
     "place": _make_place,
     "fetch": _make_fetch,
     "memory": _make_memory,
+    "recall": _make_recall,
 }
 """Task family id -> generator ``(rng, seed, layout, placements) -> Task``."""
 

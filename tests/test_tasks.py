@@ -39,6 +39,14 @@ def test_instructions_name_existing_objects_and_places(family: str, seed: int) -
     assert task.family == family and task.seed == seed
     assert task.object in LAYOUT.object_labels
     assert LAYOUT.object_spec(task.object).words in task.instruction
+    if family == "recall":  # back to where it started, a place the instruction never names
+        assert task.receptacle == placements[task.object] and task.relation == place.relation
+        assert place.words not in task.instruction
+        assert task.instruction.endswith("back where it was")
+        (milestone,) = task.milestones
+        assert milestone.kind == "placed_at" and milestone.room != task.receptacle
+        assert site.place(milestone.room).words in task.instruction
+        return
     assert place.words in task.instruction
     assert task.relation == place.relation
     assert f"{task.relation} the {place.words}" in task.instruction or f"to the {place.words}" in task.instruction

@@ -214,6 +214,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             if memory is not None:
                 memory.close()
             raise
+        if memory is not None:
+            ctx.perceive()  # a last look: memory records what the final skill changed (a release)
         wall = time.perf_counter() - wall0
         success = _score(env, instruction, goals, cfg.task_text is not None, initial)
         if memory is not None:

@@ -90,16 +90,18 @@ def stock_panda_render_ms(env: HouseholdEnv, width: int, height: int) -> float:
 
 def episode_split(env: HouseholdEnv, family: str, seed: int) -> dict[str, float]:
     """Run one episode with stopwatches around physics, rendering, the simulated robot's
-    bookkeeping, perception (frame -> locator) and the brainstem; the rest is skills + routing."""
+    bookkeeping, perception + memory (frame -> objects -> scene graph -> store; the body facts
+    fed to memory) and the brainstem; the rest is skills + routing."""
     from mnemobot.control.controllers import Controller
-    from mnemobot.memory.visible import VisibleObjects
+    from mnemobot.memory.memory import Memory
 
     watches = {k: Stopwatch() for k in ("physics", "render", "robot", "perception", "controller")}
     patches = [
         (env.backend, "step", "physics"),
         (env.backend, "render", "render"),
         (env.robot, "step", "robot"),
-        (VisibleObjects, "update", "perception"),
+        (Memory, "update", "perception"),
+        (Memory, "set_body", "perception"),
         (Controller, "command", "controller"),
     ]
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
@@ -135,7 +137,7 @@ def episode_split(env: HouseholdEnv, family: str, seed: int) -> dict[str, float]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--families", nargs="+", default=["place", "fetch", "memory"])
+    ap.add_argument("--families", nargs="+", default=["place", "fetch", "memory", "recall"])
     args = ap.parse_args()
 
     env = HouseholdEnv(EnvConfig(task="place"))
@@ -169,7 +171,7 @@ def main() -> None:
     print(f"\ntotal over {len(rows)} episodes ({int(total('success'))} succeeded):")
     print(f"  controller + skills + orchestrator: {100 * other / wall:.1f}% of wall (target <= 10%), "
           f"{1000 * other / ticks:.2f} ms per control tick (brainstem alone {1000 * total('controller_s') / ticks:.2f} ms)")
-    print(f"  perception (frame -> objects -> locator): {100 * total('perception_s') / wall:.1f}% of wall; "
+    print(f"  perception + memory (frame -> objects -> scene graph): {100 * total('perception_s') / wall:.1f}% of wall; "
           f"simulated robot bookkeeping: {100 * total('robot_s') / wall:.1f}%")
     print(f"  wall / (physics + render) = {wall / (total('physics_s') + total('render_s')):.3f}")
     print(f"render median over episodes: {1000 * np.median([r['render_s'] / max(1, r['frames']) for r in rows]):.1f} ms/frame")

@@ -601,7 +601,7 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
         yield from look_at(ctx, p.name)
         searched += 1
         est = fresh(t_visit)
-        if est is not None and est.place == p.name:
+        if est is not None and est.place in (p.name, None):  # None: a locator that does not know places
             return _ok("find", args, place=p.name, searched=searched)
         if opened_here:
             yield from close(ctx, p.name)

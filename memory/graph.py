@@ -598,8 +598,30 @@ class SceneGraph:
         d = self.g.nodes[key]
         if d.get("state") == state and abs(float(d.get("opening", 0.0)) - opening) < 0.01:
             return
+        before = float(d.get("opening", 0.0))
         self.emit(OpKind.UPDATE, "node", key, "opened" if state == "open" else "closed", t,
                   {"state": state, "opening": float(opening)})
+        spec = self._places.get(place)
+        if spec is None or spec.open_direction is None:
+            return
+        # what is in the drawer rides with it; what the drawer now holds is re-related
+        shift = np.asarray(spec.open_direction, dtype=float) * (float(opening) - before)
+        centre = spec.surface.position + np.asarray(spec.open_direction, dtype=float) * float(opening)
+        reach = 0.5 * float(np.hypot(*spec.surface_size)) + spec.open_distance + 0.1
+        for obj, _dist in list(self.grid.query(centre, reach)):
+            o = self.g.nodes[obj]
+            if o.get("state") != PRESENT:
+                continue
+            if o.get("place") == place:
+                moved = {name: (np.asarray(o[name], dtype=float) + shift).tolist()
+                         for name in ("position", "centroid", "aabb_min", "aabb_max")}
+                self.emit(OpKind.UPDATE, "node", obj, "carried", t, {**moved, "last_changed": t})
+                continue
+            where, relation = self.place_at(o["position"])
+            if where == place:
+                self.emit(OpKind.UPDATE, "node", obj, "relation", t,
+                          {"place": where, "relation": relation, "last_changed": t})
+                self._relate(obj, t)
 
     def agent_at(self, xy: Sequence[float], yaw: float, place: str | None, t: float) -> None:
         """Move the agent node when its room or place changes (not on every pose)."""

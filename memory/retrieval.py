@@ -186,16 +186,20 @@ class MemoryQuery:
         """Objects whose memory changed after ``t`` (and, with ``until``, whose newest change is
         not after it), oldest first; ``limit`` keeps the newest ``limit``."""
         out: list[Change] = []
-        for key in self.graph.changed_since(t):
-            if key not in self.graph.g:
+        g = self.graph.g
+        for key in reversed(self.graph.changed_since(t)):  # newest first, stop at the limit
+            if limit is not None and len(out) >= limit:
+                break
+            if key not in g:
                 continue
-            d = self.graph.node(key)
+            d = g.nodes[key]
             when = float(d.get("last_changed", d.get("last_seen", 0.0)))
             if until is not None and when > until:
                 continue
             out.append(Change(key, d["label"], str(d.get("last_cause", "changed")), when, d.get("place"),
                               d.get("state", PRESENT)))
-        return out[-limit:] if limit is not None else out
+        out.reverse()
+        return out
 
     def position_at(self, key: str, t: float) -> list[float] | None:
         """Remembered position of an object at time ``t`` (from its pose history)."""

@@ -392,3 +392,19 @@ def test_short_term_memory_records_changes_and_counts_questions() -> None:
     assert st.hits == 1 and st.misses == 1
     assert [e["op"] for e in m.trace] == ["put", "put", "get", "get"]
     assert "mug" in m.context("bring the mug to the tray") and not math.isnan(m.now(1.0))
+
+
+def test_objects_ride_with_the_drawer_and_are_related_once_it_opens() -> None:
+    g = graph()
+    drawer = SITE.place("drawer")
+    d = np.asarray(drawer.open_direction)
+    inside_open = drawer.surface.position + d * 0.3 + [0.0, 0.0, 0.03]
+    # seen in the drawer while it is being pulled, before the body reports the opening
+    (key,) = g.integrate([obs("mug", inside_open, 1.0)], blind(1.0))
+    assert g.node(key)["place"] is None
+    g.articulated("drawer", 0.3, 2.0)  # proprioception: the drawer is open 0.3 m
+    assert g.node(key)["place"] == "drawer" and g.g.has_edge(key, "place:drawer", key="in")
+    g.articulated("drawer", 0.0, 3.0)  # closed: the mug went in with it
+    np.testing.assert_allclose(g.node(key)["position"], inside_open - d * 0.3, atol=1e-9)
+    assert g.node(key)["place"] == "drawer" and g.node(key)["last_cause"] == "carried"
+    assert MemoryQuery(g).state("drawer") == "closed"

@@ -70,9 +70,13 @@ class EpisodeSummary:
     memory_questions: int = 0
     search_ticks: int = 0
     memory_stats: dict[str, object] = field(default_factory=dict)
+    trace: list[dict[str, object]] = field(default_factory=list, repr=False)
+    """Short-term memory puts and planner questions, when ``RunConfig.record_trace`` is set."""
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
+        if not d["trace"]:
+            del d["trace"]
         d["sim_s"], d["wall_s"] = round(self.sim_s, 3), round(self.wall_s, 3)
         return d
 
@@ -224,7 +228,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
                                  place=r.args.get("place") or r.args.get("receptacle") or r.args.get("container"))
             memory.end_episode({"success": success, "steps": executor.ticks})
             memory.close()
-        summary = EpisodeSummary(
+        return EpisodeSummary(
             task=instruction,
             task_id=cfg.task_id if cfg.task_text is None else "custom",
             seed=cfg.seed,
@@ -237,14 +241,12 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             skills_executed=len(outcome.results),
             stop_reason=outcome.stop_reason or ("" if success else "goal not reached"),
             skills=[r.to_dict() for r in outcome.results],
-            memory="off" if cfg.agent == "expert" else ("on" if memory is not None else "off"),
+            memory="on" if memory is not None else "off",
             memory_questions=orchestrator.memory_questions,
             search_ticks=sum(r.ticks for r in outcome.results if r.skill == "find"),
             memory_stats=memory.stats() if memory is not None else {},
+            trace=memory.trace if memory is not None else [],
         )
-        if memory is not None and cfg.record_trace:
-            summary.trace = memory.trace  # type: ignore[attr-defined]
-        return summary
     finally:
         if owned:
             env.close()

@@ -68,8 +68,7 @@ def run_memory_query(path: Path, question: str, argument: str | None, k: int = 5
         answer = [h.to_dict() for h in hits]
         text = "\n".join(h.describe() for h in hits) or f"no {argument} in memory"
     elif question == "contents":
-        if query.state(argument) is None and not query.contents(argument) and \
-                f"place:{argument.strip().lower().replace(' ', '_')}" not in graph.g:
+        if query.place_key(argument) is None and not query.count(argument):
             raise UserError(f"memory knows no place or object called {argument!r}")
         hits = query.contents(argument)
         answer = [h.to_dict() for h in hits]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from mnemobot.agent.planner import ORIGIN_REF, Plan, Planner, PlanningContext, SkillCall
 from mnemobot.control.executor import SkillExecutor, StepBudgetExceeded
 from mnemobot.control.skills import SKILLS
 from mnemobot.control.types import SkillResult
+from mnemobot.memory.memory import Memory
 
 __all__ = ["Orchestrator", "RunOutcome"]
 
@@ -39,7 +39,7 @@ class Orchestrator:
         context: PlanningContext,
         progress: Callable[[str], None] | None = None,
         max_replans: int = 1,
-        memory: Any | None = None,
+        memory: Memory | None = None,
     ) -> None:
         self.planner, self.executor, self.context = planner, executor, context
         self.progress = progress or (lambda _msg: None)
@@ -52,7 +52,7 @@ class Orchestrator:
 
         Returns the call to run, or the reason it cannot run (memory has no answer).
         """
-        if self.memory is not None and call.args.get("object") and hasattr(self.memory, "ask"):
+        if self.memory is not None and call.args.get("object"):
             self.memory.ask(call.args["object"])
             self.memory_questions += 1
         refs = {k: v for k, v in call.args.items() if v.startswith(ORIGIN_REF)}
@@ -61,7 +61,7 @@ class Orchestrator:
         args = dict(call.args)
         for name, ref in refs.items():
             label = ref[len(ORIGIN_REF):]
-            origin = self.memory.recall_origin(label) if hasattr(self.memory, "recall_origin") else None
+            origin = self.memory.recall_origin(label) if self.memory is not None else None
             self.memory_questions += 1
             if origin is None:
                 return f"memory has no record of where the {label.replace('_', ' ')} was"

@@ -573,7 +573,7 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
         return est if est is not None and est.time >= t0 - 1e-6 else None
 
     first = ctx.locator.locate(object)
-    queue = [p for p in _search_order(ctx, room or None)]
+    queue = list(_search_order(ctx, room or None))
     if first is not None and first.place in ctx.site.places:
         queue.insert(0, ctx.site.place(first.place))
     tried: set[str] = set()

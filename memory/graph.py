@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,6 +282,10 @@ class SceneGraph:
         """Length of the change index (grows with every ADD/UPDATE/DELETE of an object)."""
         return len(self._change_key)
 
+    def changes_newest_first(self) -> Iterator[str]:
+        """Object keys of the change index, newest first (with repeats; no copy)."""
+        return reversed(self._change_key)
+
     def changes_from(self, index: int) -> list[str]:
         """Object keys of the change index entries ``index:`` (with repeats)."""
         return self._change_key[index:]
@@ -422,7 +426,7 @@ class SceneGraph:
                 best = (score, key)
         return None if best is None else best[1]
 
-    def _object_attrs(self, o: ObjectObservation, t: float) -> dict[str, Any]:
+    def _object_attrs(self, o: ObjectObservation) -> dict[str, Any]:
         est = estimate_from_observation(o, None)
         place, relation = self.place_at(est.position)
         room = self.room_at(est.position[:2])
@@ -436,7 +440,7 @@ class SceneGraph:
     def _add(self, o: ObjectObservation, t: float) -> str:
         key = f"obj:{self._next_obj}"
         self._next_obj += 1
-        attrs = self._object_attrs(o, t)
+        attrs = self._object_attrs(o)
         attrs.update(
             layer="object", label=o.label, state=PRESENT, first_seen=t, last_seen=t, last_changed=t, n_obs=1,
             confidence=float(o.confidence),
@@ -461,16 +465,15 @@ class SceneGraph:
             return "confirmed"
         # the shape (yaw, extent) and centre come from the best view since the object last moved
         scratch.best_support = o.pixel_count if moved else max(scratch.best_support, o.pixel_count)
-        attrs = self._object_attrs(o, t)
-        cause = "moved" if moved else ("reappeared" if was_missing else "refined")
+        attrs = self._object_attrs(o)
+        relocated = moved or attrs["place"] != d.get("place")  # a new place counts as a move
+        cause = "moved" if relocated else ("reappeared" if was_missing else "refined")
         attrs.update(state=PRESENT, last_seen=t, last_changed=t, n_obs=int(d.get("n_obs", 0)) + 1,
                      confidence=max(float(d.get("confidence", 0.0)), float(o.confidence)))
-        if moved or attrs["place"] != d.get("place"):
+        if relocated:
             attrs["+history"] = [t, *attrs["position"], attrs["place"] or ""]
-            if not moved:
-                cause = "moved" if attrs["place"] != d.get("place") else cause
         self.emit(OpKind.UPDATE, "node", key, cause, t, attrs)
-        if moved or attrs["place"] != d.get("place") or was_missing:
+        if relocated or was_missing:
             self._relate(key, t)
         return cause
 

@@ -94,9 +94,7 @@ class Memory:
         for op in ops:
             self.graph.apply(op)
         self._last_snapshot = self.graph.seq
-        last = self.store.last_time()
-        if self.graph.seq > 0:
-            self.offset = last + 1.0
+        self.offset = self._next_offset()
         log.info("memory: %d objects loaded from %s", len(self.graph.by_layer("object")), path)
 
     def _flush(self, events: Sequence[Any] = ()) -> None:
@@ -116,12 +114,7 @@ class Memory:
     # -- episodes -----------------------------------------------------------------------------------
     def begin_episode(self, meta: dict[str, Any] | None = None) -> int:
         """Start an episode: a new clock offset after everything remembered, an episode id."""
-        latest = max((float(self.graph.node(n).get("last_seen", 0.0)) for n in self.graph.by_layer("object")),
-                     default=0.0)
-        if self.store is not None:
-            latest = max(latest, self.store.last_time())
-        if self.graph.seq > 0 and (latest > 0 or self.episode):
-            self.offset = latest + 1.0
+        self.offset = self._next_offset()
         self.episode = self.store.begin_episode(dict(meta or {}, clock_offset=self.offset)) \
             if self.store is not None else self.episode + 1
         self.graph.episode = self.episode
@@ -130,6 +123,14 @@ class Memory:
             self.graph.load_map(self.graph.site, self.offset)
             self._flush()
         return self.episode
+
+    def _next_offset(self) -> float:
+        """One second after everything remembered (0 for an empty memory)."""
+        latest = max((float(self.graph.node(n).get("last_seen", 0.0)) for n in self.graph.by_layer("object")),
+                     default=0.0)
+        if self.store is not None:
+            latest = max(latest, self.store.last_time())
+        return latest + 1.0 if latest > 0 else 0.0
 
     def end_episode(self, outcome: dict[str, Any] | None = None) -> None:
         self._flush()

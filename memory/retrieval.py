@@ -8,14 +8,16 @@ cost is that of the answer, not of the number of stored objects or logged events
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from mnemobot.memory.embedding import describe
 from mnemobot.memory.graph import HELD, MISSING, PRESENT, SceneGraph
 
 __all__ = ["Change", "Hit", "MemoryQuery", "approx_tokens", "build_context"]
@@ -145,7 +147,8 @@ class MemoryQuery:
     def _keys(self, label: str) -> list[str]:
         return list(self.graph.by_label.get(_key_of(label), ()))
 
-    def _place_key(self, name: str) -> str | None:
+    def place_key(self, name: str) -> str | None:
+        """Node id of a place by name or alias (None if the map has no such place)."""
         key = _key_of(name)
         if f"place:{key}" in self.graph.g:
             return f"place:{key}"
@@ -164,7 +167,7 @@ class MemoryQuery:
 
     def contents(self, container: str) -> list[Hit]:
         """Objects on/in a place (name or alias) or on another object (label)."""
-        target = self._place_key(container)
+        target = self.place_key(container)
         targets = [target] if target else [n for n in self._keys(container)]
         out: list[Hit] = []
         for t in targets:
@@ -176,7 +179,7 @@ class MemoryQuery:
 
     def state(self, name: str) -> str | None:
         """``open``/``closed`` for containers; an object's ``present``/``missing``/``held``."""
-        key = self._place_key(name)
+        key = self.place_key(name)
         if key is not None:
             return self.graph.node(key).get("state")
         hits = self.where(name, k=1)
@@ -277,45 +280,21 @@ class MemoryQuery:
 
 
 def _describe_node(d: dict[str, Any]) -> str:
-    try:
-        from mnemobot.memory.embedding import describe
-    except ImportError:  # pragma: no cover - embedding module always ships
-        describe = None
-    if describe is not None:
-        return describe(d["label"], d.get("colour"), d.get("place"), relation=d.get("relation") or "on")
-    return f"{_words(d['label'])} on the {_words(d.get('place'))}"
+    return describe(d["label"], d.get("colour"), d.get("place"), relation=d.get("relation") or "on")
 
 
-class _LazyLines:
-    """The other objects, most recently changed first, described only as they are read: the
-    context builder touches only the objects it prints, not all of memory."""
-
-    def __init__(self, query: MemoryQuery, skip: set[str], cap: int) -> None:
-        self.query, self.skip, self.cap = query, skip, cap
-
-    def __iter__(self):  # noqa: ANN204 - generator of str
-        graph = self.query.graph
-        done: set[str] = set()
-        i = graph.change_count
-        while i > 0 and len(done) < self.cap:
-            chunk = graph.changes_from(max(0, i - 256))[: i - max(0, i - 256)]
-            i = max(0, i - 256)
-            for key in reversed(chunk):
-                if key in done or key not in graph.g or graph.node(key)["label"] in self.skip:
-                    continue
-                done.add(key)
-                yield self.query.hit(key).describe()
-                if len(done) >= self.cap:
-                    return
-
-    def __bool__(self) -> bool:
-        return any(True for _ in self)
-
-    def __getitem__(self, index: int) -> str:
-        for i, line in enumerate(self):
-            if i == index:
-                return line
-        raise IndexError(index)
+def _recent_lines(query: MemoryQuery, skip: set[str], cap: int) -> Iterator[str]:
+    """Other objects, most recently changed first (newest end of the change index), described
+    only as they are read: the context builder touches only the objects it prints."""
+    graph = query.graph
+    done: set[str] = set()
+    for key in graph.changes_newest_first():
+        if len(done) >= cap:
+            return
+        if key in done or key not in graph.g or graph.node(key)["label"] in skip:
+            continue
+        done.add(key)
+        yield query.hit(key).describe()
 
 
 def approx_tokens(text: str) -> int:
@@ -339,7 +318,7 @@ def build_context(query: MemoryQuery, instruction: str, budget_tokens: int = 400
     labels = sorted(graph.by_label)
     named = [lb for lb in labels if f" {lb.replace('_', ' ')} " in text]
     places = [n for n in graph.by_layer("place") if f" {graph.node(n)['name'].replace('_', ' ')} " in text]
-    sections: list[tuple[str, list[str]]] = []
+    sections: list[tuple[str, Iterable[str]]] = []
     sections.append(("objects named in the task:",
                      [h.describe() for lb in named for h in query.where(lb, k=2)] or
                      [f"{_words(lb)}: not in memory" for lb in named]))
@@ -353,19 +332,19 @@ def build_context(query: MemoryQuery, instruction: str, budget_tokens: int = 400
     sections.append(("recent changes:", [
         f"t={c.time:.1f}s {_words(c.label)} {c.change}" + (f" ({_words(c.data.get('place'))})" if c.data.get("place") else "")
         for c in recent]))
-    sections.append(("other remembered objects:", _LazyLines(query, set(named), budget_tokens // 6 + 1)))
+    sections.append(("other remembered objects:", _recent_lines(query, set(named), budget_tokens // 6 + 1)))
     header = "memory" + (f" (now t={now:.1f}s)" if now is not None else "") + ":"
     out = [header]
     used = count_tokens(header)
     for title, body in sections:
-        if not body:
-            continue
+        lines = iter(body)
+        first = next(lines, None)
         cost = count_tokens(title)
-        if used + cost + count_tokens(body[0]) > budget_tokens:
+        if first is None or used + cost + count_tokens(first) > budget_tokens:
             continue
         out.append(title)
         used += cost
-        for line in body:
+        for line in itertools.chain([first], lines):
             c = count_tokens("- " + line)
             if used + c > budget_tokens:
                 break

@@ -6,6 +6,8 @@ Usage::
     mnemobot run --task "put the red cube on the tray" --seed 1 --summary-json out.json
     mnemobot run --task-id recall --seed 0 --memory-db house.db
     mnemobot memory house.db where mug
+    mnemobot run --task-id recall --seed 0 --record runs/recall-0
+    mnemobot replay runs/recall-0 --questions q.jsonl --report report.json
     mnemobot tasks
 
 Exit codes: 0 success, 1 the episode ran but the task failed, 2 bad input (unknown task,
@@ -71,6 +73,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="short-term memory eviction policy: fifo, lru, lfu, w-tinylfu, none (default: lru)")
     p.add_argument("--short-term-capacity", type=_positive_int, default=32,
                    help="short-term memory capacity in object-state changes (default: 32)")
+    p.add_argument("--record", type=Path, default=None, metavar="DIR",
+                   help="record the episode as a rosbag2 bag (MCAP) in DIR, which must not exist")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
 
 
@@ -90,6 +94,33 @@ def _add_memory(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay a recorded bag through perception and memory; answer and score memory questions",
+        description="Feed a rosbag2 bag (MCAP or SQLite; mnemobot's or any RGB-D robot's) through perception "
+                    "and memory with no simulator, answer memory questions at their times and score them.",
+    )
+    p.add_argument("bag", type=Path, help="rosbag2 directory (with metadata.yaml)")
+    p.add_argument("--questions", type=Path, default=None, metavar="Q.jsonl",
+                   help="memory questions (JSON lines, see README); without it, memory is built and summarised")
+    p.add_argument("--answers", type=Path, default=None, metavar="OUT.jsonl", help="write one answer per question")
+    p.add_argument("--report", type=Path, default=None, metavar="OUT.json", help="write the score report as JSON")
+    p.add_argument("--topics", type=Path, default=None, metavar="MAP.yaml",
+                   help="topic map for bags with other topic names (keys: rgb, depth, camera_info, instances, "
+                        "labels, tf, tf_static, joint_states, world_frame, camera_frame, base_frame)")
+    p.add_argument("--labels", type=Path, default=None, metavar="LABELS.json",
+                   help="instance id -> label map (JSON) for bags without a labels topic")
+    p.add_argument("--memory-policy", default="lru",
+                   help="short-term memory eviction policy: fifo, lru, lfu, w-tinylfu, none (default: lru)")
+    p.add_argument("--short-term-capacity", type=_positive_int, default=32,
+                   help="short-term memory capacity in object-state changes (default: 32)")
+    p.add_argument("--changes-from", choices=("graph", "short-term"), default="graph",
+                   help="answer change questions from the scene graph (default) or the short-term table alone")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+
+
 def _add_tasks(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("tasks", help="list task families, places and objects",
                    description="List the task families, places and objects of the household world.")
@@ -104,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
     _add_run(sub)
     _add_memory(sub)
+    _add_replay(sub)
+    from mnemobot.agent.suite import add_suite_parser
+
+    add_suite_parser(sub)
     _add_tasks(sub)
     return parser
 
@@ -124,6 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         memory_db=str(args.memory_db) if args.memory_db is not None else None,
         memory_policy=args.memory_policy,
         short_term_capacity=args.short_term_capacity,
+        record=str(args.record) if args.record is not None else None,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     summary = run_episode(cfg, progress=progress)
@@ -142,6 +178,24 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from mnemobot.agent.replay import ReplayConfig, replay
+
+    cfg = ReplayConfig(bag=args.bag, questions=args.questions, answers=args.answers, report=args.report,
+                       topics=args.topics, labels=args.labels, memory_policy=args.memory_policy,
+                       short_term_capacity=args.short_term_capacity, changes_from=args.changes_from)
+    progress = None if args.quiet else (lambda msg: print(msg, flush=True))
+    result = replay(cfg, progress=progress)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
+    return EXIT_OK
+
+
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from mnemobot.agent.suite import cmd_suite
+
+    return cmd_suite(args)
+
+
 def _cmd_tasks(_args: argparse.Namespace) -> int:
     from mnemobot.agent.episode import describe_world
 
@@ -155,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from mnemobot.agent.errors import UserError
 
-    handlers = {"run": _cmd_run, "memory": _cmd_memory, "tasks": _cmd_tasks}
+    handlers = {"run": _cmd_run, "memory": _cmd_memory, "replay": _cmd_replay, "suite": _cmd_suite,
+                "tasks": _cmd_tasks}
     try:
         return handlers[args.verb](args)
     except UserError as e:

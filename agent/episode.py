@@ -48,6 +48,8 @@ class RunConfig:
     memory_policy: str = "lru"
     short_term_capacity: int = 32
     record_trace: bool = False
+    record: str | None = None
+    """Directory to write the episode to as a rosbag2 (MCAP) bag; it must not exist."""
 
 
 @dataclass
@@ -66,6 +68,8 @@ class EpisodeSummary:
     skills_executed: int
     stop_reason: str
     skills: list[dict[str, object]] = field(default_factory=list)
+    record: str | None = None
+    recorded_messages: int = 0
     memory: str = "off"
     memory_questions: int = 0
     search_ticks: int = 0
@@ -96,6 +100,8 @@ class EpisodeSummary:
                 f"{self.search_ticks} ticks searching)" if self.memory != "off" else ""),
             f"time        : {self.sim_s:.1f} s simulated, {self.wall_s:.1f} s wall",
         ]
+        if self.record:
+            lines.append(f"recorded    : {self.record} ({self.recorded_messages} messages)")
         return "\n".join(lines)
 
 
@@ -149,7 +155,8 @@ def _locator(cfg: RunConfig, env) -> ObjectLocator:  # noqa: ANN001
     raise UserError(f"unknown agent {cfg.agent!r}; use 'planner' or 'expert'")
 
 
-def _build_context(env, locator: ObjectLocator) -> SkillContext:  # noqa: ANN001
+def _build_context(env, locator: ObjectLocator,  # noqa: ANN001
+                   on_frame: Callable[[Observation, SkillContext], None] | None = None) -> SkillContext:
     robot = env.robot
     ctx = SkillContext(
         robot=robot,
@@ -165,11 +172,44 @@ def _build_context(env, locator: ObjectLocator) -> SkillContext:  # noqa: ANN001
         obs = robot.observe()
         if body is not None:
             body(ctx.held, ctx.opened, ctx.at_place, t=obs.timestamp)
+        if on_frame is not None:
+            on_frame(obs, ctx)
         locator.update(obs, place=ctx.at_place)
         return obs
 
     ctx.perceive = perceive
     return ctx
+
+
+def _open_recorder(cfg: RunConfig, env, instruction: str):  # noqa: ANN001, ANN202 - BagRecorder
+    """Start the bag (``--record DIR``): latched map, labels of furniture, the instruction."""
+    from mnemobot.ros2.record import BagRecorder, RecordError
+
+    spec = env.robot.spec
+    names = [*spec.arm_joints, "panda_finger_joint1", "panda_finger_joint2", "head_pan_joint", "head_tilt_joint"]
+    try:
+        rec = BagRecorder(cfg.record, joint_names=names).open()
+    except RecordError as e:
+        raise UserError(str(e)) from None
+    rec.latched(site_map=env.site_map.to_dict(), static_labels=sorted(_static_labels(env)), instruction=instruction)
+    return rec
+
+
+def _wire_recorder(rec, executor: SkillExecutor, memory: Memory | None, robot) -> Callable[..., None]:  # noqa: ANN001
+    """Connect the recorder to the organs; returns the orchestrator's event sink."""
+    ctx = executor.ctx
+
+    def on_tick(cmd, state) -> None:  # noqa: ANN001
+        rec.state(state, robot.camera_pose())
+        rec.command(float(state.t), cmd)
+
+    executor.on_tick.append(on_tick)
+    if memory is not None:
+        from mnemobot.memory.ops import json_safe
+
+        rec.memory_snapshot(0.0, memory.graph.seq, json_safe(memory.graph.to_state()))
+        memory.op_sinks.append(lambda ops: rec.memory_ops(float(ctx.state.t), ops))
+    return lambda kind, t, data: rec.event(kind, t, data)
 
 
 def _score(env, instruction: str, goals: list[Goal], custom: bool, initial: dict[str, str]) -> bool:  # noqa: ANN001
@@ -179,8 +219,12 @@ def _score(env, instruction: str, goals: list[Goal], custom: bool, initial: dict
     return goals_satisfied(goals, env.backend, env.site_map, env.robot.read(), initial)
 
 
-def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, env=None) -> EpisodeSummary:  # noqa: ANN001
+def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, env=None,  # noqa: ANN001
+                frame_hook: Callable[[Observation, SkillContext], None] | None = None) -> EpisodeSummary:
     """Run one episode; bad input raises :class:`UserError`.
+
+    ``frame_hook(observation, skill context)`` sees every camera frame before memory does (task
+    suite generators use it to log what the camera saw); with it, the expert perceives too.
 
     ``env``: a :class:`~mnemobot.sim.env.HouseholdEnv` to reuse (its task family must be
     ``cfg.task_id``); it is reset with ``cfg.seed`` and left open. Otherwise one is built and
@@ -195,13 +239,28 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         pctx = PlanningContext(env.site_map, vocabulary=set(env.backend.object_labels()))
         goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
         initial = {lb: (env.backend.place_of(lb) or ("",))[0] for lb in env.backend.object_labels()}  # scoring
-        locator = _locator(cfg, env)
+        recorder = _open_recorder(cfg, env, instruction) if cfg.record else None
+        try:
+            locator = _locator(cfg, env)
+        except BaseException:
+            if recorder is not None:
+                recorder.close()
+            raise
         memory = locator if isinstance(locator, Memory) else None
-        ctx = _build_context(env, locator)
-        executor = SkillExecutor(
-            ctx,
-            ExecutorConfig(perceive_hz=0.0 if cfg.agent == "expert" else cfg.perceive_hz, step_budget=cfg.steps_limit),
-        )
+
+        def on_frame(obs: Observation, c: SkillContext) -> None:
+            if recorder is not None:
+                recorder.frame(obs, body={"held": c.held, "opened": dict(c.opened), "at_place": c.at_place})
+                if memory is not None:
+                    recorder.scene_graph(float(obs.timestamp), memory.graph)
+            if frame_hook is not None:
+                frame_hook(obs, c)
+
+        ctx = _build_context(env, locator, on_frame)
+        watched = recorder is not None or frame_hook is not None
+        perceive_hz = cfg.perceive_hz if cfg.agent != "expert" or watched else 0.0
+        executor = SkillExecutor(ctx, ExecutorConfig(perceive_hz=perceive_hz, step_budget=cfg.steps_limit))
+        on_event = _wire_recorder(recorder, executor, memory, env.robot) if recorder is not None else None
         say(f"task: {instruction}")
         if memory is not None:
             memory.begin_episode({"task": instruction, "task_id": cfg.task_id, "seed": cfg.seed})
@@ -209,17 +268,23 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             if memory.graph.by_layer("object"):
                 say(f"memory: {len(memory.graph.by_layer('object'))} objects remembered from earlier episodes")
         wall0 = time.perf_counter()
-        executor.start()
-        sim0 = ctx.state.t
-        orchestrator = Orchestrator(RulePlanner(), executor, pctx, say, cfg.max_replans, memory=memory)
+        orchestrator = Orchestrator(RulePlanner(), executor, pctx, say, cfg.max_replans, memory=memory,
+                                    on_event=on_event)
         try:
+            executor.start()
+            sim0 = ctx.state.t
             outcome: RunOutcome = orchestrator.run(instruction)
+            if memory is not None or watched:
+                ctx.perceive()  # a last look: memory records what the final skill changed (a release)
+            if recorder is not None and memory is not None:
+                recorder.scene_graph(float(ctx.state.t), memory.graph, force=True)
         except BaseException:
             if memory is not None:
                 memory.close()
             raise
-        if memory is not None:
-            ctx.perceive()  # a last look: memory records what the final skill changed (a release)
+        finally:
+            if recorder is not None:
+                recorder.close()  # metadata and MCAP index are written on every exit path
         wall = time.perf_counter() - wall0
         success = _score(env, instruction, goals, cfg.task_text is not None, initial)
         if memory is not None:
@@ -246,6 +311,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             search_ticks=sum(r.ticks for r in outcome.results if r.skill == "find"),
             memory_stats=memory.stats() if memory is not None else {},
             trace=memory.trace if memory is not None else [],
+            record=cfg.record,
+            recorded_messages=recorder.messages if recorder is not None else 0,
         )
     finally:
         if owned:

@@ -40,12 +40,19 @@ class Orchestrator:
         progress: Callable[[str], None] | None = None,
         max_replans: int = 1,
         memory: Memory | None = None,
+        on_event: Callable[[str, float, dict[str, object]], None] | None = None,
     ) -> None:
         self.planner, self.executor, self.context = planner, executor, context
         self.progress = progress or (lambda _msg: None)
         self.max_replans = max_replans
         self.memory = memory
         self.memory_questions = 0
+        self.on_event = on_event
+        """Receives ``("plan" | "skill", robot time, data)`` (a recorder, a logger)."""
+
+    def _emit(self, kind: str, data: dict[str, object]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, float(self.executor.ctx.state.t), data)
 
     def _resolve(self, call: SkillCall) -> SkillCall | str:
         """Ask memory about the call's object and resolve memory references in its arguments.
@@ -88,6 +95,7 @@ class Orchestrator:
                 return out
             out.results.append(res)
             self.progress(_describe(res))
+            self._emit("skill", res.to_dict())
             if res.success:
                 i += 1
                 continue
@@ -107,6 +115,8 @@ class Orchestrator:
         out.planner_calls += 1
         out.plan = plan
         self.progress(f"plan ({len(plan.steps)} steps): " + ", ".join(str(s) for s in plan.steps))
+        self._emit("plan", {"instruction": plan.instruction, "call": out.planner_calls,
+                            "steps": [{"skill": s.skill, "args": dict(s.args)} for s in plan.steps]})
         return plan
 
 

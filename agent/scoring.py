@@ -16,12 +16,13 @@ def goals_satisfied(goals: list[Goal], backend, site: SiteMap, state: RobotState
     """Whether the world now satisfies every goal of a parsed instruction.
 
     A later goal about the same object or container supersedes an earlier one (``put the duck
-    in the drawer, then bring the duck to the tray`` is scored on the tray). ``initial`` maps each
-    object to the place it started on, for "put it back" goals.
+    in the drawer, then bring the duck to the tray`` is scored on the tray); the robot is in one
+    place, so only the last "go to" goal must still hold. ``initial`` maps each object to the
+    place it started on, for "put it back" goals.
     """
     final: dict[str, Goal] = {}
     for g in goals:
-        final[g.object or g.target] = g
+        final["\0robot" if g.kind == "goto" else (g.object or g.target)] = g
     return all(_goal_holds(g, backend, site, state, initial or {}) for g in final.values())
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mnemobot.control.site import UnknownPlaceError
 from mnemobot.control.skills import SkillContext, SkillSpec
-from mnemobot.control.types import ControlTarget, SafetyError, SkillResult, SkillStatus
+from mnemobot.control.types import (
+    ControlTarget,
+    RobotCommand,
+    RobotState,
+    SafetyError,
+    SkillResult,
+    SkillStatus,
+)
 
 __all__ = ["ExecutorConfig", "SkillExecutor", "StepBudgetExceeded"]
 
@@ -36,6 +44,8 @@ class SkillExecutor:
         self.config = config or ExecutorConfig()
         self.ticks = 0
         self._next_perceive = 0.0
+        self.on_tick: list[Callable[[RobotCommand, RobotState], None]] = []
+        """Called after every control tick with the command sent and the state read back."""
 
     def start(self) -> None:
         """Read the robot, align the brainstem with it and take a first frame."""
@@ -58,11 +68,16 @@ class SkillExecutor:
         cmd = self.ctx.controller.command(target, self.ctx.state)
         self.ctx.state = self.ctx.robot.step(cmd)
         self.ticks += 1
+        for hook in self.on_tick:
+            hook(cmd, self.ctx.state)
         self._maybe_perceive()
 
     def _hold(self) -> None:
-        self.ctx.state = self.ctx.robot.step(self.ctx.controller.hold(self.ctx.state))
+        cmd = self.ctx.controller.hold(self.ctx.state)
+        self.ctx.state = self.ctx.robot.step(cmd)
         self.ticks += 1
+        for hook in self.on_tick:
+            hook(cmd, self.ctx.state)
 
     def run(self, spec: SkillSpec, args: dict[str, str]) -> SkillResult:
         """Run ``spec`` with ``args`` to completion, failure, safety stop or timeout."""

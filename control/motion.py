@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from mnemobot.control.types import ActionChunk, ControlTarget, RobotSpec
-from mnemobot.perception.types import Pose, quat_multiply, yaw_quat
+from mnemobot.perception.types import Pose, quat_multiply, slerp, yaw_quat
 
 __all__ = [
     "TOP_DOWN",
@@ -39,18 +39,6 @@ def wrap_angle(a: float) -> float:
 def top_down_orientation(yaw: float) -> np.ndarray:
     """Hand pointing down, its x axis at heading ``yaw`` (rad) in the world."""
     return quat_multiply(yaw_quat(yaw), TOP_DOWN)
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
-    """Spherical interpolation between unit quaternions, ``t`` in [0, 1]."""
-    d = float(np.dot(q0, q1))
-    if d < 0:
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + t * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = math.acos(d)
-    return (math.sin((1 - t) * theta) * q0 + math.sin(t * theta) * q1) / math.sin(theta)
 
 
 def _angle_between(q0: np.ndarray, q1: np.ndarray) -> float:

@@ -116,6 +116,45 @@ class SiteMap:
                 return r.name
         return None
 
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON data (recorded with episodes so replay knows the places)."""
+
+        def pose(p: Pose | None) -> list[float] | None:
+            return None if p is None else [*map(float, p.position), *map(float, p.quaternion)]
+
+        return {
+            "rooms": [{"name": r.name, "center": list(r.center), "size": list(r.size)} for r in self.rooms.values()],
+            "doorways": [{"rooms": list(d.rooms), "position": list(d.position)} for d in self.doorways],
+            "places": [{
+                "name": p.name, "label": p.label, "room": p.room, "stand": list(p.stand),
+                "surface": pose(p.surface), "surface_size": list(p.surface_size), "relation": p.relation,
+                "handle": pose(p.handle), "open_direction": None if p.open_direction is None else list(p.open_direction),
+                "open_distance": p.open_distance, "aliases": list(p.aliases),
+            } for p in self.places.values()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SiteMap:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` (naming the field) on malformed data."""
+
+        def pose(v: list[float] | None) -> Pose | None:
+            return None if v is None else Pose(np.asarray(v[:3], float), np.asarray(v[3:7], float))
+
+        try:
+            rooms = {r["name"]: Room(r["name"], tuple(r["center"]), tuple(r["size"])) for r in d["rooms"]}
+            doors = [Doorway(tuple(x["rooms"]), tuple(x["position"])) for x in d["doorways"]]
+            places = {}
+            for p in d["places"]:
+                places[p["name"]] = Place(
+                    name=p["name"], label=p["label"], room=p["room"], stand=tuple(p["stand"]),
+                    surface=pose(p["surface"]), surface_size=tuple(p["surface_size"]), relation=p["relation"],
+                    handle=pose(p["handle"]),
+                    open_direction=None if p["open_direction"] is None else tuple(p["open_direction"]),
+                    open_distance=float(p["open_distance"]), aliases=tuple(p["aliases"]))
+        except (KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"malformed site map: {type(e).__name__} {e}") from None
+        return cls(rooms, doors, places)
+
     def route(self, start_xy: tuple[float, float], goal_room: str) -> list[Doorway]:
         """Doorways to pass, in order, from ``start_xy`` to ``goal_room`` (breadth-first over rooms).
 

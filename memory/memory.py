@@ -71,6 +71,8 @@ class Memory:
         self.offset = 0.0
         self.episode = 0
         self.trace: list[dict[str, Any]] = []
+        self.op_sinks: list[Callable[[list[Any]], None]] = []
+        """Called with each batch of operations as it is flushed (a recorder, a viewer)."""
         self._held: str | None = None
         self._opened: dict[str, float] = {}
         self._at_place: str | None = None
@@ -99,6 +101,9 @@ class Memory:
 
     def _flush(self, events: Sequence[Any] = ()) -> None:
         ops = self.graph.drain()
+        if ops:
+            for sink in self.op_sinks:
+                sink(ops)
         if self.store is None or (not ops and not events):
             return
         self.store.append(ops, events)

@@ -17,11 +17,13 @@ Conventions (used everywhere in mnemobot):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = [
+    "slerp",
     "CameraIntrinsics",
     "Observation",
     "ObservationError",
@@ -58,6 +60,18 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ]
     )
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation between unit quaternions, ``t`` in [0, 1]."""
+    d = float(np.dot(q0, q1))
+    if d < 0:
+        q1, d = -q1, -d
+    if d > 0.9995:
+        q = q0 + t * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = math.acos(d)
+    return (math.sin((1 - t) * theta) * q0 + math.sin(t * theta) * q1) / math.sin(theta)
 
 
 def quat_from_matrix(m: np.ndarray) -> np.ndarray:
@@ -114,6 +128,20 @@ class Pose:
     @classmethod
     def from_xyz_yaw(cls, x: float, y: float, z: float, yaw: float) -> Pose:
         return cls(np.array([x, y, z]), yaw_quat(yaw))
+
+    @classmethod
+    def look_at(cls, eye: Sequence[float], target: Sequence[float]) -> Pose:
+        """Optical-frame camera pose at ``eye`` looking at ``target`` (z forward, x right, y down,
+        the image's x level with the world's horizon). ``target`` must not be straight above or below."""
+        e = np.asarray(eye, dtype=float)
+        z = np.asarray(target, dtype=float) - e
+        z /= np.linalg.norm(z)
+        x = np.cross(z, [0.0, 0.0, 1.0])
+        n = float(np.linalg.norm(x))
+        if n < 1e-9:
+            raise ValueError("look_at: the target is straight above or below the eye")
+        x /= n
+        return cls(e, quat_from_matrix(np.stack([x, np.cross(z, x), z], axis=1)))
 
     @property
     def rotation(self) -> np.ndarray:

@@ -52,13 +52,7 @@ K = CameraIntrinsics.from_fov(320, 240, 60.0)
 
 
 def look_at(eye: Sequence[float], target: Sequence[float]) -> Pose:
-    """Optical-frame camera pose at ``eye`` looking at ``target`` (image x right, y down)."""
-    e = np.asarray(eye, dtype=float)
-    z = np.asarray(target, dtype=float) - e
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    return Pose(e, quat_from_matrix(np.stack([x, np.cross(z, x), z], axis=1)))
+    return Pose.look_at(eye, target)
 
 
 def wrap_half_pi(a: float) -> float:

@@ -1,0 +1,401 @@
+"""Read a rosbag2 bag (MCAP or SQLite storage) as a stream of synchronised camera frames.
+
+:class:`BagSource` opens any ROS 2 bag ``rosbags`` can read, checks that the topics replay
+needs are there with the right types, and yields :class:`ReplayFrame` items: an
+:class:`~mnemobot.perception.types.Observation` (rgb, metric depth, optional instance mask and
+labels, intrinsics, the camera pose from the TF tree at the image's time, proprioception)
+plus the robot's own body facts when the bag has mnemobot's ``/mnemobot/body`` topic.
+
+Times are seconds since the bag's first message. Images are paired by header stamp (within
+``sync_tol``); a frame is emitted once the bag has run ``tf_wait`` seconds past it, so
+transforms published just after the image are used (interpolated), as a TF listener would.
+
+Missing optional topics degrade and are reported in :attr:`BagInfo.notes`: no instance masks
+-> model-free segmentation (``unknown`` labels); no labels -> ``unknown``; no joint states ->
+no arm state (memory does not need it). Unreadable, empty or truncated bags, missing required
+topics and wrong message types raise :class:`BagError` with a clear message. The bag is only
+ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnemobot.perception.types import Observation, Pose, Proprioception
+from mnemobot.ros2.convert import (
+    MessageError,
+    depth_from_msg,
+    instances_from_msg,
+    intrinsics_from_msg,
+    pose_from_transform,
+    rgb_from_msg,
+    stamp_to_s,
+)
+from mnemobot.ros2.tf import TFBuffer, TFError
+from mnemobot.ros2.topics import MNEMOBOT_TOPICS, REQUIRED, TopicMap
+from mnemobot.ros2.types import typestore
+
+__all__ = ["BagError", "BagInfo", "BagSource", "ReplayFrame", "load_labels"]
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    "rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image", "instances": "sensor_msgs/msg/Image",
+    "camera_info": "sensor_msgs/msg/CameraInfo", "labels": "std_msgs/msg/String",
+    "tf": "tf2_msgs/msg/TFMessage", "tf_static": "tf2_msgs/msg/TFMessage", "joint_states": "sensor_msgs/msg/JointState",
+}
+_EXTRA = {"body": "std_msgs/msg/String", "site_map": "std_msgs/msg/String", "instruction": "std_msgs/msg/String"}
+
+
+class BagError(ValueError):
+    """A bag replay cannot use: missing, unreadable, empty, truncated, or without the needed topics."""
+
+
+def load_labels(path: str | Path) -> dict[int, str]:
+    """A labels file: JSON object mapping instance id (as a string) -> label."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BagError(f"cannot read labels file {p}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise BagError(f"labels file {p} is not valid JSON: {e}") from None
+    return _labels_from(raw, f"labels file {p}")
+
+
+def _labels_from(raw: Any, source: str) -> dict[int, str]:
+    if not isinstance(raw, dict):
+        raise BagError(f"{source} must be a JSON object {{\"instance id\": \"label\"}}")
+    out: dict[int, str] = {}
+    for k, v in raw.items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            raise BagError(f"{source}: instance id {k!r} is not a whole number") from None
+        if i <= 0 or not isinstance(v, str) or not v.strip():
+            raise BagError(f"{source}: entry {k!r}: {v!r} needs an id > 0 (0 is background) and a label")
+        out[i] = v.strip().lower().replace(" ", "_")
+    return out
+
+
+@dataclass
+class ReplayFrame:
+    """One synchronised frame; ``body``: the robot's own facts at ``t`` (held object, opened
+    containers, place), or None when the bag does not carry them."""
+
+    t: float
+    obs: Observation
+    body: dict[str, Any] | None = None
+
+
+@dataclass
+class BagInfo:
+    path: Path
+    storage: str
+    duration_s: float
+    messages: int
+    topics: dict[str, tuple[str, int]]
+    roles: dict[str, str]
+    site_map: dict[str, Any] | None = None
+    static_labels: list[str] = field(default_factory=list)
+    instruction: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    t: float
+    frame_id: str
+    rgb: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    instances: np.ndarray | None = None
+
+
+class BagSource:
+    """Frames of one bag. Use as a context manager; :meth:`frames` iterates once."""
+
+    def __init__(self, path: str | Path, topics: TopicMap | None = None, labels: dict[int, str] | None = None,
+                 sync_tol: float = 0.03, tf_wait: float = 0.25, max_wait: float = 1.0) -> None:
+        self.path = Path(path)
+        self.map = topics or TopicMap()
+        self.file_labels = labels
+        self.sync_tol, self.tf_wait, self.max_wait = sync_tol, tf_wait, max_wait
+        self.info: BagInfo | None = None
+        self.stats = {"frames": 0, "dropped_unpaired": 0, "dropped_no_tf": 0, "dropped_bad": 0,
+                      "unknown_ids": 0}
+        self._reader: Any = None
+        self._t0 = 0
+
+    # -- opening and checks -------------------------------------------------------------------------------
+    def __enter__(self) -> BagSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001 - closing a reader that failed mid-read must not mask its error
+                log.debug("closing %s failed", self.path, exc_info=True)
+
+    def open(self) -> BagInfo:
+        from rosbags.highlevel import AnyReader
+
+        p = self.path
+        if not p.exists():
+            raise BagError(f"no such bag: {p}")
+        if p.is_file():
+            if p.suffix in (".mcap", ".db3") and (p.parent / "metadata.yaml").exists():
+                p = self.path = p.parent
+            else:
+                raise BagError(f"{p} is a file; give the rosbag2 directory (with metadata.yaml and the "
+                               f"{'.mcap' if p.suffix == '.mcap' else '.mcap or .db3'} file)")
+        if not (p / "metadata.yaml").exists():
+            raise BagError(f"{p} is not a rosbag2 bag: it has no metadata.yaml")
+        try:
+            reader = AnyReader([p], default_typestore=typestore("jazzy"))
+            reader.open()
+        except Exception as e:  # noqa: BLE001 - rosbags raises several types for unreadable bags
+            hint = ""
+            if any(f.suffix == ".mcap" for f in p.iterdir()) and "magic" in str(e).lower():
+                hint = (" - the MCAP file is truncated or damaged (a recording cut short?); "
+                        "'mcap recover' can salvage the messages written before the cut")
+            raise BagError(f"cannot read bag {p}: {_reason(e)}{hint}") from None
+        self._reader = reader
+        try:
+            self.info = self._check(reader)
+        except BaseException:
+            self.close()
+            raise
+        return self.info
+
+    def _check(self, reader: Any) -> BagInfo:
+        topics: dict[str, tuple[str, int]] = {}
+        for c in reader.connections:
+            msgtype, n = topics.get(c.topic, (c.msgtype, 0))
+            topics[c.topic] = (msgtype, n + int(c.msgcount or 0))
+        total = sum(n for _t, n in topics.values())
+        storage = "mcap" if any(f.suffix == ".mcap" for f in self.path.iterdir()) else "sqlite3"
+        if total == 0:
+            raise BagError(f"bag {self.path} is empty (no messages)")
+        roles = self.map.topics()
+        notes: list[str] = []
+        listing = "; ".join(f"{t} ({ty})" for t, (ty, _n) in sorted(topics.items()))
+        missing = [f"{r} ({roles[r]})" for r in REQUIRED if roles.get(r) not in topics]
+        if missing:
+            raise BagError(f"bag {self.path} has no {', '.join(missing)}. Topics in the bag: {listing}. "
+                           "Name the right topics with --topics MAP.yaml")
+        for role in list(roles):
+            if roles[role] in topics:
+                continue
+            if role in self.map.explicit:
+                raise BagError(f"topic map names {role}: {roles[role]}, which is not in the bag. Topics: {listing}")
+            del roles[role]
+        for role, topic in roles.items():
+            if topics[topic][0] != _TYPES[role]:
+                raise BagError(f"topic {topic} ({role}) has type {topics[topic][0]}; replay needs {_TYPES[role]}")
+        if "instances" not in roles:
+            notes.append("no instance masks: objects come from model-free segmentation, labelled 'unknown'")
+        elif "labels" not in roles and self.file_labels is None:
+            notes.append("instance masks but no labels topic and no --labels file: objects are labelled 'unknown'")
+        if "joint_states" not in roles:
+            notes.append("no joint states: the arm state is unknown (memory does not need it)")
+        if "tf_static" not in roles:
+            notes.append("no /tf_static: every transform must come from /tf")
+        if MNEMOBOT_TOPICS["body"] not in topics:
+            notes.append("no body facts (held object, opened containers): memory learns from vision alone")
+        self._t0 = int(reader.start_time)
+        info = BagInfo(path=self.path, storage=storage, duration_s=(reader.end_time - reader.start_time) * 1e-9,
+                       messages=total, topics=topics, roles=roles, notes=notes)
+        self._read_latched(reader, topics, info)
+        if info.site_map is None:
+            notes.append("no site map: objects are not related to named places")
+        return info
+
+    def _read_latched(self, reader: Any, topics: dict[str, tuple[str, int]], info: BagInfo) -> None:
+        """The map, furniture labels and instruction of a mnemobot recording (first message each)."""
+        for role in ("site_map", "instruction"):
+            topic = MNEMOBOT_TOPICS[role]
+            if topics.get(topic, ("", 0))[0] != _EXTRA[role]:
+                continue
+            conns = [c for c in reader.connections if c.topic == topic]
+            try:
+                for c, _ts, raw in reader.messages(connections=conns):
+                    text = reader.deserialize(raw, c.msgtype).data
+                    if role == "instruction":
+                        info.instruction = text
+                    else:
+                        d = json.loads(text)
+                        info.site_map = d.get("site_map")
+                        info.static_labels = list(d.get("static_labels", []))
+                    break
+            except Exception as e:  # noqa: BLE001
+                raise BagError(f"bag {self.path}: cannot read {topic}: {_reason(e)}") from None
+
+    # -- frames --------------------------------------------------------------------------------------------
+    def _rel(self, stamp: Any, log_ns: int) -> float:
+        s = stamp_to_s(stamp)
+        return s - self._t0 * 1e-9 if s > 0 else (log_ns - self._t0) * 1e-9
+
+    def frames(self) -> Iterator[ReplayFrame]:
+        """Synchronised frames in time order. Raises :class:`BagError` if the bag is cut short."""
+        if self.info is None or self._reader is None:
+            self.open()
+        info, reader = self.info, self._reader
+        roles = info.roles
+        by_topic = {topic: role for role, topic in roles.items()}
+        body_topic = MNEMOBOT_TOPICS["body"] if MNEMOBOT_TOPICS["body"] in info.topics else None
+        if body_topic:
+            by_topic[body_topic] = "body"
+        conns = [c for c in reader.connections if c.topic in by_topic]
+        tf = TFBuffer(max_gap=0.5, history_s=30.0)
+        self._labels = dict(self.file_labels or {})
+        self._labels_from_topic = "labels" in roles and self.file_labels is None
+        self._intr = None
+        self._joints: tuple[float, Any] | None = None
+        bodies: deque[tuple[float, dict[str, Any]]] = deque(maxlen=64)
+        pending: deque[_Pending] = deque()
+        now = 0.0
+        try:
+            for conn, log_ns, raw in reader.messages(connections=conns):
+                role = by_topic[conn.topic]
+                now = (log_ns - self._t0) * 1e-9
+                try:
+                    msg = reader.deserialize(raw, conn.msgtype)
+                    self._take(role, msg, log_ns, tf, bodies, pending)
+                except (MessageError, ValueError, KeyError) as e:
+                    self.stats["dropped_bad"] += 1
+                    log.warning("skipping a %s message at %.3f s: %s", role, now, e)
+                yield from self._emit(pending, tf, bodies, now)
+        except BagError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a cut or corrupt file surfaces here
+            raise BagError(f"bag {self.path} is truncated or corrupt after {now:.2f} s: {_reason(e)}") from None
+        yield from self._emit(pending, tf, bodies, math.inf)
+
+    def _take(self, role: str, msg: Any, log_ns: int, tf: TFBuffer, bodies: deque, pending: deque) -> None:
+        if role in ("rgb", "depth", "instances"):
+            t = self._rel(msg.header.stamp, log_ns)
+            if role == "rgb":
+                arr = rgb_from_msg(msg)
+            elif role == "depth":
+                arr = depth_from_msg(msg)
+            else:
+                arr = instances_from_msg(msg)
+            slot = next((p for p in pending if abs(p.t - t) <= self.sync_tol and getattr(p, role) is None), None)
+            if slot is None:
+                slot = _Pending(t, msg.header.frame_id)
+                pending.append(slot)
+                if len(pending) > 1 and pending[-2].t > t:
+                    pending = deque(sorted(pending, key=lambda p: p.t))
+            setattr(slot, role, arr)
+            if role == "rgb":
+                slot.frame_id = msg.header.frame_id or slot.frame_id
+        elif role == "camera_info":
+            self._intr = intrinsics_from_msg(msg)
+        elif role in ("tf", "tf_static"):
+            for tr in msg.transforms:
+                tf.add(tr.header.frame_id, tr.child_frame_id, self._rel(tr.header.stamp, log_ns),
+                       pose_from_transform(tr.transform), static=role == "tf_static")
+        elif role == "labels":
+            if self._labels_from_topic:
+                self._labels.update(_labels_from(json.loads(msg.data), "labels topic"))
+        elif role == "joint_states":
+            self._joints = (self._rel(msg.header.stamp, log_ns), msg)
+        elif role == "body":
+            bodies.append(((log_ns - self._t0) * 1e-9, json.loads(msg.data)))
+
+    def _emit(self, pending: deque, tf: TFBuffer, bodies: deque, now: float) -> Iterator[ReplayFrame]:
+        has_inst = "instances" in self.info.roles
+        while pending:
+            p = pending[0]
+            complete = p.rgb is not None and p.depth is not None and (p.instances is not None or not has_inst)
+            if not complete:
+                if now - p.t > self.max_wait:
+                    pending.popleft()
+                    self.stats["dropped_unpaired"] += 1
+                    continue
+                return
+            if now - p.t < self.tf_wait:
+                return
+            pending.popleft()
+            frame = self._frame(p, tf, bodies)
+            if frame is not None:
+                self.stats["frames"] += 1
+                yield frame
+
+    def _frame(self, p: _Pending, tf: TFBuffer, bodies: deque) -> ReplayFrame | None:
+        if self._intr is None:
+            self.stats["dropped_bad"] += 1
+            return None
+        intr = self._intr
+        if p.rgb.shape[:2] != (intr.height, intr.width) or p.depth.shape != (intr.height, intr.width):
+            self.stats["dropped_bad"] += 1
+            log.warning("frame at %.3f s: image sizes %s/%s disagree with camera_info %dx%d", p.t,
+                        p.rgb.shape, p.depth.shape, intr.width, intr.height)
+            return None
+        world = self.map.world_frame
+        cam_frame = self.map.camera_frame or p.frame_id
+        try:
+            cam = tf.lookup(world, cam_frame, p.t)
+        except TFError as e:
+            self.stats["dropped_no_tf"] += 1
+            if self.stats["dropped_no_tf"] <= 3:
+                log.warning("frame at %.3f s skipped: %s", p.t, e)
+            return None
+        instances, labels = p.instances, {}
+        if instances is not None:
+            present = np.unique(instances)
+            for i in present.tolist():
+                if i == 0:
+                    continue
+                lb = self._labels.get(i)
+                if lb is None:
+                    self.stats["unknown_ids"] += 1
+                    lb = "unknown"
+                labels[i] = lb
+        obs = Observation(timestamp=p.t, rgb=p.rgb, depth=p.depth, intrinsics=intr, camera_pose=cam,
+                          instances=instances, labels=labels, proprio=self._proprio(p.t, tf))
+        body = None
+        for bt, b in bodies:
+            if bt <= p.t + 1e-6:
+                body = b
+        return ReplayFrame(p.t, obs, body)
+
+    def _proprio(self, t: float, tf: TFBuffer) -> Proprioception | None:
+        base_frame = self.map.base_frame
+        if not base_frame or base_frame not in tf.frames:
+            return None
+        try:
+            base: Pose = tf.lookup(self.map.world_frame, base_frame, t)
+        except TFError:
+            return None
+        q = np.zeros(0)
+        width = 0.0
+        if self._joints is not None:
+            js = self._joints[1]
+            names, pos = list(js.name), np.asarray(js.position, dtype=float)
+            if len(names) == len(pos):
+                fingers = [p for n, p in zip(names, pos, strict=True) if "finger" in n]
+                width = float(sum(fingers))
+                q = np.array([p for n, p in zip(names, pos, strict=True) if "finger" not in n and "head" not in n])
+        return Proprioception(t=t, arm_q=q, arm_dq=np.zeros_like(q), gripper_width=width,
+                              base_pose=np.array([base.position[0], base.position[1], base.yaw]))
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,322 @@
+"""Memory task suites: sighting log, episode plans, gold questions, and one generated horizon-1
+suite checked against simulator ground truth and replayed through memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mnemobot.agent.errors import UserError
+from mnemobot.agent.questions import QUESTION_TYPES, load_questions
+from mnemobot.agent.suite import (
+    SuiteConfig,
+    add_suite_parser,
+    cmd_suite,
+    generate_suite,
+    make_questions,
+    plan_episode,
+    question_times,
+    step_end_times,
+)
+from mnemobot.sim.layout import DEFAULT_LAYOUT
+from mnemobot.sim.sightings import SightingLog
+
+# --------------------------------------------------------------------------------------------
+# A tiny world: two objects on two tables and a drawer, driven frame by frame
+
+
+class FakeBackend:
+    """The ground-truth methods the sighting log reads."""
+
+    layout = DEFAULT_LAYOUT
+
+    def __init__(self) -> None:
+        self.centres = {"mug": np.array([3.0, 4.4, 0.65]), "duck": np.array([6.2, 4.4, 0.55])}
+        self.places = {"mug": "kitchen_table", "duck": "living_room_table"}
+        self.held: set[str] = set()
+        self.opening = 0.0
+
+    def object_labels(self) -> tuple[str, ...]:
+        return ("mug", "duck")
+
+    def drawer_place(self) -> str:
+        return "drawer"
+
+    def instance_id(self, name: str) -> int:
+        return {"mug": 1, "duck": 2, "drawer": 100}[name]
+
+    def is_held(self, label: str) -> bool:
+        return label in self.held
+
+    def object_aabb(self, label: str) -> tuple[np.ndarray, np.ndarray]:
+        c = self.centres[label]
+        return c - 0.03, c + 0.03
+
+    def place_of(self, label: str) -> tuple[str, str] | None:
+        return None if label in self.held else (self.places[label], "on")
+
+    def drawer_opening(self) -> float:
+        return self.opening
+
+    def robot_base_pose(self) -> None:
+        return None
+
+
+LABELS = {1: "mug", 2: "duck", 100: "drawer"}
+
+
+def frame(t: float, pixels: dict[int, int], size: tuple[int, int] = (240, 320)) -> SimpleNamespace:
+    inst = np.zeros(size, dtype=np.int32).ravel()
+    at = 0
+    for iid, n in pixels.items():
+        inst[at:at + n] = iid
+        at += n
+    present = {i: LABELS[i] for i in pixels if pixels[i]}
+    return SimpleNamespace(timestamp=t, instances=inst.reshape(size), labels=present)
+
+
+def scripted_log() -> tuple[SightingLog, FakeBackend]:
+    """Mug and duck seen; the drawer seen at 4 s; the mug picked at 10 s, put on the living-room
+    table at 14 s and seen there; the drawer opened unseen at 20 s."""
+    b = FakeBackend()
+    log = SightingLog(b)
+    ctx = SimpleNamespace(held=None)
+    for i in range(150):  # 5 Hz for 30 s
+        t = round(i * 0.2, 3)
+        if 10.0 <= t < 14.0:
+            b.held = {"mug"}
+        elif t >= 14.0 and b.held:
+            b.held = set()
+            b.centres["mug"] = np.array([6.0, 4.5, 0.55])
+            b.places["mug"] = "living_room_table"
+        b.opening = 0.3 if t >= 20.0 else 0.0
+        px = {1: 200 if t < 6.0 or 10.0 <= t < 18.0 else 0, 2: 200 if 2.0 <= t < 8.0 or t >= 14.0 else 0,
+              100: 300 if 4.0 <= t < 5.0 else 0}
+        log(frame(t, px), ctx)
+    return log, b
+
+
+def test_sighting_log_records_what_the_camera_saw() -> None:
+    log, _ = scripted_log()
+    assert log.min_pixels == 40 and log.drawer == "drawer"
+    assert log.first_seen("mug") == 0.0 and log.first_seen("duck") == 2.0
+    assert log.seen_objects(1.0) == ["mug"] and log.seen_objects(3.0) == ["duck", "mug"]
+    # held frames are not sightings; the first sighting elsewhere is the first move
+    t, centre, place = log.last_sighting("mug", 12.0)
+    assert t == pytest.approx(5.8) and place == "kitchen_table" and centre == pytest.approx((3.0, 4.4, 0.65))
+    assert log.first_move("mug") == pytest.approx(14.0) and log.first_move("duck") is None
+    assert log.position_seen("mug", 20.0) == pytest.approx((6.0, 4.5, 0.55))
+    assert log.held_at(11.0) == {"mug"} and log.releases() == [(pytest.approx(14.0), "mug")]
+    # the drawer: state from ground truth, known once seen
+    assert not log.container_known("drawer", 3.9) and log.container_known("drawer", 4.1)
+    assert log.container_state("drawer", 19.0) == "closed" and log.container_state("drawer", 21.0) == "open"
+    assert log.container_state("tray", 21.0) is None
+    # held views count as glimpses unless asked not to
+    assert log.glimpses("mug", 9.9, 10.5) and not log.glimpses("mug", 9.9, 10.5, held=False)
+    # a repeated timestamp is the same frame
+    n = len(log.frames)
+    log(frame(log.end, {1: 500}), SimpleNamespace(held=None))
+    assert len(log.frames) == n
+    d = json.loads(json.dumps(log.to_dict()))
+    assert len(d["frames"]) == n and d["sightings"]["duck"][0][0] == 2.0
+
+
+def test_min_pixels_scale_with_the_image_and_body_held_objects_are_not_sightings() -> None:
+    b = FakeBackend()
+    log = SightingLog(b)
+    log(frame(0.0, {1: 170, 2: 170}, size=(480, 640)), SimpleNamespace(held="duck"))
+    assert log.min_pixels == 160
+    assert log.first_seen("mug") == 0.0 and log.first_seen("duck") is None
+    with pytest.raises(ValueError):
+        SightingLog(b, min_pixels=0)
+
+
+def test_gold_questions_follow_the_camera() -> None:
+    log, b = scripted_log()
+    qs = make_questions(log, np.random.default_rng(0), [9.1, 16.1, 25.1], per_type=3)
+    by = {k: [q for q in qs if q["type"] == k] for k in QUESTION_TYPES}
+    assert all(by[k] for k in QUESTION_TYPES), {k: len(v) for k, v in by.items()}
+    assert [q["t"] for q in qs] == sorted(q["t"] for q in qs) and len({q["id"] for q in qs}) == len(qs)
+    for q in by["locate"]:
+        if q["object"] == "mug":
+            want = (3.0, 4.4, 0.65) if q["t"] < 10 else (6.0, 4.5, 0.55)
+            assert q["answer"]["position"] == pytest.approx(want)
+    states = {q["t"]: q["answer"]["state"] for q in by["state"]}
+    assert states == {9.1: "closed", 16.1: "closed", 25.1: "open"}  # the drawer was seen at 4 s
+    early = make_questions(log, np.random.default_rng(0), [3.1], per_type=3)
+    assert not [q for q in early if q["type"] == "state"]  # not before the camera saw it
+    for q in by["changed"]:
+        t1, t2 = q["window"]
+        assert q["answer"]["objects"] == (["mug"] if t1 < 14.0 <= t2 else [])
+    for q in by["count"]:
+        assert q["answer"]["count"] == 1
+    for q in by["order"]:
+        assert q["answer"]["first"] == "mug"
+    assert not [q for q in qs if q["type"] == "locate" and q["t"] == 16.1 and q["object"] == "mug"
+                and q["answer"]["position"][0] < 5]
+
+
+def test_changed_windows_around_an_unseen_move_are_not_asked() -> None:
+    log, _ = scripted_log()
+    # the mug is in the hand at 12 s: no window may end there
+    qs = make_questions(log, np.random.default_rng(1), [12.1], per_type=5)
+    assert not [q for q in qs if q["type"] in ("changed", "locate") and q.get("object", "mug") == "mug"]
+
+
+def test_episode_plans() -> None:
+    placements = {"red_cube": "tray", "mug": "living_room_table", "duck": "bedroom_table",
+                  "lego": "kitchen_table", "jenga": "shelf"}
+    one = plan_episode(1, np.random.default_rng(0), DEFAULT_LAYOUT, placements)
+    assert [s.kind for s in one] == ["move", "visit", "delay"]
+    assert one[0].source in ("tray", "living_room_table") and one[1].target == "drawer"  # short, sees the drawer
+    for h in (2, 3):
+        steps = plan_episode(h, np.random.default_rng(h), DEFAULT_LAYOUT, placements)
+        moves = [s for s in steps if s.kind == "move"]
+        assert len(moves) == h and len({s.object for s in moves}) == h
+        assert any(s.target == "drawer" for s in moves) and any(s.kind == "close" for s in steps)
+        assert sum(s.kind == "visit" for s in steps) == h and sum(s.kind == "delay" for s in steps) == h
+    with pytest.raises(UserError):
+        plan_episode(0, np.random.default_rng(0), DEFAULT_LAYOUT, placements)
+
+
+def test_step_end_times_and_question_times() -> None:
+    log, _ = scripted_log()
+    steps = plan_episode(1, np.random.default_rng(0), DEFAULT_LAYOUT, {"mug": "living_room_table"})
+    skills = [{"skill": "find", "args": {"object": "mug"}, "success": True, "duration_s": 4.0},
+              {"skill": "place", "args": {"object": "mug"}, "success": True, "duration_s": 5.0},
+              {"skill": "navigate_to", "args": {"place": steps[1].target}, "success": True, "duration_s": 6.0},
+              {"skill": "navigate_to", "args": {"place": steps[2].target}, "success": True, "duration_s": 8.0}]
+    ends = step_end_times(steps, skills)
+    assert ends == [9.0, 15.0, 23.0]
+    times = question_times(log, steps, ends)
+    assert times == [9.5, 15.5, round(log.end + 0.05, 3)]  # between frames, 0.1 s after one
+
+
+def test_bad_settings_are_user_errors(tmp_path: Path) -> None:
+    for bad in ({"horizons": ()}, {"horizons": (0,)}, {"horizons": (1, 1)}, {"seeds": (-1,)},
+                {"per_type": 0}, {"agent": "robot"}, {"width": 0}):
+        with pytest.raises(UserError):
+            generate_suite(SuiteConfig(tmp_path / "x", **bad))
+    parser = argparse.ArgumentParser()
+    add_suite_parser(parser.add_subparsers(dest="verb"))
+    for horizons in ("1,x", "", "1,,2"):
+        args = parser.parse_args(["suite", str(tmp_path / "y"), "--horizons", horizons])
+        with pytest.raises(UserError):
+            cmd_suite(args)
+    args = parser.parse_args(["suite", str(tmp_path / "y"), "--horizons", "1,2", "--seeds", "0,1", "-q"])
+    assert (args.horizons, args.seeds, args.per_type, args.agent, args.quiet) == ("1,2", "0,1", 3, "expert", True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError):
+        generate_suite(SuiteConfig(tmp_path / "file", horizons=(1,)))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# One generated suite (a full simulated episode)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    pytest.importorskip("pybullet")
+    pytest.importorskip("rosbags")
+    out = tmp_path_factory.mktemp("suite")
+    # through the command line, as a user would make it
+    r = subprocess.run([sys.executable, "-m", "mnemobot.agent.cli", "suite", str(out), "--horizons", "1",
+                        "--seeds", "0", "-q"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].startswith(f"{out / 'h1-s0'}  success=yes  frames=")
+    rows = json.loads((out / "suite.json").read_text())["episodes"]
+    assert len(rows) == 1 and not list(out.glob(".*partial"))
+    return out, json.loads((out / rows[0]["dir"] / "manifest.json").read_text()) | {"dir": rows[0]["dir"]}
+
+
+def _gt(truth: dict, t: float) -> dict:
+    frames = [f for f in truth["frames"] if f["t"] <= t]
+    return frames[-1]
+
+
+@pytest.mark.slow
+def test_suite_files_and_manifest(suite: tuple[Path, dict]) -> None:
+    out, row = suite
+    ep = out / row["dir"]
+    assert row["dir"] == "h1-s0"
+    for name in ("bag/metadata.yaml", "questions.jsonl", "manifest.json", "truth.json"):
+        assert (ep / name).is_file(), name
+    manifest = json.loads((ep / "manifest.json").read_text())
+    assert manifest["horizon"] == 1 and manifest["seed"] == 0 and manifest["success"] is True
+    assert manifest["instruction"].startswith("put the ") and ", then go to the " in manifest["instruction"]
+    assert 10.0 < manifest["sim_s"] < 70.0 and manifest["frames"] > 40
+    index = json.loads((out / "suite.json").read_text())
+    assert [e["dir"] for e in index["episodes"]] == ["h1-s0"]
+    assert index["episodes"][0]["questions"] == manifest["questions"]
+    questions, problems = load_questions(ep / "questions.jsonl")
+    assert problems == [] and len(questions) == manifest["questions"]
+    assert {q.type for q in questions} == set(QUESTION_TYPES)
+    assert manifest["questions_by_type"] == {k: sum(q.type == k for q in questions) for k in QUESTION_TYPES}
+    assert len({q.t for q in questions}) >= 2 and max(q.t for q in questions) <= manifest["sim_s"] + 0.2
+
+
+@pytest.mark.slow
+def test_suite_gold_agrees_with_ground_truth(suite: tuple[Path, dict]) -> None:
+    out, row = suite
+    ep = out / row["dir"]
+    truth = json.loads((ep / "truth.json").read_text())
+    questions, _ = load_questions(ep / "questions.jsonl")
+    moved = [s["object"] for s in json.loads((ep / "manifest.json").read_text())["steps"] if s["kind"] == "move"]
+    for q in questions:
+        now = _gt(truth, q.t)
+        g = q.gold
+        assert g is not None
+        if q.type == "locate":
+            label = q.fields["object"]
+            assert label not in now["held"]
+            assert math.dist(g["position"], now["centres"][label]) <= 0.05, q
+        elif q.type == "state":
+            assert g["state"] == ("open" if now["drawer_opening"] > 0.02 else "closed")
+        elif q.type == "changed":
+            t1, t2 = q.fields["window"]
+            a, b = _gt(truth, t1)["centres"], _gt(truth, t2)["centres"]
+            for label in g["objects"]:
+                assert math.dist(a[label], b[label]) > 0.15, (q, label)
+                assert label in moved
+        elif q.type == "last_seen":
+            label = q.fields["object"]
+            seen = [s[0] for s in truth["sightings"][label]]
+            assert g["time"] in seen and g["time"] <= q.t
+        elif q.type == "count":
+            seen = [s[0] for s in truth["sightings"][q.fields["label"]]]
+            assert g["count"] == int(bool(seen) and seen[0] <= q.t)
+        elif q.type == "order":
+            assert g["first"] in q.fields["objects"]
+            if q.fields["event"] == "moved":
+                assert g["first"] in moved
+
+
+@pytest.mark.slow
+def test_suite_never_overwrites_an_episode(suite: tuple[Path, dict]) -> None:
+    out, row = suite
+    before = (out / row["dir"] / "questions.jsonl").read_text()
+    with pytest.raises(UserError, match="h1-s0"):
+        generate_suite(SuiteConfig(out, horizons=(1,), seeds=(0,)))
+    assert (out / row["dir"] / "questions.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_suite_replays_through_memory(suite: tuple[Path, dict]) -> None:
+    from mnemobot.agent.replay import ReplayConfig, replay
+
+    out, row = suite
+    ep = out / row["dir"]
+    res = replay(ReplayConfig(bag=ep / "bag", questions=ep / "questions.jsonl"))
+    by_type = res.report.to_dict()["by_type"]
+    assert set(by_type) == set(QUESTION_TYPES)
+    for kind in ("locate", "changed"):
+        assert by_type[kind]["accuracy"] >= 0.95, (kind, by_type)

@@ -62,9 +62,10 @@ Example::
 **Short-term mode.** ``answer(..., changes_from="short-term")`` answers the change questions
 (``changed``, ``state``, ``order`` with ``event: moved``) from the short-term memory table alone,
 as a planner whose prompt carries only that table would: ``changed`` lists the entries whose
-change is ``moved`` with a time in ``(t1, t2]``; ``state`` reads the ``place:<name>`` entry of a
+change is a move (``moved``, or ``released`` more than 0.15 m from where the object was picked
+up) with a time in ``(t1, t2]``; ``state`` reads the ``place:<name>`` entry of a
 container (``opened``/``closed``) or the newest entry of an object (``grasped`` -> held,
-``missing``, else present); ``order`` compares the times of ``moved`` entries. The table keeps
+``missing``, else present); ``order`` compares the times of those move entries. The table keeps
 only the latest change of each key and forgets keys its eviction policy drops, so these answers
 degrade with the policy and capacity. The other types use the scene graph in both modes.
 
@@ -386,7 +387,7 @@ def answer(question: Question, memory: Memory, changes_from: str = "graph") -> d
     if kind == "changed":
         t1, t2 = (memory.now(float(t)) for t in f["window"])
         if stm:
-            entries = [c for c in memory.short_term.recent() if c.change == "moved" and t1 < c.time <= t2]
+            entries = [c for c in memory.short_term.recent() if _is_move(c) and t1 < c.time <= t2]
             keys = sorted({c.key for c in entries})
             labels = sorted({c.label for c in entries})
             for k in keys:
@@ -412,13 +413,20 @@ def answer(question: Question, memory: Memory, changes_from: str = "graph") -> d
         if f["event"] == "seen":
             ta, tb = q.first_seen(a), q.first_seen(b)
         elif stm:
-            moved = [c for c in memory.short_term.recent() if c.change == "moved"]
+            moved = [c for c in memory.short_term.recent() if _is_move(c)]
             ta = min((c.time for c in moved if c.label == a), default=None)
             tb = min((c.time for c in moved if c.label == b), default=None)
         else:
             ta, tb = _first_moved(memory, a), _first_moved(memory, b)
         return {"first": _earlier(a, b, ta, tb)}
     raise QuestionError(f"unknown question type {kind!r}")
+
+
+def _is_move(change: Any) -> bool:
+    """A short-term entry that records a move: seen elsewhere, or put down away from where it was."""
+    if change.change == "moved":
+        return True
+    return change.change == "released" and float(change.data.get("moved_m", 0.0)) > MOVE_M
 
 
 def _state(memory: Memory, name: str, stm: bool) -> str | None:

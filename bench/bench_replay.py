@@ -11,8 +11,8 @@ Throughput is measured on one recorded episode per resolution against a baseline
 the same run: reading and decoding the same frames with no perception or memory. Accuracy: every
 episode of the suite is replayed once per configuration. ``graph`` answers every question from
 the long-term scene graph; each policy row answers the change questions (``changed``, ``state``,
-``order`` of moves) from the short-term table alone, at ``--capacity`` entries, so the row shows
-where that policy starts to forget. ``none`` is the no-short-term-memory baseline.
+``order`` of moves) from the short-term table alone, at each ``--capacity``, so the rows show where
+each policy starts to forget. ``none`` is the no-short-term-memory baseline.
 """
 
 from __future__ import annotations
@@ -82,19 +82,22 @@ def _suite(args: argparse.Namespace, out: Path) -> list[dict]:
 
 
 def accuracy(args: argparse.Namespace, out: Path) -> None:
-    print(f"\n== memory-question accuracy against horizon (short-term capacity {args.capacity}) ==", flush=True)
+    caps = ", ".join(map(str, args.capacity))
+    print(f"\n== memory-question accuracy against horizon (short-term capacity {caps}) ==", flush=True)
     episodes = _suite(args, out)
     root = Path(args.suite) if args.suite is not None else out / "suite"
     horizons = sorted({int(e["horizon"]) for e in episodes})
-    configs = [("graph", "lru", "graph"), *[(p, p, "short-term") for p in POLICIES]]
+    configs = [("graph", "lru", "graph", max(args.capacity))]
+    configs += [(f"{p}/{c}", p, "short-term", c) for c in args.capacity for p in POLICIES if p != "none"]
+    configs.append(("none", "none", "short-term", 1))
     table: dict[str, dict[int, dict[str, list[float]]]] = {}
     lat: list[float] = []
-    for name, policy, mode in configs:
+    for name, policy, mode, capacity in configs:
         table[name] = {h: {} for h in horizons}
         for e in episodes:
             d = root / e["dir"]
             res = replay(ReplayConfig(bag=d / "bag", questions=d / "questions.jsonl", memory_policy=policy,
-                                      short_term_capacity=args.capacity, changes_from=mode))
+                                      short_term_capacity=capacity, changes_from=mode))
             rep = res.report.to_dict()
             lat.append(rep["latency_ms"]["p95"])
             cell = table[name][int(e["horizon"])]
@@ -107,7 +110,7 @@ def accuracy(args: argparse.Namespace, out: Path) -> None:
     print("horizon: " + "; ".join(
         f"h{h} = {horizon_info[h].get('interactions', h)} interactions, "
         f"{horizon_info[h].get('sim_s', horizon_info[h].get('duration_s', 0)):.0f} s" for h in horizons))
-    head = f"{'memory':10s} {'h':>2s} " + " ".join(f"{t:>9s}" for t in types) + f" {'stm hits':>8s}"
+    head = f"{'memory':12s} {'h':>2s} " + " ".join(f"{t:>9s}" for t in types) + f" {'stm hits':>8s}"
     print(head)
     print("-" * len(head))
     for name in table:
@@ -118,9 +121,9 @@ def accuracy(args: argparse.Namespace, out: Path) -> None:
                 v = cell.get(t, [])
                 vals.append(f"{100 * sum(v) / len(v):8.1f}%" if v else f"{'-':>9s}")
             hit = statistics.mean(cell["_hit"]) if cell["_hit"] else 0.0
-            print(f"{name:10s} {h:2d} " + " ".join(vals) + f" {100 * hit:7.1f}%")
+            print(f"{name:12s} {h:2d} " + " ".join(vals) + f" {100 * hit:7.1f}%")
     print("(accuracy over the questions of that type in all seeds of the horizon; 'graph': long-term scene "
-          "graph; policy rows answer change questions from the short-term table only)")
+          "graph; 'policy/capacity' rows answer the change questions from the short-term table only)")
     print(f"answer latency p95 over all replays: {max(lat):.3f} ms max, {statistics.median(lat):.3f} ms median")
 
 
@@ -129,7 +132,8 @@ def main() -> None:
     ap.add_argument("--horizons", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--per-type", type=int, default=4)
-    ap.add_argument("--capacity", type=int, default=4, help="short-term capacity for the policy rows")
+    ap.add_argument("--capacity", type=int, nargs="+", default=[4, 16],
+                    help="short-term capacities for the policy rows (default: 4 16)")
     ap.add_argument("--suite", default=None, help="reuse a suite directory (with suite.json)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-throughput", action="store_true")

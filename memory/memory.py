@@ -23,6 +23,7 @@ offset is one second after everything already remembered. :meth:`Memory.now` con
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,11 @@ class Memory:
             if self._held is not None:
                 key = self.graph.released(self._held, at_place, when)
                 if key:
-                    changes.append((key, self._held, "released", {"place": at_place}))
+                    data: dict[str, Any] = {"place": at_place}
+                    hist = self.graph.node(key).get("history", [])
+                    if len(hist) >= 2 and hist[-1][0] == when:  # how far it was carried
+                        data["moved_m"] = round(math.dist(hist[-1][1:4], hist[-2][1:4]), 3)
+                    changes.append((key, self._held, "released", data))
             if held is not None:
                 key = self.graph.grasped(held, when)
                 if key:

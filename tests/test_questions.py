@@ -238,6 +238,11 @@ def test_released_object_is_located_where_it_was_put_not_at_its_old_box() -> Non
     assert got["receptacle"] == "tray"
     tray = SITE.place("tray").surface.position
     assert math.dist(got["position"][:2], tray[:2]) < 0.01  # the box of the last sighting is stale
+    # carried from the kitchen table to the tray: a move, for the graph and for the short-term table
+    moved = Q("d", 4.0, "changed", window=[2.5, 4.0])
+    assert answer(moved, m) == answer(moved, m, "short-term") == {"objects": ["mug"]}
+    assert m.short_term.peek(m.graph.best("mug")).data["moved_m"] > 1.0
+
 
 
 def test_object_on_another_object_names_it_as_receptacle() -> None:

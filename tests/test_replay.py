@@ -451,3 +451,29 @@ def test_record_never_overwrites(episode, tmp_path):
     r = _cli("run", "--task-id", "place", "--record", str(episode["bag"]), "-q", "--steps-limit", "5")
     assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
     assert _digest(episode["bag"]) == before
+
+
+def test_interrupted_recording_is_a_complete_bag(tmp_path):
+    """Ctrl-C during a recorded episode: the bag is closed properly and replays up to the stop."""
+    import signal
+    import time
+
+    bag = tmp_path / "stopped"
+    p = subprocess.Popen([sys.executable, "-m", "mnemobot.agent.cli", "run", "--task-id", "place", "--record",
+                          str(bag), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (bag.exists() and any(bag.glob("*.mcap"))):
+            time.sleep(0.2)
+        time.sleep(4.0)  # let it record a few seconds of the episode
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert (bag / "metadata.yaml").exists()
+    with BagSource(bag) as src:
+        assert src.info.instruction is not None
+        n = sum(1 for _ in src.frames())
+    assert n >= 3

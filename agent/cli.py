@@ -73,6 +73,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="short-term memory eviction policy: fifo, lru, lfu, w-tinylfu, none (default: lru)")
     p.add_argument("--short-term-capacity", type=_positive_int, default=32,
                    help="short-term memory capacity in object-state changes (default: 32)")
+    p.add_argument("--planner", choices=("symbolic", "rule", "hf", "vlm", "openai"), default="symbolic",
+                   help="cortex: 'symbolic' search (default, embedded), 'rule' grammar expansion, 'hf' a local "
+                        "transformers model (--model PATH or .gguf), 'vlm' a local vision-language model, "
+                        "'openai' an OpenAI-compatible endpoint (--base-url)")
+    p.add_argument("--model", default=None, help="model path (hf, vlm) or model name (openai)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--mode", choices=("tree", "per-step"), default="tree",
+                   help="'tree': plan once and walk the plan tree (default); 'per-step': consult the planner "
+                        "before every skill (the ReAct-style baseline)")
+    p.add_argument("--inject", choices=("none", "move", "remove", "grasp"), default="none",
+                   help="inject an anomaly for evaluation: move or remove an object during the task, or make "
+                        "a grasp fail (default: none)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="record the episode as a rosbag2 bag (MCAP) in DIR, which must not exist")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
@@ -160,6 +172,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         memory_policy=args.memory_policy,
         short_term_capacity=args.short_term_capacity,
         record=str(args.record) if args.record is not None else None,
+        planner=args.planner,
+        model=args.model,
+        base_url=args.base_url,
+        mode=args.mode,
+        inject=args.inject,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     summary = run_episode(cfg, progress=progress)
@@ -203,6 +220,24 @@ def _cmd_tasks(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor or launch system stopping us): unwinds like Ctrl-C, so bags and
+    databases are closed on the way out."""
+
+
+def _stop_on_sigterm():  # noqa: ANN202 - the previous handler
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise _Terminated
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"run": _cmd_run, "memory": _cmd_memory, "replay": _cmd_replay, "suite": _cmd_suite,
                 "tasks": _cmd_tasks}
+    previous = _stop_on_sigterm()
     try:
         return handlers[args.verb](args)
     except UserError as e:
@@ -219,12 +255,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as e:
         print(f"mnemobot: error: {e}", file=sys.stderr)
         return EXIT_ENV
+    except _Terminated:
+        print("mnemobot: terminated (recordings and memory were closed cleanly)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("mnemobot: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return EXIT_OK
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from mnemobot.agent.errors import UserError
 from mnemobot.agent.orchestrator import Orchestrator, RunOutcome
-from mnemobot.agent.planner import Goal, PlanningContext, RulePlanner, parse_instruction
+from mnemobot.agent.planner import Goal, PlanningContext, parse_instruction
 from mnemobot.agent.scoring import goals_satisfied
 from mnemobot.control.controllers import Controller
 from mnemobot.control.executor import ExecutorConfig, SkillExecutor
@@ -50,6 +50,15 @@ class RunConfig:
     record_trace: bool = False
     record: str | None = None
     """Directory to write the episode to as a rosbag2 (MCAP) bag; it must not exist."""
+    planner: str = "symbolic"
+    """``symbolic`` (default, embedded), ``rule``, ``hf`` (local model) or ``openai`` (endpoint)."""
+    mode: str = "tree"
+    """``tree``: plan once, walk the plan tree; ``per-step``: the planner before every skill."""
+    inject: str = "none"
+    """Anomaly injection for evaluation: ``none``, ``move``, ``remove`` or ``grasp``."""
+    model: str | None = None
+    base_url: str | None = None
+    planner_options: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +77,12 @@ class EpisodeSummary:
     skills_executed: int
     stop_reason: str
     skills: list[dict[str, object]] = field(default_factory=list)
+    planner: str = "symbolic"
+    mode: str = "tree"
+    cost: dict[str, object] = field(default_factory=dict)
+    decisions: list[dict[str, object]] = field(default_factory=list)
+    anomalies: list[dict[str, object]] = field(default_factory=list)
+    injected: list[dict[str, object]] = field(default_factory=list)
     record: str | None = None
     recorded_messages: int = 0
     memory: str = "off"
@@ -94,12 +109,18 @@ class EpisodeSummary:
             + ("" if self.success or not self.stop_reason else f" ({self.stop_reason})"),
             f"skills      : {self.skills_executed} executed, {len(failed)} failed",
             f"steps       : {self.steps} control ticks",
-            f"planner     : {self.planner_calls} call(s)",
+            f"planner     : {self.planner} ({self.mode}), {self.planner_calls} call(s)"
+            + (f", {self.cost.get('prompt_tokens', 0)}+{self.cost.get('completion_tokens', 0)} tokens"
+               if self.cost.get("prompt_tokens") else ""),
             f"memory      : {self.memory}" + (
                 f" ({self.memory_stats.get('objects', 0)} objects, {self.memory_questions} questions, "
                 f"{self.search_ticks} ticks searching)" if self.memory != "off" else ""),
             f"time        : {self.sim_s:.1f} s simulated, {self.wall_s:.1f} s wall",
         ]
+        if self.anomalies:
+            rec = sum(1 for a in self.anomalies if a.get("outcome") == "recovered")
+            lines.append(f"anomalies   : {len(self.anomalies)} ({rec} recovered locally): "
+                         + ", ".join(str(a.get("kind")) for a in self.anomalies))
         if self.record:
             lines.append(f"recorded    : {self.record} ({self.recorded_messages} messages)")
         return "\n".join(lines)
@@ -212,6 +233,31 @@ def _wire_recorder(rec, executor: SkillExecutor, memory: Memory | None, robot) -
     return lambda kind, t, data: rec.event(kind, t, data)
 
 
+def _make_planner(cfg: RunConfig, ctx: PlanningContext):  # noqa: ANN202 - a Planner
+    from mnemobot.agent.orchestrator import MODES
+    from mnemobot.agent.planner import PlannerConfig, make_planner
+
+    if cfg.mode not in MODES:
+        raise UserError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
+    if cfg.planner in ("hf", "vlm", "openai"):
+        from mnemobot.agent.llm_planner import make_model_planner
+
+        return make_model_planner(cfg.planner, model=cfg.model, base_url=cfg.base_url, **cfg.planner_options)
+    return make_planner(PlannerConfig(type=cfg.planner))
+
+
+def _injector(cfg: RunConfig, env):  # noqa: ANN001, ANN202 - AnomalyInjector | None
+    if cfg.inject in ("none", "", None):
+        return None
+    from mnemobot.sim.inject import INJECTIONS, AnomalyInjector, InjectionConfig
+
+    if cfg.inject not in INJECTIONS:
+        raise UserError(f"unknown injection {cfg.inject!r}; use one of {', '.join(INJECTIONS)}")
+    # a moved object must not land where the task wants it (that would complete the task by itself)
+    avoid = (env.task.receptacle,) if cfg.task_text is None else ()
+    return AnomalyInjector(env.backend, env.robot, InjectionConfig(kind=cfg.inject, seed=cfg.seed), avoid=avoid)
+
+
 def _score(env, instruction: str, goals: list[Goal], custom: bool, initial: dict[str, str]) -> bool:  # noqa: ANN001
     """Task success on simulator ground truth (scoring only)."""
     if not custom:
@@ -238,6 +284,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
         pctx = PlanningContext(env.site_map, vocabulary=set(env.backend.object_labels()))
         goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
+        planner = _make_planner(cfg, pctx)
         initial = {lb: (env.backend.place_of(lb) or ("",))[0] for lb in env.backend.object_labels()}  # scoring
         recorder = _open_recorder(cfg, env, instruction) if cfg.record else None
         try:
@@ -260,7 +307,25 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         watched = recorder is not None or frame_hook is not None
         perceive_hz = cfg.perceive_hz if cfg.agent != "expert" or watched else 0.0
         executor = SkillExecutor(ctx, ExecutorConfig(perceive_hz=perceive_hz, step_budget=cfg.steps_limit))
-        on_event = _wire_recorder(recorder, executor, memory, env.robot) if recorder is not None else None
+        sinks = [_wire_recorder(recorder, executor, memory, env.robot)] if recorder is not None else []
+        injector = _injector(cfg, env)
+        if injector is not None:
+            def inject(kind: str, t: float, data: dict[str, object]) -> None:
+                if kind == "skill_start":
+                    rec = injector.before_skill(str(data["skill"]), dict(data["args"]), t)  # type: ignore[arg-type]
+                    if rec is not None:
+                        say(f"   [injected] {rec['kind']}: {rec['detail']}")
+            sinks.append(inject)
+        if memory is not None:
+            def remember(kind: str, t: float, data: dict[str, object]) -> None:
+                if kind in ("anomaly", "decision"):
+                    memory.log_event(kind, data, object=(data.get("args") or {}).get("object"), t=t)  # type: ignore[union-attr]
+            sinks.append(remember)
+
+        def on_event(kind: str, t: float, data: dict[str, object]) -> None:
+            for sink in sinks:
+                sink(kind, t, data)
+
         say(f"task: {instruction}")
         if memory is not None:
             memory.begin_episode({"task": instruction, "task_id": cfg.task_id, "seed": cfg.seed})
@@ -268,8 +333,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             if memory.graph.by_layer("object"):
                 say(f"memory: {len(memory.graph.by_layer('object'))} objects remembered from earlier episodes")
         wall0 = time.perf_counter()
-        orchestrator = Orchestrator(RulePlanner(), executor, pctx, say, cfg.max_replans, memory=memory,
-                                    on_event=on_event)
+        orchestrator = Orchestrator(planner, executor, pctx, say, cfg.max_replans, memory=memory,
+                                    on_event=on_event, mode=cfg.mode)
         try:
             executor.start()
             sim0 = ctx.state.t
@@ -306,6 +371,12 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             skills_executed=len(outcome.results),
             stop_reason=outcome.stop_reason or ("" if success else "goal not reached"),
             skills=[r.to_dict() for r in outcome.results],
+            planner=getattr(planner, "name", cfg.planner),
+            mode=cfg.mode,
+            cost=outcome.cost,
+            decisions=[d.to_dict() for d in orchestrator.ledger.decisions],
+            anomalies=[a.to_dict() for a in outcome.anomalies],
+            injected=list(injector.injected) if injector is not None else [],
             memory="on" if memory is not None else "off",
             memory_questions=orchestrator.memory_questions,
             search_ticks=sum(r.ticks for r in outcome.results if r.skill == "find"),

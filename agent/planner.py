@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mnemobot.agent.errors import UserError
 from mnemobot.control.site import Place, SiteMap, UnknownPlaceError
@@ -74,6 +74,8 @@ class Plan:
     goals: list[Goal]
     steps: list[SkillCall]
     goal_of: list[int] = field(default_factory=list)
+    tree: Any = None
+    """The :class:`~mnemobot.agent.plantree.ActionTree` the orchestrator walks (None: ``steps``)."""
 
 
 @dataclass
@@ -85,6 +87,16 @@ class PlanningContext:
     vocabulary: set[str]
     opened: set[str] = field(default_factory=set)
     held: str | None = None
+    at_place: str | None = None
+    beliefs: dict[str, str] = field(default_factory=dict)
+    """Where memory last saw each object (label -> place name), for planners that search."""
+    memory_context: str = ""
+    """Memory rendered for a language-model prompt (:meth:`~mnemobot.memory.memory.Memory.context`)."""
+    image: Any = None
+    """The latest camera image (H x W x 3 uint8) for vision-language planners."""
+    state: Any = None
+    """The orchestrator's tracked :class:`~mnemobot.agent.plantree.SymState` (what has been
+    found, looked at, put where), so a re-plan continues from it instead of from scratch."""
 
 
 class Planner(Protocol):
@@ -245,6 +257,10 @@ PLANNERS: dict[str, type] = {"rule": RulePlanner}
 
 
 def make_planner(config: PlannerConfig) -> Planner:
+    if config.type == "symbolic":
+        from mnemobot.agent.symbolic import SymbolicPlanner
+
+        return SymbolicPlanner()
     if config.type not in PLANNERS:
-        raise InstructionError(f"unknown planner type {config.type!r}; available: {', '.join(sorted(PLANNERS))}")
+        raise InstructionError(f"unknown planner type {config.type!r}; available: symbolic, {', '.join(sorted(PLANNERS))}")
     return PLANNERS[config.type]()

@@ -30,7 +30,12 @@ def test_scripted_expert_solves_every_family(family_env: tuple[str, HouseholdEnv
     failed = [s for s in summary.skills if not s["success"]]
     assert summary.success, (summary.task, summary.stop_reason, failed)
     assert env.task.success(env.backend)  # scored on ground truth, independently of the summary
-    assert summary.planner_calls == 1 and summary.steps > 100 and summary.sim_s > 5.0
+    assert summary.steps > 100 and summary.sim_s > 5.0
+    # one plan; the memory task's search re-opens the drawer the plan had closed, so the
+    # orchestrator sees the unmet "close the drawer" goal and asks for one re-plan
+    assert summary.cost["by_kind"] == ({"plan": 1, "replan": 1} if family == "memory" else {"plan": 1})
+    if family == "memory":
+        assert summary.skills[-1]["skill"] == "close" and summary.skills[-1]["success"]
 
 
 @pytest.mark.slow

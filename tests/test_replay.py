@@ -453,8 +453,9 @@ def test_record_never_overwrites(episode, tmp_path):
     assert _digest(episode["bag"]) == before
 
 
-def test_interrupted_recording_is_a_complete_bag(tmp_path):
-    """Ctrl-C during a recorded episode: the bag is closed properly and replays up to the stop."""
+def test_stopped_recording_is_a_complete_bag(tmp_path):
+    """SIGTERM during a recorded episode (a supervisor stopping it): the bag is closed properly
+    and replays up to the stop."""
     import signal
     import time
 
@@ -466,12 +467,13 @@ def test_interrupted_recording_is_a_complete_bag(tmp_path):
         while time.monotonic() < deadline and not (bag.exists() and any(bag.glob("*.mcap"))):
             time.sleep(0.2)
         time.sleep(4.0)  # let it record a few seconds of the episode
-        p.send_signal(signal.SIGINT)
+        assert p.poll() is None, "the episode ended before it could be stopped"
+        p.send_signal(signal.SIGTERM)
         _out, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert p.returncode == 143 and "terminated" in err and "Traceback" not in err
     assert (bag / "metadata.yaml").exists()
     with BagSource(bag) as src:
         assert src.info.instruction is not None

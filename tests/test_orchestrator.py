@@ -1,0 +1,74 @@
+"""The orchestrator in full simulated episodes: plan trees against the per-step baseline, local
+handling of injected anomalies, escalation, the e-stop, and cost accounting in the summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("pybullet")
+
+from mnemobot.agent.episode import RunConfig, run_episode  # noqa: E402
+from mnemobot.sim.env import EnvConfig, HouseholdEnv  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def place_env() -> Iterator[HouseholdEnv]:
+    env = HouseholdEnv(EnvConfig(task="place"))
+    yield env
+    env.close()
+
+
+def test_tree_plans_once_per_step_plans_every_skill(place_env):
+    tree = run_episode(RunConfig(task_id="place", seed=1, agent="expert"), env=place_env)
+    step = run_episode(RunConfig(task_id="place", seed=1, agent="expert", mode="per-step"), env=place_env)
+    assert tree.success and step.success
+    assert tree.planner_calls == 1 and tree.cost["by_kind"] == {"plan": 1}
+    # per-step asks before every skill after the first: one call per skill
+    assert step.planner_calls == step.skills_executed >= 5
+    assert step.cost["by_kind"]["step"] == step.skills_executed - 1
+    assert [s["skill"] for s in tree.skills] == [s["skill"] for s in step.skills]
+
+
+def test_failed_grasp_is_handled_locally(place_env):
+    s = run_episode(RunConfig(task_id="place", seed=0, inject="grasp"), env=place_env)
+    assert s.injected and s.injected[0]["kind"] == "grasp"
+    assert s.success, s.render()
+    grasp = [a for a in s.anomalies if a["kind"] == "grasp_failed"]
+    assert grasp and grasp[0]["outcome"] == "recovered" and grasp[0]["handling"].startswith("re-perceive")
+    assert s.planner_calls == 1  # no re-plan: the monitor handled it
+    failed = [k for k in s.skills if not k["success"]]
+    assert [k["reason"] for k in failed] == ["grasp_failed"]
+
+
+def test_unrecoverable_removal_escalates_and_stops(tmp_path):
+    env = HouseholdEnv(EnvConfig(task="recall"))
+    try:
+        s = run_episode(RunConfig(task_id="recall", seed=1, inject="remove", max_replans=1), env=env)
+    finally:
+        env.close()
+    assert s.injected and s.injected[0]["recoverable"] is False
+    assert not s.success
+    kinds = [a["kind"] for a in s.anomalies]
+    assert "not_found" in kinds
+    assert any(a["outcome"] == "escalated" for a in s.anomalies)
+    assert s.cost["by_kind"].get("replan", 0) <= 1 and s.stop_reason
+
+
+def test_estop_aborts_without_retrying(place_env, tmp_path):
+    def press(obs, ctx):  # the operator presses the e-stop 3 s into the episode
+        if obs.timestamp > 3.0 and not ctx.controller.estop.engaged:
+            ctx.controller.estop.engage("operator")
+
+    out = tmp_path / "summary.json"
+    s = run_episode(RunConfig(task_id="place", seed=0), env=place_env, frame_hook=press)
+    out.write_text(json.dumps(s.to_dict()))
+    assert not s.success
+    assert [a["kind"] for a in s.anomalies] == ["estop"] and s.anomalies[0]["outcome"] == "aborted"
+    assert s.planner_calls == 1 and "safety:EStopError" in s.stop_reason
+    saved = json.loads(out.read_text())  # cost and anomalies are saved with the episode
+    assert saved["cost"]["planner_calls"] == 1 and saved["anomalies"][0]["kind"] == "estop"

@@ -233,7 +233,7 @@ def _wire_recorder(rec, executor: SkillExecutor, memory: Memory | None, robot) -
     return lambda kind, t, data: rec.event(kind, t, data)
 
 
-def _make_planner(cfg: RunConfig, ctx: PlanningContext):  # noqa: ANN202 - a Planner
+def _make_planner(cfg: RunConfig, ctx: PlanningContext, say: Callable[[str], None]):  # noqa: ANN202
     from mnemobot.agent.orchestrator import MODES
     from mnemobot.agent.planner import PlannerConfig, make_planner
 
@@ -242,7 +242,8 @@ def _make_planner(cfg: RunConfig, ctx: PlanningContext):  # noqa: ANN202 - a Pla
     if cfg.planner in ("hf", "vlm", "openai"):
         from mnemobot.agent.llm_planner import make_model_planner
 
-        return make_model_planner(cfg.planner, model=cfg.model, base_url=cfg.base_url, **cfg.planner_options)
+        options = {"warn": lambda msg: say(f"   warning: {msg}"), **cfg.planner_options}
+        return make_model_planner(cfg.planner, model=cfg.model, base_url=cfg.base_url, **options)
     return make_planner(PlannerConfig(type=cfg.planner))
 
 
@@ -284,7 +285,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
         pctx = PlanningContext(env.site_map, vocabulary=set(env.backend.object_labels()))
         goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
-        planner = _make_planner(cfg, pctx)
+        planner = _make_planner(cfg, pctx, say)
         initial = {lb: (env.backend.place_of(lb) or ("",))[0] for lb in env.backend.object_labels()}  # scoring
         recorder = _open_recorder(cfg, env, instruction) if cfg.record else None
         try:

@@ -52,6 +52,7 @@ from mnemobot.agent.plantree import (
     goal_holds,
     plan_schema,
     precondition,
+    schema_problem,
     steps_from_json,
     validate_steps,
 )
@@ -223,12 +224,9 @@ def _schema_problem(steps: Sequence[SkillCall]) -> str | None:
     if not steps:
         return "the plan is empty"
     for i, c in enumerate(steps):
-        spec = SKILLS.get(c.skill)
-        if spec is None:
-            return f"step {i + 1}: unknown skill {c.skill!r} (skills: {', '.join(sorted(SKILLS))})"
-        extra = set(c.args) - set(spec.params)
-        if extra:
-            return f"step {i + 1}: {c.skill} takes ({', '.join(spec.params)}), not {', '.join(sorted(extra))}"
+        problem = schema_problem(c)
+        if problem is not None:
+            return f"step {i + 1}: {problem}"
     return None
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "goals_hold",
     "plan_schema",
     "precondition",
+    "schema_problem",
     "steps_from_json",
     "validate_steps",
 ]
@@ -81,14 +82,23 @@ def _articulated(name: str, ctx: PlanningContext) -> bool:
     return name in ctx.site.places and ctx.site.places[name].articulated
 
 
-def precondition(call: SkillCall, s: SymState, ctx: PlanningContext) -> str | None:
-    """Why ``call`` cannot run in state ``s`` (None when it can). Checks the skill schema too."""
+def schema_problem(call: SkillCall) -> str | None:
+    """Why ``call`` breaks the skill schema (an unknown skill or argument name), or None."""
     spec = SKILLS.get(call.skill)
     if spec is None:
         return f"unknown skill {call.skill!r} (skills: {', '.join(sorted(SKILLS))})"
     extra = set(call.args) - set(spec.params)
     if extra:
         return f"{call.skill} takes ({', '.join(spec.params)}), not {', '.join(sorted(extra))}"
+    return None
+
+
+def precondition(call: SkillCall, s: SymState, ctx: PlanningContext) -> str | None:
+    """Why ``call`` cannot run in state ``s`` (None when it can). Checks the skill schema too."""
+    problem = schema_problem(call)
+    if problem is not None:
+        return problem
+    spec = SKILLS[call.skill]
     a = call.args
     obj = a.get("object", "")
     if "object" in spec.params:

@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -166,24 +165,7 @@ def test_make_model_planner_names_and_refuses_bad_arguments(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------
 # Loopback HTTP servers: bad answers, failures and valid plans
 # ------------------------------------------------------------------------------------------------
-class _Scripted(BaseHTTPRequestHandler):
-    """Answers chat completions from a script (the last entry repeats); records the requests."""
 
-    script: list[tuple[int, bytes]]
-    seen: list[dict]
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        length = int(self.headers.get("Content-Length", 0))
-        self.seen.append(json.loads(self.rfile.read(length)))
-        status, body = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def _completion(text: str) -> tuple[int, bytes]:
@@ -194,22 +176,6 @@ def _completion(text: str) -> tuple[int, bytes]:
     }).encode()
 
 
-@pytest.fixture()
-def scripted() -> Iterator:
-    servers = []
-
-    def start(*script: tuple[int, bytes]) -> tuple[str, list[dict]]:
-        seen: list[dict] = []
-        handler = type("H", (_Scripted,), {"script": list(script), "seen": seen})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/v1", seen
-
-    yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
 
 
 @pytest.fixture()

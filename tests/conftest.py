@@ -1,0 +1,50 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers POSTs from a script of (status, body) pairs (the last entry repeats); records the
+    JSON requests."""
+
+    script: list[tuple[int, bytes]]
+    seen: list[dict]
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        length = int(self.headers.get("Content-Length", 0))
+        self.seen.append(json.loads(self.rfile.read(length)))
+        status, body = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def scripted() -> Iterator:
+    """A real loopback HTTP server per call: ``url, seen = scripted((200, body), ...)``."""
+    servers = []
+
+    def start(*script: tuple[int, bytes]) -> tuple[str, list[dict]]:
+        seen: list[dict] = []
+        handler = type("H", (_Scripted,), {"script": list(script), "seen": seen})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()

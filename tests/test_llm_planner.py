@@ -9,7 +9,6 @@ import importlib.util
 import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -178,33 +177,6 @@ def _completion(text: str) -> tuple[int, bytes]:
 
 
 
-@pytest.fixture()
-def silent_url() -> Iterator[str]:
-    """A server that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept_and_hold() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept_and_hold, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        for s in held:
-            s.close()
-        listener.close()
 
 
 def _free_port() -> int:

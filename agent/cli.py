@@ -8,6 +8,8 @@ Usage::
     mnemobot memory house.db where mug
     mnemobot run --task-id recall --seed 0 --record runs/recall-0
     mnemobot replay runs/recall-0 --questions q.jsonl --report report.json
+    mnemobot serve-model gemma3-270m --port 8080
+    mnemobot run --task-id place --planner openai --base-url http://127.0.0.1:8080/v1
     mnemobot tasks
 
 Exit codes: 0 success, 1 the episode ran but the task failed, 2 bad input (unknown task,
@@ -49,6 +51,25 @@ def _seed(text: str) -> int:
     return value
 
 
+def _planner_option(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    low = raw.strip().lower()
+    value: object
+    if low in ("true", "yes", "on", "false", "no", "off"):
+        value = low in ("true", "yes", "on")
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = raw
+    return key.strip(), value
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -79,6 +100,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "'openai' an OpenAI-compatible endpoint (--base-url)")
     p.add_argument("--model", default=None, help="model path (hf, vlm) or model name (openai)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--planner-option", action="append", default=[], metavar="KEY=VALUE", type=_planner_option,
+                   help="option of the hf/vlm/openai planner, repeatable: candidates, retries, temperature, "
+                        "max_tokens, seed, images, system_role, timeout_s (e.g. --planner-option candidates=1)")
     p.add_argument("--mode", choices=("tree", "per-step"), default="tree",
                    help="'tree': plan once and walk the plan tree (default); 'per-step': consult the planner "
                         "before every skill (the ReAct-style baseline)")
@@ -151,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mnemobot.agent.suite import add_suite_parser
 
     add_suite_parser(sub)
+    from mnemobot.agent.serve import add_serve_parser
+
+    add_serve_parser(sub)
     _add_tasks(sub)
     return parser
 
@@ -177,6 +204,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         mode=args.mode,
         inject=args.inject,
+        planner_options=dict(args.planner_option),
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     summary = run_episode(cfg, progress=progress)
@@ -213,6 +241,12 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     return cmd_suite(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mnemobot.agent.serve import cmd_serve
+
+    return cmd_serve(args)
+
+
 def _cmd_tasks(_args: argparse.Namespace) -> int:
     from mnemobot.agent.episode import describe_world
 
@@ -245,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mnemobot.agent.errors import UserError
 
     handlers = {"run": _cmd_run, "memory": _cmd_memory, "replay": _cmd_replay, "suite": _cmd_suite,
-                "tasks": _cmd_tasks}
+                "tasks": _cmd_tasks, "serve-model": _cmd_serve}
     previous = _stop_on_sigterm()
     try:
         return handlers[args.verb](args)

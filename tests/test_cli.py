@@ -60,6 +60,12 @@ def test_failed_task_exits_one() -> None:
         (["run", "--task", "put the duck on the moon"], "unknown place 'moon'"),
         (["run", "--task", ""], "the instruction is empty"),
         (["launch-rockets"], "invalid choice"),
+        (["run", "--planner-option", "candidates"], "expected KEY=VALUE"),
+        (["run", "--planner-option", "candidates=2"], "planner options (candidates) are for the hf, vlm and openai"),
+        (["run", "--planner", "openai", "--base-url", "http://127.0.0.1:9/v1", "--planner-option", "warp=9"],
+         "unknown planner option(s): warp"),
+        (["run", "--planner", "openai", "--base-url", "http://127.0.0.1:9/v1", "--planner-option", "candidates=0"],
+         "candidates must be >= 1"),
     ],
 )
 def test_bad_input_exits_two_with_a_clear_message_and_no_traceback(args: list[str], message: str) -> None:
@@ -67,3 +73,16 @@ def test_bad_input_exits_two_with_a_clear_message_and_no_traceback(args: list[st
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_unreachable_model_endpoint_warns_once_and_the_symbolic_plan_runs(silent_url: str) -> None:
+    # a server that accepts and never answers: every wait is bounded by the planner's timeout
+    out = mnemobot("run", "--task-id", "place", "--seed", "0", "--planner", "openai", "--base-url", silent_url,
+                   "--planner-option", "candidates=1", "--planner-option", "retries=0",
+                   "--planner-option", "timeout_s=1.5", "--steps-limit", "40", timeout=120)
+    assert out.returncode == 1, out.stderr  # the steps limit stops it after the plan
+    text = out.stdout + out.stderr
+    assert text.count("falls back to the symbolic planner") == 1  # printed once, not also logged
+    assert "   warning: planner openai:local falls back" in out.stdout and "no answer within 1.5 s" in out.stdout
+    assert "plan (5 steps): find(" in out.stdout
+    assert "Traceback" not in text

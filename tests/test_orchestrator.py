@@ -45,6 +45,24 @@ def test_failed_grasp_is_handled_locally(place_env):
     assert [k["reason"] for k in failed] == ["grasp_failed"]
 
 
+def test_object_moved_behind_the_robots_back_is_found_and_logged(tmp_path):
+    env = HouseholdEnv(EnvConfig(task="recall"))
+    try:
+        s = run_episode(RunConfig(task_id="recall", seed=0, inject="move"), env=env)
+    finally:
+        env.close()
+    (moved,) = s.injected
+    assert moved["kind"] == "move" and moved["recoverable"] is True
+    assert s.success, s.render()
+    # memory held the place the robot had put it (the release reached memory when the place skill
+    # ended, not at the next frame); the search found it where the injector had moved it
+    (an,) = [a for a in s.anomalies if a["kind"] == "not_where_remembered"]
+    assert an["outcome"] == "logged"
+    assert an["message"] == (f"memory had the {moved['object']} at the {moved['detail']['from']}; "
+                             f"found at the {moved['detail']['to']}")
+    assert s.planner_calls == 1
+
+
 def test_unrecoverable_removal_escalates_and_stops(tmp_path):
     env = HouseholdEnv(EnvConfig(task="recall"))
     try:

@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mnemobot: error: {e}", file=sys.stderr)
         return EXIT_ENV
     except _Terminated:
-        print("mnemobot: terminated (recordings and memory were closed cleanly)", file=sys.stderr)
+        print("mnemobot: terminated (open bags, memory databases and model servers were closed)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("mnemobot: interrupted", file=sys.stderr)

@@ -98,20 +98,21 @@ def test_metadata_and_qos(episode):
 
 
 def test_rosbags_and_mcap_agree_on_every_message(episode):
-    from mcap_ros2.reader import read_ros2_messages
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
     from rosbags.highlevel import AnyReader
 
     mcap_file = next(episode["bag"].glob("*.mcap"))
-    other = iter(read_ros2_messages(str(mcap_file)))
     n = 0
-    with AnyReader([episode["bag"]], default_typestore=typestore("jazzy")) as reader:
+    with open(mcap_file, "rb") as f, AnyReader([episode["bag"]], default_typestore=typestore("jazzy")) as reader:
+        other = make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages(log_time_order=True)
         for conn, ts, raw in reader.messages():
             a = reader.deserialize(raw, conn.msgtype)
-            b = next(other)
-            assert (b.channel.topic, b.log_time_ns) == (conn.topic, ts)
-            _same(a, b.ros_msg, conn.topic)
+            _schema, channel, message, decoded = next(other)
+            assert (channel.topic, message.log_time) == (conn.topic, ts)
+            _same(a, decoded, conn.topic)
             n += 1
-    assert next(other, None) is None
+        assert next(other, None) is None
     assert n == episode["summary"].recorded_messages
 
 

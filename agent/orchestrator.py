@@ -27,7 +27,7 @@ from mnemobot.agent.planner import ORIGIN_REF, Plan, Planner, PlanningContext, S
 from mnemobot.agent.plantree import ActionTree, SymState, apply_call, goal_holds, goals_hold, precondition
 from mnemobot.control.executor import SkillExecutor, StepBudgetExceeded
 from mnemobot.control.skills import SKILLS
-from mnemobot.control.types import SkillResult
+from mnemobot.control.types import SkillResult, SkillStatus
 from mnemobot.memory.memory import Memory
 
 __all__ = ["MODES", "Orchestrator", "RunOutcome"]
@@ -183,6 +183,17 @@ class Orchestrator:
         self.progress(f"   anomaly: {an.kind} ({an.message or an.reason})")
         return self._handle(an, real, res)
 
+    def _already_done(self, call: SkillCall) -> bool:
+        """Whether the body already shows the call's effect, so running it again is pointless."""
+        body, a = self.executor.ctx, call.args
+        if call.skill == "pick":
+            return body.held is not None and body.held == a.get("object")
+        if call.skill == "open":
+            return a.get("container") in body.opened
+        if call.skill == "navigate_to":
+            return body.at_place is not None and body.at_place == a.get("place")
+        return False
+
     def _body_to_memory(self) -> None:
         """Tell memory the body's facts as the skill ended (a release, a grasp, a container opened)
         instead of at the next camera frame, so the next question it answers is current."""
@@ -213,6 +224,10 @@ class Orchestrator:
                 an.outcome = "recovered"
                 self._emit("anomaly", an.to_dict())
                 return res
+            if self._already_done(call):  # the recovery did it (a dropped object found and picked up)
+                an.outcome = "recovered"
+                self._emit("anomaly", an.to_dict())
+                return SkillResult(call.skill, dict(call.args), SkillStatus.SUCCESS, message="done while recovering")
             retry = self._run(call)
             if retry.success:
                 an.outcome = "recovered"

@@ -566,6 +566,8 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     spotted on another place while driving is visited next.
     """
     args = {"object": object, "room": room}
+    if ctx.held is not None and ctx.held == object:  # in the hand: found (the camera may not see it there)
+        return _ok("find", args, place=ctx.at_place, searched=0, held=True)
     t_start = ctx.state.t
 
     def fresh(t0: float) -> ObjectEstimate | None:

@@ -91,6 +91,9 @@ def test_pick_then_place_moves_the_object_and_reports_success(env: HouseholdEnv)
     res = _run(ex, "pick", object=obj)
     assert res.success, res.message
     assert env.backend.is_held(obj) and ex.ctx.held == obj
+    found = _run(ex, "find", object=obj)  # in the hand is found: no search, no ticks
+    assert found.success and found.data == {"place": "kitchen_table", "searched": 0, "held": True}
+    assert found.ticks == 0 and ex.ctx.held == obj
     assert _run(ex, "navigate_to", place="living_room_table").success
     res = _run(ex, "place", object=obj, receptacle="living_room_table", relation="on")
     assert res.success, res.message

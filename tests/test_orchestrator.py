@@ -45,6 +45,40 @@ def test_failed_grasp_is_handled_locally(place_env):
     assert [k["reason"] for k in failed] == ["grasp_failed"]
 
 
+def test_object_slipping_from_the_grasp_is_picked_again_once(place_env):
+    hooks: list[int] = []
+    slipped: list[float] = []
+
+    def arm_the_slip(obs, ctx):  # noqa: ARG001 - once, after the episode's reset
+        if hooks:
+            return
+        backend, obj = place_env.backend, place_env.task.object
+        start = backend.object_pose(obj)
+
+        def slip(t: float) -> None:  # the first time the object is lifted, it falls back where it was
+            lifted = backend.object_pose(obj).position[2] > start.position[2] + 0.10
+            if not slipped and lifted and place_env.robot.grasp is not None:
+                place_env.robot.release()  # the grasp lets go ...
+                backend.teleport_object(obj, start)  # ... and the object lands where it was
+                backend.client.performCollisionDetection()  # no stale finger contacts to re-grasp from
+                slipped.append(t)
+
+        hooks.append(backend.add_step_hook(slip))
+
+    try:
+        s = run_episode(RunConfig(task_id="place", seed=0), env=place_env, frame_hook=arm_the_slip)
+    finally:
+        for h in hooks:
+            place_env.backend.remove_step_hook(h)
+    assert slipped and s.success, s.render()
+    (an,) = s.anomalies
+    assert (an["kind"], an["outcome"]) == ("dropped", "recovered") and an["handling"].startswith("find it again")
+    failed = [(k["skill"], k["reason"]) for k in s.skills if not k["success"]]
+    assert failed == [("pick", "dropped")]  # picked up again by the recovery, never a second time
+    assert [k["skill"] for k in s.skills].count("pick") == 2
+    assert s.planner_calls == 1
+
+
 def test_object_moved_behind_the_robots_back_is_found_and_logged(tmp_path):
     env = HouseholdEnv(EnvConfig(task="recall"))
     try:

@@ -583,7 +583,11 @@ class SceneGraph:
         relation = self._places[place].relation if place in self._places else None
         attrs: dict[str, Any] = {"state": PRESENT, "place": place, "relation": relation, "last_changed": t}
         if place in self._places:  # until the camera sees it: the middle of where it was put
-            pos = self._places[place].surface.position + np.array([0.0, 0.0, 0.03])
+            spec = self._places[place]
+            pos = spec.surface.position + np.array([0.0, 0.0, 0.03])
+            if spec.open_direction is not None:  # an open drawer's bottom is out by its opening
+                opening = float(self.g.nodes.get(f"place:{place}", {}).get("opening", 0.0))
+                pos = pos + np.asarray(spec.open_direction, dtype=float) * opening
             attrs.update(position=pos.tolist(), centroid=pos.tolist(), confidence=0.3)
             attrs["+history"] = [t, *pos.tolist(), place]
         self.emit(OpKind.UPDATE, "node", key, "released", t, attrs)

@@ -192,7 +192,12 @@ def test_grasp_release_and_container_state() -> None:
     node = g.node(key)
     assert node["state"] == PRESENT and node["place"] == "drawer" and node["relation"] == "in"
     assert g.g.has_edge(key, "place:drawer", key="in")
+    spec = SITE.place("drawer")
+    out = np.asarray(spec.open_direction, dtype=float)
+    # put down in the open drawer: its middle, out by the opening; closing carries it back in
+    np.testing.assert_allclose(node["position"][:2], (spec.surface.position + 0.3 * out)[:2], atol=1e-9)
     g.articulated("drawer", 0.0, 5.0)
+    np.testing.assert_allclose(g.node(key)["position"][:2], spec.surface.position[:2], atol=1e-9)
     q = MemoryQuery(g)
     assert q.state("drawer") == "closed"
     assert [h.label for h in q.contents("drawer")] == ["teddy"]

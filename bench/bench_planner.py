@@ -4,7 +4,7 @@ recovery rate of injected anomalies.
 
 Usage::
 
-    python bench/bench_planner.py                         # families x seeds 0-2 (about 40 min on 2 cores)
+    python bench/bench_planner.py                         # families x seeds 0-2 (about an hour on 2 cores)
     python bench/bench_planner.py --seeds 0 1 --families place recall
     python bench/bench_planner.py --skip-baselines        # injection only
 

@@ -263,7 +263,9 @@ class _HFGenerator:
 
             class _JsonDone(StoppingCriteria):
                 def __call__(self, input_ids: Any, scores: Any, **_kw: Any) -> Any:
-                    done = [json_end(tokenizer.decode(row[prompt_len:], skip_special_tokens=True)) is not None
+                    # the whole answer is decoded only when the new token can close a bracket
+                    done = [any(c in tokenizer.decode(row[-1:], skip_special_tokens=True) for c in "}]")
+                            and json_end(tokenizer.decode(row[prompt_len:], skip_special_tokens=True)) is not None
                             for row in input_ids]
                     return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 

@@ -184,15 +184,9 @@ class Orchestrator:
         return self._handle(an, real, res)
 
     def _already_done(self, call: SkillCall) -> bool:
-        """Whether the body already shows the call's effect, so running it again is pointless."""
-        body, a = self.executor.ctx, call.args
-        if call.skill == "pick":
-            return body.held is not None and body.held == a.get("object")
-        if call.skill == "open":
-            return a.get("container") in body.opened
-        if call.skill == "navigate_to":
-            return body.at_place is not None and body.at_place == a.get("place")
-        return False
+        """Whether the call's effects (the action model's) already hold in the tracked state, which
+        follows the body's facts, so running it again is pointless."""
+        return apply_call(call, self._sym) == self._sym
 
     def _body_to_memory(self) -> None:
         """Tell memory the body's facts as the skill ended (a release, a grasp, a container opened)

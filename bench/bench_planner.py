@@ -17,6 +17,7 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 from mnemobot.agent.episode import RunConfig, run_episode
 
@@ -29,31 +30,33 @@ CONFIGS = {
 RECOVERABLE = ("move", "grasp")
 
 
-def _env(family: str):  # noqa: ANN202
+def _worlds(families: list[str], seeds: list[int]) -> Iterator[tuple[object, str, int]]:
+    """``(environment, family, seed)`` for every family and seed; one environment per family,
+    reset by each episode and closed when its family is done."""
     from mnemobot.sim.env import EnvConfig, HouseholdEnv
 
-    return HouseholdEnv(EnvConfig(task=family))
+    for fam in families:
+        env = HouseholdEnv(EnvConfig(task=fam))
+        try:
+            for seed in seeds:
+                yield env, fam, seed
+        finally:
+            env.close()
 
 
 def baselines(families: list[str], seeds: list[int]) -> None:
     print("\n== success and planner calls per task (symbolic planner) ==", flush=True)
     rows: dict[str, list[dict]] = defaultdict(list)
-    for fam in families:
-        env = _env(fam)
-        try:
-            for seed in seeds:
-                for name, opts in CONFIGS.items():
-                    t0 = time.perf_counter()
-                    s = run_episode(RunConfig(task_id=fam, seed=seed, mode=opts["mode"], memory=opts["memory"]),
-                                    env=env)
-                    rows[name].append({"family": fam, "seed": seed, "ok": s.success, "calls": s.planner_calls,
-                                       "decisions": s.cost.get("decisions", 0), "skills": s.skills_executed,
-                                       "wall": time.perf_counter() - t0})
-                    print(f"  {name:16s} {fam:7s} seed {seed}: {'ok  ' if s.success else 'FAIL'} "
-                          f"{s.planner_calls:3d} planner calls, {s.skills_executed:3d} skills"
-                          + ("" if s.success else f"  ({s.stop_reason})"), flush=True)
-        finally:
-            env.close()
+    for env, fam, seed in _worlds(families, seeds):
+        for name, opts in CONFIGS.items():
+            t0 = time.perf_counter()
+            s = run_episode(RunConfig(task_id=fam, seed=seed, mode=opts["mode"], memory=opts["memory"]), env=env)
+            rows[name].append({"family": fam, "seed": seed, "ok": s.success, "calls": s.planner_calls,
+                               "decisions": s.cost.get("decisions", 0), "skills": s.skills_executed,
+                               "wall": time.perf_counter() - t0})
+            print(f"  {name:16s} {fam:7s} seed {seed}: {'ok  ' if s.success else 'FAIL'} "
+                  f"{s.planner_calls:3d} planner calls, {s.skills_executed:3d} skills"
+                  + ("" if s.success else f"  ({s.stop_reason})"), flush=True)
     print(f"\n{'configuration':18s} {'tasks':>5s} {'success':>8s} {'calls/task':>10s} {'skills/task':>11s} "
           f"{'calls/skill':>11s}")
     tree_calls = statistics.fmean(r["calls"] for r in rows["tree+memory"])
@@ -73,24 +76,19 @@ def baselines(families: list[str], seeds: list[int]) -> None:
 def injection(families: list[str], seeds: list[int], kinds: list[str]) -> None:
     print("\n== injected anomalies (tree + memory) ==", flush=True)
     table: dict[str, list[dict]] = defaultdict(list)
-    for fam in families:
-        env = _env(fam)
-        try:
-            for seed in seeds:
-                for kind in kinds:
-                    s = run_episode(RunConfig(task_id=fam, seed=seed, inject=kind), env=env)
-                    if not s.injected:
-                        print(f"  {kind:6s} {fam:7s} seed {seed}: not injected (no trigger in this task)")
-                        continue
-                    handled = [a for a in s.anomalies if a.get("outcome") == "recovered"]
-                    table[kind].append({"ok": s.success, "anomalies": len(s.anomalies), "local": len(handled),
-                                        "calls": s.planner_calls})
-                    kinds_seen = ",".join(sorted({str(a["kind"]) for a in s.anomalies})) or "-"
-                    print(f"  {kind:6s} {fam:7s} seed {seed}: {'recovered' if s.success else 'FAILED   '} "
-                          f"anomalies {kinds_seen}; {len(handled)} handled locally; {s.planner_calls} planner calls"
-                          + ("" if s.success else f"  ({s.stop_reason})"), flush=True)
-        finally:
-            env.close()
+    for env, fam, seed in _worlds(families, seeds):
+        for kind in kinds:
+            s = run_episode(RunConfig(task_id=fam, seed=seed, inject=kind), env=env)
+            if not s.injected:
+                print(f"  {kind:6s} {fam:7s} seed {seed}: not injected (no trigger in this task)")
+                continue
+            handled = [a for a in s.anomalies if a.get("outcome") == "recovered"]
+            table[kind].append({"ok": s.success, "anomalies": len(s.anomalies), "local": len(handled),
+                                "calls": s.planner_calls})
+            kinds_seen = ",".join(sorted({str(a["kind"]) for a in s.anomalies})) or "-"
+            print(f"  {kind:6s} {fam:7s} seed {seed}: {'recovered' if s.success else 'FAILED   '} "
+                  f"anomalies {kinds_seen}; {len(handled)} handled locally; {s.planner_calls} planner calls"
+                  + ("" if s.success else f"  ({s.stop_reason})"), flush=True)
     print(f"\n{'injection':10s} {'recoverable':>11s} {'episodes':>8s} {'task success':>12s} {'handled locally':>15s} "
           f"{'calls/task':>10s}")
     for kind, rs in table.items():

@@ -34,6 +34,7 @@ from mnemobot.memory.retrieval import Hit, MemoryQuery, build_context
 from mnemobot.memory.short_term import ShortTermConfig, ShortTermMemory, StateChange
 from mnemobot.memory.types import MapLike, ObjectEstimate
 from mnemobot.perception.objects import ObjectObservation, objects_from_observation
+from mnemobot.perception.sensor import SensorModel
 from mnemobot.perception.types import Observation
 
 __all__ = ["Memory", "MemoryConfig"]
@@ -48,7 +49,9 @@ _STM_CHANGES = {"observed": "appeared", "moved": "moved", "not_seen": "missing",
 class MemoryConfig:
     """``db_path``: SQLite file for persistence across episodes and restarts (None: in-process).
     ``embedder``: ``auto`` | ``minilm`` | ``lexical`` | ``none`` (word overlap) for descriptions.
-    ``snapshot_every``: ops between graph snapshots in the store (bounds reload time)."""
+    ``snapshot_every``: ops between graph snapshots in the store (bounds reload time).
+    ``sensor``: the camera rig's noise model; memory derives its association, move and
+    existence thresholds from it (:mod:`mnemobot.perception.sensor`)."""
 
     db_path: str | Path | None = None
     graph: SceneGraphConfig = field(default_factory=SceneGraphConfig)
@@ -57,6 +60,7 @@ class MemoryConfig:
     embedder_path: str | None = None
     snapshot_every: int = 2000
     record_trace: bool = False
+    sensor: SensorModel = field(default_factory=SensorModel)
 
 
 class Memory:

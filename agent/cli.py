@@ -153,6 +153,10 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                    help="short-term memory capacity in object-state changes (default: 32)")
     p.add_argument("--changes-from", choices=("graph", "short-term"), default="graph",
                    help="answer change questions from the scene graph (default) or the short-term table alone")
+    p.add_argument("--sensor-profile", default=None, metavar="NAME|FILE.yaml",
+                   help="the sensor the bag was recorded with (ideal, kinect, realsense, heavy or a YAML file); "
+                        "memory's thresholds follow its noise. Default: the profile the bag declares, else "
+                        "ideal for mnemobot's own recordings and kinect for other bags")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
 
@@ -228,7 +232,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = ReplayConfig(bag=args.bag, questions=args.questions, answers=args.answers, report=args.report,
                        topics=args.topics, labels=args.labels, memory_policy=args.memory_policy,
-                       short_term_capacity=args.short_term_capacity, changes_from=args.changes_from)
+                       short_term_capacity=args.short_term_capacity, changes_from=args.changes_from,
+                       sensor_profile=args.sensor_profile)
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     result = replay(cfg, progress=progress)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())

@@ -42,6 +42,9 @@ class ReplayConfig:
     tol_m: float = 0.15
     tol_s: float = 1.0
     embedder: str = "lexical"
+    sensor_profile: str | None = None
+    """``ideal``, ``kinect``, ``realsense``, ``heavy`` or a YAML file; None: the bag's declaration
+    (see :func:`sensor_for`)."""
 
 
 @dataclass
@@ -87,6 +90,28 @@ class ReplayResult:
         return "\n".join(lines)
 
 
+def sensor_for(cfg: ReplayConfig, info: Any) -> tuple[Any, str]:
+    """The sensor model memory assumes for the bag, and why: the one asked for; else the one the
+    bag declares (``/mnemobot/sensor_profile``); else ``ideal`` for a mnemobot recording made
+    before profiles were declared (the simulator's exact camera) and ``kinect`` for any other
+    bag (a real RGB-D camera: the conservative default)."""
+    from mnemobot.perception.sensor import SensorError, SensorModel, sensor_model
+
+    try:
+        if cfg.sensor_profile is not None:
+            model = sensor_model(cfg.sensor_profile)
+            return model, f"sensor profile {model.name} (given)"
+        declared = getattr(info, "sensor", None)
+        if declared:
+            model = SensorModel.from_dict(declared, f"bag {info.path}: its sensor profile")
+            return model, f"sensor profile {model.name} (declared by the bag)"
+    except SensorError as e:
+        raise UserError(str(e)) from None
+    if info.site_map is not None:
+        return sensor_model("ideal"), "sensor profile ideal (a mnemobot recording that declares none)"
+    return sensor_model("kinect"), "sensor profile kinect (the bag declares none; give --sensor-profile)"
+
+
 def _memory(cfg: ReplayConfig, info: Any) -> Any:
     from mnemobot.memory.graph import SceneGraphConfig
     from mnemobot.memory.memory import Memory, MemoryConfig
@@ -101,10 +126,12 @@ def _memory(cfg: ReplayConfig, info: Any) -> Any:
         except ValueError as e:
             raise UserError(f"bag {info.path}: {e}") from None
     try:
+        sensor, why = sensor_for(cfg, info)
+        info.notes.append(why)
         mem = Memory(MemoryConfig(graph=SceneGraphConfig(static_labels=frozenset(info.static_labels)),
                                   short_term=ShortTermConfig(capacity=cfg.short_term_capacity,
                                                              policy=cfg.memory_policy),
-                                  embedder=cfg.embedder), site=site)
+                                  embedder=cfg.embedder, sensor=sensor), site=site)
     except ValueError as e:  # unknown policy or capacity
         raise UserError(str(e)) from None
     mem.begin_episode({"replay": str(info.path)})
@@ -138,9 +165,9 @@ def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> 
     try:
         with BagSource(cfg.bag, topics, labels) as src:
             info = src.info
+            memory = _memory(cfg, info)
             for n in info.notes:
                 say(f"note: {n}")
-            memory = _memory(cfg, info)
             pending = list(questions)
             qi = 0
 

@@ -33,9 +33,10 @@ for ``missing_after`` frames becomes ``missing`` instead of silently staying whe
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -46,6 +47,7 @@ from mnemobot.memory.spatial import GridIndex
 from mnemobot.memory.types import MapLike, ObjectEstimate, PlaceLike
 from mnemobot.memory.visible import estimate_from_observation
 from mnemobot.perception.objects import ObjectObservation
+from mnemobot.perception.sensor import SensorModel
 from mnemobot.perception.types import CameraIntrinsics, Pose
 
 __all__ = ["HELD", "MISSING", "PRESENT", "FrameInfo", "SceneGraph", "SceneGraphConfig", "replay"]
@@ -55,33 +57,70 @@ PRESENT, MISSING, HELD = "present", "missing", "held"
 
 @dataclass
 class SceneGraphConfig:
-    """Association and dynamics thresholds (metres, frames)."""
+    """Association and dynamics thresholds (metres, log-odds).
+
+    The distances are floors: each is widened by the noise of the sensor that made the sighting
+    (``sensor``, see :meth:`SceneGraph.margin`), so the same memory is strict on perfect data and
+    tolerant on a real camera without constants tuned to one recording.
+    """
 
     cell: float = 0.5
     """Spatial hash cell size (m)."""
     match_radius: float = 0.20
-    """An observation re-identifies a stored object whose centroid is within this distance."""
+    """An observation re-identifies a stored object whose centroid is within this distance
+    (plus the noise margin at its range)."""
     move_min: float = 0.04
-    """A matched object displaced by more than this has moved (op cause ``moved``)."""
+    """A fully seen object displaced by more than this, and by more than the noise of two
+    sightings at its range, is away from its remembered pose."""
     refine_min: float = 0.008
     """Below this displacement a sighting only confirms memory (NOOP)."""
     colour_max: float = 0.30
     """Largest RGB distance (0..sqrt(3)) between sightings of one object."""
     size_ratio_max: float = 2.0
     """Largest extent ratio between sightings of one ``unknown`` object."""
-    missing_after: int = 2
-    """Frames in which an object should have been seen, but was not, before it is ``missing``."""
     view_range: float = 4.0
     """Negative evidence only for objects nearer the camera than this (m)."""
     min_expected_pixels: int = 80
     """...and whose projection would cover at least this many pixels."""
     low_support: float = 0.8
     """A sighting with less than this fraction of the pixel support of the best view since the
-    object last moved only confirms it (partial views give biased centres and yaws)."""
+    object last moved is a partial view (partial views give biased centres and yaws)."""
+    overlap_same: float = 0.5
+    """A partial view (cut by the image border, occluded, or of an object larger than
+    ``large_size``) with at least this fraction of its points inside the remembered box, grown by
+    the noise margin, is at the remembered pose, however far its centroid is."""
+    large_size: float = 0.6
+    """Objects longer than this (m; furniture) are judged by overlap, and their box is the union
+    of their views."""
+    free_fraction: float = 0.8
+    """Negative evidence needs at least this fraction of an object's remembered surface points,
+    where the frame has depth, to be seen through (depth beyond them by the noise margin)."""
+    exist_max: float = 3.5
+    """Cap of an object's existence log-odds (so a long-seen object can still be found gone)."""
+    missing_below: float = -2.2
+    """Existence log-odds under which an object is ``missing`` (probability 0.1)."""
+    near_move: float = 1.0
+    """A labelled sighting this close (m) to a same-label object whose place the frame cannot
+    show is that object, displaced (see :meth:`SceneGraph._unverifiable_near`); farther away it
+    is a second object until memory sees the first one's place empty."""
     near_radius: float = 0.25
     history_len: int = 64
     static_labels: frozenset[str] = frozenset()
     """Labels of map furniture (not objects); their observations are ignored."""
+    sensor: SensorModel = field(default_factory=SensorModel)
+    """The rig the sightings come from (:mod:`mnemobot.perception.sensor`)."""
+
+    @property
+    def move_votes(self) -> int:
+        """Consistent sightings away from the remembered pose before a move is believed: one
+        with a perfect sensor, two otherwise (one noisy centroid is never a move)."""
+        return 1 if self.sensor.is_ideal else 2
+
+    @property
+    def hit_logodds(self) -> float:
+        """Existence evidence of one detection: log(P(detected | there) / P(false detection))."""
+        d = self.sensor.detector
+        return min(self.exist_max, math.log((1.0 - d.miss_rate) / max(d.false_positive_rate, 0.01)))
 
 
 @dataclass(frozen=True)
@@ -96,10 +135,17 @@ class FrameInfo:
 
 @dataclass
 class _Scratch:
-    """Per-object transient state (not part of the graph, not logged)."""
+    """Per-object transient state (not part of the graph, not logged).
 
-    missed: int = 0
+    ``exist``: existence log-odds; ``surface``: a sample of the last view's world points (what
+    negative evidence projects); ``votes``/``away``: consistent sightings away from the
+    remembered pose and where they were."""
+
+    exist: float = 0.0
     best_support: int = 0
+    surface: np.ndarray | None = None
+    votes: int = 0
+    away: np.ndarray | None = None
 
 
 class SceneGraph:
@@ -116,6 +162,9 @@ class SceneGraph:
         self.by_label: dict[str, set[str]] = {}
         self.layers: dict[str, set[str]] = {}
         self._scratch: dict[str, _Scratch] = {}
+        self._label_of: dict[str, str] = {}
+        self._wide: set[str] = set()
+        """Objects judged by overlap: larger than ``large_size``, or only seen cut by the image border."""
         self._next_obj = 1
         self._change_t: list[float] = []
         self._change_key: list[str] = []
@@ -191,6 +240,8 @@ class SceneGraph:
                 if label in self.by_label:
                     self.by_label[label].discard(key)
                 self._scratch.pop(key, None)
+                self._label_of.pop(key, None)
+                self._wide.discard(key)
                 self._note_change(op)
 
     def _note_change(self, op: MemoryOp) -> None:
@@ -200,7 +251,16 @@ class SceneGraph:
     def _index_object(self, key: str) -> None:
         node = self.g.nodes[key]
         self.grid.insert(key, np.asarray(node["centroid"], dtype=float))
+        before = self._label_of.get(key)
+        if before is not None and before != node["label"]:
+            self.by_label.get(before, set()).discard(key)
+        self._label_of[key] = node["label"]
         self.by_label.setdefault(node["label"], set()).add(key)
+        extent = node.get("extent")
+        if node.get("partial") or (extent is not None and max(extent) > self.config.large_size):
+            self._wide.add(key)
+        else:
+            self._wide.discard(key)
 
     # -- snapshot ---------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
@@ -219,6 +279,8 @@ class SceneGraph:
         self.by_label.clear()
         self.layers.clear()
         self._scratch.clear()
+        self._label_of.clear()
+        self._wide.clear()
         self._change_t.clear()
         self._change_key.clear()
         for key, attrs in state.get("nodes", []):
@@ -346,64 +408,169 @@ class SceneGraph:
                 return room.name
         return None
 
+    # -- noise model ------------------------------------------------------------------------------
+    def margin(self, z: float | np.ndarray, fx: float) -> float | np.ndarray:
+        """How far (m) two sightings of one surface at range ``z`` may disagree: 3 sigma of the
+        sensor's point error (depth, lateral and pose noise), at least 2 cm."""
+        return np.maximum(0.02, self.config.sensor.surface_margin(z, fx))
+
+    def _move_threshold(self, margin: float) -> float:
+        """Displacement beyond the noise of two independent sightings (sqrt 2 of one margin)."""
+        return max(self.config.move_min, math.sqrt(2.0) * float(margin))
+
+    def _free_logodds(self, z: float, fx: float, size: float) -> float:
+        """Existence evidence of one frame that sees through an object's remembered surface:
+        log(P(seen through | there) / P(seen through | gone)). Seeing through a present object
+        takes a pose or depth error comparable with its size."""
+        p_err = min(0.5, 0.02 + float(self.config.sensor.point_sigma(z, fx)) / max(size, 0.02))
+        return math.log(p_err / 0.9)
+
     # -- integration ------------------------------------------------------------------------------
     def integrate(self, observations: Sequence[ObjectObservation], frame: FrameInfo,
                   skip_labels: Iterable[str] = ()) -> dict[str, str]:
-        """Fuse one frame's observations; returns ``{object key: cause}`` for what changed."""
+        """Fuse one frame's observations; returns ``{object key: cause}`` for what changed.
+
+        1. each sighting is paired with a remembered object of a compatible label and colour whose
+           centroid is near (within ``match_radius`` plus the noise margin at its range), or,
+           for a partial view or a large object, whose box holds most of its points;
+        2. a sighting lying inside a remembered object that is already matched (a piece of an
+           over-segmented object) confirms it; one that covers several remembered objects (an
+           under-segmented group) confirms them and is not fused into one;
+        3. the rest re-identify a same-label object that memory knows left its place (``missing``)
+           or only guessed (a release placeholder), and are otherwise new objects;
+        4. remembered objects in view that were not seen gather negative evidence.
+        """
         cfg = self.config
         t = frame.time
         skip = set(skip_labels) | set(cfg.static_labels)
         obs = [o for o in observations if o.label not in skip]
+        fx = frame.intrinsics.fx
+        if obs:
+            cam = frame.camera_pose.inverse().apply(np.array([o.centroid for o in obs], dtype=float))
+            margins = [float(m) for m in np.atleast_1d(self.margin(np.maximum(cam[:, 2], 0.1), fx))]
+        else:
+            margins = []
         matched: dict[int, str] = {}
         taken: set[str] = set()
         pairs: list[tuple[float, int, str]] = []
         for i, o in enumerate(obs):
-            for key, dist in self.grid.query(o.centroid, cfg.match_radius):
-                d = self.g.nodes[key]
-                colour = self._appearance(o, d)
-                if colour is None:
-                    continue
-                overlap = _iou(o.aabb_min, o.aabb_max, d["aabb_min"], d["aabb_max"])
-                pairs.append((dist / cfg.match_radius + colour / cfg.colour_max + (1.0 - overlap), i, key))
+            for key, cost in self._candidates(o, margins[i]):
+                pairs.append((cost, i, key))
         pairs.sort()
         for _cost, i, key in pairs:
             if i in matched or key in taken:
                 continue
             matched[i] = key
             taken.add(key)
+        confirmed: set[str] = set()
+        rest: list[int] = []
+        for i in (i for i in range(len(obs)) if i not in matched):
+            pieces = self._segmentation_match(obs[i], margins[i])
+            if pieces:
+                confirmed.update(pieces)
+            else:
+                rest.append(i)
         changes: dict[str, str] = {}
-        unmatched = [i for i in range(len(obs)) if i not in matched]
-        for i in unmatched:  # moved objects first: they re-use the identity of an unconfirmed one
-            key = self._moved_candidate(obs[i], taken)
+        for i in rest:  # moved objects first: they re-use the identity of one memory saw leave
+            key = self._moved_candidate(obs[i], taken) or self._unverifiable_near(obs[i], taken, frame)
             if key is not None:
                 matched[i] = key
                 taken.add(key)
         for i, o in enumerate(obs):
             key = matched.get(i)
             if key is None:
-                key = self._add(o, t)
+                if i not in rest:
+                    continue
+                key = self._add(o, t, margins[i])
                 taken.add(key)
                 changes[key] = "observed"
             else:
-                cause = self._update(key, o, t)
+                cause = self._update(key, o, t, margins[i])
                 if cause != "confirmed":
                     changes[key] = cause
-        for key, cause in self._negative_evidence(frame, taken).items():
+        for key in confirmed - taken:
+            if key in self.g:
+                self.emit(OpKind.NOOP, "node", key, "confirmed", t)
+        for key, cause in self._negative_evidence(frame, taken | confirmed).items():
             changes[key] = cause
         return changes
 
+    def _candidates(self, o: ObjectObservation, margin: float) -> Iterator[tuple[str, float]]:
+        """``(key, cost)`` of the remembered objects this sighting may be."""
+        cfg = self.config
+        radius = cfg.match_radius + margin
+        near = dict(self.grid.query(o.centroid, radius))
+        for key in self._wide:
+            if key not in near and self._box_gap(o, self.g.nodes[key]) <= margin:
+                near[key] = float(np.linalg.norm(np.asarray(self.g.nodes[key]["centroid"]) - o.centroid))
+        for key, dist in near.items():
+            d = self.g.nodes[key]
+            colour = self._appearance(o, d)
+            if colour is None:
+                continue
+            inside = _inside_fraction(o.points, d["aabb_min"], d["aabb_max"], margin)
+            if dist > radius and inside < cfg.overlap_same:
+                continue
+            overlap = max(_iou(o.aabb_min, o.aabb_max, d["aabb_min"], d["aabb_max"]), inside)
+            yield key, (min(dist, radius) / radius + colour / cfg.colour_max + (1.0 - overlap)
+                        + (1.0 - self._label_share(o.label, d)))
+
+    def _segmentation_match(self, o: ObjectObservation, margin: float) -> list[str]:
+        """Remembered objects an unmatched sighting is part of, or spans (see :meth:`integrate`)."""
+        inside_of = [key for key, _d in self.grid.query(o.centroid, self.config.match_radius + 1.0)
+                     if self._label_ok(o.label, self.g.nodes[key])
+                     and self.g.nodes[key].get("state") == PRESENT
+                     and _colour_distance(o, self.g.nodes[key]) <= self.config.colour_max
+                     and float(np.max(self.g.nodes[key]["extent"])) >= float(np.max(o.extent))
+                     and _inside_fraction(o.points, self.g.nodes[key]["aabb_min"],
+                                          self.g.nodes[key]["aabb_max"], margin) >= 0.7]
+        if inside_of:
+            return inside_of[:1]
+        if o.label != "unknown":
+            return []
+        lo, hi = o.aabb_min - margin, o.aabb_max + margin
+        spanned = [key for key, _d in self.grid.query(o.centroid, float(np.max(o.extent)) + margin)
+                   if self.g.nodes[key].get("state") == PRESENT
+                   and np.all(np.asarray(self.g.nodes[key]["aabb_min"]) >= lo)
+                   and np.all(np.asarray(self.g.nodes[key]["aabb_max"]) <= hi)]
+        return spanned if len(spanned) >= 2 else []
+
+    def _box_gap(self, o: ObjectObservation, d: dict[str, Any]) -> float:
+        """Largest per-axis gap (m) between the sighting's box and a remembered box (0: they touch)."""
+        gap = np.maximum(np.asarray(d["aabb_min"]) - o.aabb_max, o.aabb_min - np.asarray(d["aabb_max"]))
+        return float(np.max(np.maximum(gap, 0.0)))
+
+    def _label_ok(self, label: str, d: dict[str, Any]) -> bool:
+        """A sighting labelled ``label`` may be the object ``d``: its label, one it was also seen
+        as, or one the detector confuses with it (``unknown`` only matches ``unknown``)."""
+        if label == d["label"]:
+            return True
+        if label == "unknown" or d["label"] == "unknown":
+            return False
+        return label in d.get("labels", {}) or self.config.sensor.detector.confusable(label, d["label"])
+
+    @staticmethod
+    def _label_share(label: str, d: dict[str, Any]) -> float:
+        """The share of the sightings that gave ``label`` to the object (``labels`` counts the
+        sightings under other labels than its own)."""
+        others = d.get("labels") or {}
+        n = max(int(d.get("n_obs", 1)), 1)
+        if label == d["label"]:
+            return max(n - sum(others.values()), 0) / n
+        return float(others.get(label, 0)) / n
+
     def _appearance(self, o: ObjectObservation, d: dict[str, Any]) -> float | None:
         """Colour distance between a sighting and a stored object that could be the same one
-        (not held, same label, similar size if unlabelled, similar colour); ``None`` otherwise."""
+        (not held, compatible label, similar size if unlabelled, similar colour); ``None`` otherwise."""
         if d.get("state") == HELD or not self._compatible(o, d):
             return None
-        colour = float(np.linalg.norm(np.asarray(d["colour"]) - o.colour))
+        colour = _colour_distance(o, d)
         return colour if colour <= self.config.colour_max else None
 
     def _compatible(self, o: ObjectObservation, d: dict[str, Any]) -> bool:
-        if o.label != d["label"]:
+        if not self._label_ok(o.label, d):
             return False
-        if o.label == "unknown":
+        if o.label == "unknown" and not (o.truncated or d.get("partial")):
             a, b = np.asarray(d["extent"], dtype=float) + 0.01, np.asarray(o.extent, dtype=float) + 0.01
             ratio = np.maximum(a / b, b / a)
             if float(ratio.max()) > self.config.size_ratio_max:
@@ -411,111 +578,317 @@ class SceneGraph:
         return True
 
     def _moved_candidate(self, o: ObjectObservation, taken: set[str]) -> str | None:
+        """A same-label object this sighting elsewhere re-identifies: one memory saw leave its
+        place (``missing``) or only guessed (a release placeholder). An object memory still
+        believes in stays where it is: a second one of the label is a second object."""
         best: tuple[float, str] | None = None
         for key in self.by_label.get(o.label, ()):
             if key in taken:
                 continue
             d = self.g.nodes[key]
+            if d.get("state") != MISSING and not d.get("provisional"):
+                continue
             colour = self._appearance(o, d)
             if colour is None:
                 continue
-            if o.label == "unknown" and d.get("state") != MISSING:
-                continue  # anonymous objects move only once memory saw they left
-            score = colour - (0.5 if d.get("state") == MISSING else 0.0)
+            score = colour - (0.5 if d.get("provisional") else 0.0)
             if best is None or score < best[0]:
                 best = (score, key)
         return None if best is None else best[1]
 
-    def _object_attrs(self, o: ObjectObservation) -> dict[str, Any]:
+    def _object_attrs(self, o: ObjectObservation, margin: float, box: tuple[Any, Any] | None = None
+                      ) -> dict[str, Any]:
+        """Node attributes of a sighting; ``box``: the (grown) box of a wide object instead of the view's."""
         est = estimate_from_observation(o, None)
-        place, relation = self.place_at(est.position)
-        room = self.room_at(est.position[:2])
+        position, top_z = est.position, est.top_z
+        lo, hi = (o.aabb_min, o.aabb_max) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
+        centroid = o.centroid
+        if box is not None:
+            centroid = (lo + hi) / 2
+            position, top_z = centroid.copy(), float(hi[2])
+        place, relation = self.place_at(position)
+        room = self.room_at(position[:2])
+        extent = np.asarray(o.extent) if box is None else np.sort(hi[:2] - lo[:2])[::-1].tolist() + [hi[2] - lo[2]]
         return {
-            "position": est.position.tolist(), "centroid": o.centroid.tolist(), "top_z": est.top_z,
-            "aabb_min": o.aabb_min.tolist(), "aabb_max": o.aabb_max.tolist(),
-            "extent": np.asarray(o.extent).tolist(), "yaw": float(o.yaw), "colour": o.colour.tolist(),
-            "place": place, "relation": relation, "room": room,
+            "position": np.asarray(position).tolist(), "centroid": np.asarray(centroid).tolist(),
+            "top_z": float(top_z), "aabb_min": np.asarray(lo).tolist(), "aabb_max": np.asarray(hi).tolist(),
+            "extent": np.asarray(extent).tolist(), "yaw": float(o.yaw) if box is None else 0.0,
+            "colour": o.colour.tolist(), "place": place, "relation": relation, "room": room,
+            "noise": round(float(margin), 4),
         }
 
-    def _add(self, o: ObjectObservation, t: float) -> str:
+    def _remember_surface(self, key: str, o: ObjectObservation, union: bool = False) -> None:
+        """Keep a sample of the view's points (at most 64; 128 for wide objects, merged) for
+        negative evidence."""
+        s = self._scratch.setdefault(key, _Scratch())
+        pts = np.asarray(o.points, dtype=float)
+        if union and s.surface is not None:
+            pts = np.concatenate([s.surface, pts])
+        cap = 128 if union else 64
+        if len(pts) > cap:
+            pts = pts[np.linspace(0, len(pts) - 1, cap).astype(np.intp)]
+        s.surface = pts
+
+    def _add(self, o: ObjectObservation, t: float, margin: float) -> str:
         key = f"obj:{self._next_obj}"
         self._next_obj += 1
-        attrs = self._object_attrs(o)
+        box = _robust_box(o) if o.truncated else None
+        attrs = self._object_attrs(o, margin, box)
         attrs.update(
-            layer="object", label=o.label, state=PRESENT, first_seen=t, last_seen=t, last_changed=t, n_obs=1,
-            confidence=float(o.confidence),
+            layer="object", label=o.label, state=PRESENT,
+            first_seen=t, last_seen=t, last_changed=t, n_obs=1, confidence=float(o.confidence),
             history=[[t, *attrs["position"], attrs["place"] or ""]],
         )
+        if o.truncated:
+            attrs["partial"] = True
         self.emit(OpKind.ADD, "node", key, "observed", t, attrs)
-        self._scratch[key] = _Scratch(best_support=o.pixel_count)
+        self._scratch[key] = _Scratch(exist=self.config.hit_logodds, best_support=o.pixel_count)
+        self._remember_surface(key, o)
         self._relate(key, t)
         return key
 
-    def _update(self, key: str, o: ObjectObservation, t: float) -> str:
+    def _labels_after(self, o: ObjectObservation, d: dict[str, Any]) -> dict[str, Any]:
+        """After a sighting under another label than the object's: the counts of other labels
+        (``labels``), and the label when that one now has more sightings than the object's own."""
+        others = dict(d.get("labels") or {})
+        others[o.label] = int(others.get(o.label, 0)) + 1
+        own = int(d.get("n_obs", 1)) + 1 - sum(others.values())
+        out: dict[str, Any] = {"labels": others}
+        if others[o.label] > own:
+            others.pop(o.label)
+            others[d["label"]] = max(own, 0)
+            out["label"] = o.label
+        return out
+
+    def _update(self, key: str, o: ObjectObservation, t: float, margin: float) -> str:
         cfg = self.config
         d = self.g.nodes[key]
-        scratch = self._scratch.setdefault(key, _Scratch())
-        scratch.missed = 0
-        was_missing = d.get("state") == MISSING
+        s = self._scratch.setdefault(key, _Scratch(best_support=o.pixel_count))
+        s.exist = min(cfg.exist_max, max(s.exist, 0.0) + cfg.hit_logodds)
+        was_missing, provisional = d.get("state") == MISSING, bool(d.get("provisional"))
         displacement = float(np.linalg.norm(np.asarray(d["centroid"]) - o.centroid))
-        low_support = o.pixel_count < cfg.low_support * scratch.best_support
-        moved = displacement >= cfg.move_min
-        if not was_missing and (displacement < cfg.refine_min or (low_support and not moved)):
+        wide = key in self._wide or o.truncated or float(np.max(o.extent)) > cfg.large_size
+        partial = wide or o.pixel_count < cfg.low_support * s.best_support
+        inside = _inside_fraction(o.points, d["aabb_min"], d["aabb_max"], margin) if partial else 0.0
+        labels = self._labels_after(o, d) if o.label != d["label"] else {}
+        if was_missing or provisional:
+            return self._relocate(key, o, t, margin, "reappeared" if was_missing else "refined", labels)
+        if displacement < self._move_threshold(margin) or inside >= cfg.overlap_same:
+            s.votes, s.away = 0, None
+            return self._confirm(key, o, t, margin, displacement, wide, partial, labels)
+        # away from the remembered pose: believed only on consistent evidence
+        if o.label == "unknown":  # anonymous: a segment elsewhere is another object until this one is seen gone
             self.emit(OpKind.NOOP, "node", key, "confirmed", t)
             return "confirmed"
-        # the shape (yaw, extent) and centre come from the best view since the object last moved
-        scratch.best_support = o.pixel_count if moved else max(scratch.best_support, o.pixel_count)
-        attrs = self._object_attrs(o)
-        relocated = moved or attrs["place"] != d.get("place")  # a new place counts as a move
-        cause = "moved" if relocated else ("reappeared" if was_missing else "refined")
-        attrs.update(state=PRESENT, last_seen=t, last_changed=t, n_obs=int(d.get("n_obs", 0)) + 1,
+        same_spot = s.away is not None and float(np.linalg.norm(s.away - o.centroid)) < self._move_threshold(margin)
+        s.votes, s.away = (s.votes + 1 if same_spot else 1), o.centroid.copy()
+        if s.votes < cfg.move_votes:
+            self.emit(OpKind.NOOP, "node", key, "unconfirmed_move", t)
+            return "confirmed"
+        s.votes, s.away = 0, None
+        return self._relocate(key, o, t, margin, "moved", labels)
+
+    def _confirm(self, key: str, o: ObjectObservation, t: float, margin: float, displacement: float,
+                 wide: bool, partial: bool, labels: dict[str, Any]) -> str:
+        """A sighting at the remembered pose: NOOP, or a refined shape (a wide object's box grows
+        by the view; a small one takes the best full view's centre and shape)."""
+        d, s = self.g.nodes[key], self._scratch[key]
+        if wide:
+            lo, hi = _robust_box(o)
+            lo = np.minimum(lo, d["aabb_min"])
+            hi = np.maximum(hi, d["aabb_max"])
+            grew = float(np.max(np.abs(np.r_[lo - np.asarray(d["aabb_min"]), hi - np.asarray(d["aabb_max"])])))
+            self._remember_surface(key, o, union=True)
+            if grew < max(self.config.refine_min, 0.5 * margin) and not labels:
+                self.emit(OpKind.NOOP, "node", key, "confirmed", t)
+                return "confirmed"
+            attrs = self._object_attrs(o, margin, (lo, hi))
+            attrs["partial"] = bool(o.truncated or d.get("partial"))
+        else:
+            if displacement < self.config.refine_min or partial:
+                if labels:
+                    self.emit(OpKind.UPDATE, "node", key, "relabelled", t,
+                              {**labels, "last_seen": t, "n_obs": int(d.get("n_obs", 0)) + 1})
+                    return "relabelled"
+                self.emit(OpKind.NOOP, "node", key, "confirmed", t)
+                return "confirmed"
+            s.best_support = max(s.best_support, o.pixel_count)
+            self._remember_surface(key, o)
+            attrs = self._object_attrs(o, margin)
+        for name in ("place", "relation", "room"):  # the same pose: the same place
+            attrs[name] = d.get(name)
+        attrs.update(labels, last_seen=t, n_obs=int(d.get("n_obs", 0)) + 1,
                      confidence=max(float(d.get("confidence", 0.0)), float(o.confidence)))
-        if relocated:
+        self.emit(OpKind.UPDATE, "node", key, "refined", t, attrs)
+        return "refined"
+
+    def _relocate(self, key: str, o: ObjectObservation, t: float, margin: float, cause: str,
+                  labels: dict[str, Any]) -> str:
+        """The object is where this sighting shows it (a move, a reappearance, a placeholder resolved)."""
+        d, s = self.g.nodes[key], self._scratch[key]
+        s.best_support = o.pixel_count
+        self._remember_surface(key, o)
+        attrs = self._object_attrs(o, margin, _robust_box(o) if o.truncated else None)
+        displacement = float(np.linalg.norm(np.asarray(d["centroid"]) - o.centroid))
+        if cause != "moved" and (displacement >= self._move_threshold(margin) or attrs["place"] != d.get("place")):
+            cause = "moved"  # a new place, or far from where it was believed
+        attrs.update(labels, state=PRESENT, provisional=False, last_seen=t, last_changed=t,
+                     n_obs=int(d.get("n_obs", 0)) + 1,
+                     confidence=max(float(d.get("confidence", 0.0)), float(o.confidence)))
+        if cause == "moved":
             attrs["+history"] = [t, *attrs["position"], attrs["place"] or ""]
         self.emit(OpKind.UPDATE, "node", key, cause, t, attrs)
-        if relocated or was_missing:
-            self._relate(key, t)
+        self._relate(key, t)
         return cause
 
     def _negative_evidence(self, frame: FrameInfo, seen: set[str]) -> dict[str, str]:
+        """Existence evidence for remembered objects in view that no sighting matched.
+
+        Each object's remembered surface points (or, without them, its box's centre and top face)
+        are projected into the frame. Where the frame has depth, a point is *seen through* when
+        the depth lies beyond it by more than the noise margin, *hidden* when nearer, and
+        *there* otherwise. Only a view that sees through most of those not hidden
+        (``free_fraction``) counts
+        against the object; one that finds its surface there, or hides it, says nothing (a
+        missed detection is not an absence). The object is ``missing`` once its existence
+        log-odds fall below ``missing_below``.
+        """
         cfg = self.config
-        k = frame.intrinsics
-        cam = frame.camera_pose
-        keys = [key for key, _d in self.grid.query(cam.position, cfg.view_range)
-                if key not in seen and self.g.nodes[key].get("state") == PRESENT]
+        k, cam = frame.intrinsics, frame.camera_pose
+        keys = {key for key, _d in self.grid.query(cam.position, cfg.view_range)} | {
+            key for key in self._wide if self._box_distance(key, cam.position) <= cfg.view_range}
+        keys = sorted(key for key in keys if key not in seen and self.g.nodes[key].get("state") == PRESENT
+                      and not self.g.nodes[key].get("provisional"))
         if not keys:
             return {}
-        nodes = [self.g.nodes[key] for key in keys]
-        centroids = np.array([n["centroid"] for n in nodes], dtype=float)
-        extents = np.array([n["extent"] for n in nodes], dtype=float)
-        p = cam.inverse().apply(centroids)  # optical frame: z forward
+        n_valid, n_free, z_med = self._view_evidence(keys, frame)
+        out: dict[str, str] = {}
+        for i, key in enumerate(keys):
+            if n_valid[i] < 5 or n_free[i] < cfg.free_fraction * n_valid[i]:
+                continue
+            d = self.g.nodes[key]
+            zi = float(z_med[i])
+            size = float(np.max(d["extent"]))
+            if k.fx * k.fy * size * max(float(np.min(d["extent"])), 0.02) / zi**2 < cfg.min_expected_pixels:
+                continue  # too small at this range for the view to say much
+            s = self._scratch.setdefault(key, _Scratch(exist=cfg.hit_logodds))
+            s.exist += self._free_logodds(zi, k.fx, float(np.min(d["extent"][:2]))) * float(n_free[i] / n_valid[i])
+            if s.exist < cfg.missing_below and self._tentative(d):
+                self.emit(OpKind.DELETE, "node", key, "spurious", frame.time)  # a false detection
+                out[key] = "spurious"
+            elif s.exist < cfg.missing_below:
+                self.emit(OpKind.UPDATE, "node", key, "not_seen", frame.time,
+                          {"state": MISSING, "last_changed": frame.time, "confidence": 0.0})
+                self._unrelate(key, frame.time)
+                out[key] = "not_seen"
+                twin = self._twin(key)
+                if twin is not None:
+                    self._merge(key, twin, frame.time)
+                    out[key] = "moved"
+        return out
+
+    def _view_evidence(self, keys: Sequence[str], frame: FrameInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per object: how many of its remembered surface points the frame shows (depth there or
+        beyond them, not hidden by something nearer), how many of those it sees through, and
+        their median range (m). See :meth:`_negative_evidence`."""
+        k, cam = frame.intrinsics, frame.camera_pose
+        samples = [self._surface_points(key) for key in keys]
+        owner = np.repeat(np.arange(len(keys)), [len(p) for p in samples])
+        p = cam.inverse().apply(np.concatenate(samples))
         z = p[:, 2]
         safe_z = np.where(z > 0.15, z, 1.0)
         u = k.fx * p[:, 0] / safe_z + k.cx
         v = k.fy * p[:, 1] / safe_z + k.cy
         h, w = frame.depth.shape
-        size = np.maximum(extents[:, 0], extents[:, 1]) * np.maximum(extents[:, 2], 0.02)
-        area = k.fx * k.fy * size / safe_z**2
-        candidates = np.nonzero((z > 0.15) & (u >= 3) & (u < w - 3) & (v >= 3) & (v < h - 3)
-                                & (area >= cfg.min_expected_pixels))[0]
-        out: dict[str, str] = {}
-        for i in candidates.tolist():
-            ui, vi = int(u[i]), int(v[i])
-            patch = frame.depth[vi - 2: vi + 3, ui - 2: ui + 3]
-            valid = patch[np.isfinite(patch) & (patch > 0)]
-            if valid.size < 5:
+        inside = (z > 0.15) & (u >= 2) & (u < w - 2) & (v >= 2) & (v < h - 2)
+        measured = np.zeros(len(z))
+        measured[inside] = frame.depth[v[inside].astype(np.intp), u[inside].astype(np.intp)]
+        with np.errstate(invalid="ignore"):
+            valid = inside & np.isfinite(measured) & (measured > 0)
+        margin = self.margin(np.maximum(z, 0.1), k.fx)
+        free = valid & (measured > z + margin)
+        valid &= measured >= z - margin  # hidden points (something nearer) say nothing
+        n = len(keys)
+        counts = np.maximum(np.bincount(owner, minlength=n), 1)
+        z_mean = np.bincount(owner, weights=np.maximum(z, 0.1), minlength=n) / counts
+        return (np.bincount(owner, weights=valid, minlength=n), np.bincount(owner, weights=free, minlength=n),
+                z_mean)
+
+    def _unverifiable_near(self, o: ObjectObservation, taken: set[str], frame: FrameInfo) -> str | None:
+        """The nearest same-label object within ``near_move`` of a sighting that nothing matched,
+        whose remembered place this frame cannot show (out of view, or hidden: by the gripper
+        taking it, say). A labelled object seen a little way from where memory holds it, while
+        that place is out of sight, is that object, displaced; far away, or while its place is in
+        view, it is another one."""
+        near = [(dist, key) for key, dist in self.grid.query(o.centroid, self.config.near_move)
+                if key not in taken and self.g.nodes[key].get("state") == PRESENT
+                and not self.g.nodes[key].get("provisional") and self._appearance(o, self.g.nodes[key]) is not None]
+        if not near or o.label == "unknown":
+            return None
+        near.sort()
+        n_valid, _free, _z = self._view_evidence([key for _d, key in near], frame)
+        for (_dist, key), shown in zip(near, n_valid.tolist(), strict=True):
+            if shown < 5:
+                return key
+        return None
+
+    def _tentative(self, d: dict[str, Any]) -> bool:
+        """Seen once by a detector that makes false detections: gone, it was never there."""
+        sensor = self.config.sensor
+        noisy = sensor.detector.false_positive_rate > 0 or (d["label"] == "unknown" and not sensor.is_ideal)
+        return int(d.get("n_obs", 1)) < 2 and noisy
+
+    def _box_distance(self, key: str, point: np.ndarray) -> float:
+        d = self.g.nodes[key]
+        nearest = np.clip(point, d["aabb_min"], d["aabb_max"])
+        return float(np.linalg.norm(nearest - point))
+
+    def _surface_points(self, key: str) -> np.ndarray:
+        """World points negative evidence tests: the last view's sample, or the box's centre and top face."""
+        s = self._scratch.get(key)
+        if s is not None and s.surface is not None and len(s.surface):
+            return s.surface
+        d = self.g.nodes[key]
+        lo, hi = np.asarray(d["aabb_min"], dtype=float), np.asarray(d["aabb_max"], dtype=float)
+        c = (lo + hi) / 2
+        half = 0.3 * (hi - lo)
+        top = [[c[0] + a * half[0], c[1] + b * half[1], hi[2]] for a in (-1, 0, 1) for b in (-1, 0, 1)]
+        return np.array([c, *top])
+
+    def _twin(self, key: str) -> str | None:
+        """A present object of the same label and look, first seen after ``key`` was last seen
+        where it was: the same object, seen elsewhere before memory knew it had left."""
+        d = self.g.nodes[key]
+        best: tuple[float, str] | None = None
+        for other in self.by_label.get(d["label"], ()):
+            e = self.g.nodes[other]
+            if other == key or e.get("state") != PRESENT or float(e["first_seen"]) <= float(d["last_seen"]):
                 continue
-            if float(np.median(valid)) < z[i] - max(0.05, 0.6 * float(extents[i].max())):
-                continue  # something nearer hides it
-            key = keys[i]
-            scratch = self._scratch.setdefault(key, _Scratch())
-            scratch.missed += 1
-            if scratch.missed >= cfg.missing_after:
-                self.emit(OpKind.UPDATE, "node", key, "not_seen", frame.time,
-                          {"state": MISSING, "last_changed": frame.time, "confidence": 0.0})
-                self._unrelate(key, frame.time)
-                out[key] = "not_seen"
-        return out
+            colour = float(np.linalg.norm(np.asarray(d["colour"]) - np.asarray(e["colour"])))
+            if colour > self.config.colour_max:
+                continue
+            if d["label"] == "unknown":
+                a, b = np.asarray(d["extent"]) + 0.01, np.asarray(e["extent"]) + 0.01
+                if float(np.max(np.maximum(a / b, b / a))) > self.config.size_ratio_max:
+                    continue
+            if best is None or colour < best[0]:
+                best = (colour, other)
+        return None if best is None else best[1]
+
+    def _merge(self, key: str, twin: str, t: float) -> None:
+        """``key`` moved to where ``twin`` was seen: it takes the twin's pose; the twin goes."""
+        e = dict(self.g.nodes[twin])
+        moved = {name: e[name] for name in ("position", "centroid", "top_z", "aabb_min", "aabb_max", "extent",
+                                            "yaw", "colour", "place", "relation", "room", "noise") if name in e}
+        moved.update(state=PRESENT, last_seen=e["last_seen"], last_changed=t, confidence=e.get("confidence", 1.0),
+                     n_obs=int(self.g.nodes[key].get("n_obs", 0)) + int(e.get("n_obs", 1)),
+                     **{"+history": [e["first_seen"], *e["position"], e.get("place") or ""]})
+        scratch = self._scratch.get(twin)
+        self.emit(OpKind.DELETE, "node", twin, "merged", t, {"into": key})
+        self.emit(OpKind.UPDATE, "node", key, "moved", t, moved)
+        if scratch is not None:
+            self._scratch[key] = scratch
+        self._relate(key, t)
 
     # -- relations --------------------------------------------------------------------------------
     def _edges_of(self, key: str, rels: set[str]) -> list[tuple[str, str, str]]:
@@ -534,7 +907,7 @@ class SceneGraph:
         if d.get("state") == PRESENT:
             support = self._support_object(key)
             if support is not None:
-                want.add((key, "on", support))
+                want.add((key, support[0], support[1]))
             elif d.get("place"):
                 want.add((key, d.get("relation") or "on", f"place:{d['place']}"))
             for other, _dist in self.grid.query(np.asarray(d["centroid"]), self.config.near_radius):
@@ -548,22 +921,36 @@ class SceneGraph:
         for u, r, v in sorted(want - have):
             self.emit(OpKind.ADD, "edge", edge_key(u, r, v), "relation", t)
 
-    def _support_object(self, key: str) -> str | None:
-        """Another object this one rests on (its bottom at the other's top, overlapping in x, y)."""
+    def _support_object(self, key: str) -> tuple[str, str] | None:
+        """``(relation, other)``: the object this one rests ``on`` (its bottom at the other's top,
+        its centre over the other's footprint, within both sightings' noise margins), else one it
+        stands ``in`` (a larger object whose box holds its centre: a shelf, a cabinet)."""
         d = self.g.nodes[key]
         lo, hi = np.asarray(d["aabb_min"]), np.asarray(d["aabb_max"])
-        for other, _dist in self.grid.query(np.asarray(d["centroid"]), 0.4):
-            if other == key:
-                continue
+        centre = (lo + hi) / 2
+        others = {other for other, _dist in self.grid.query(np.asarray(d["centroid"]), 0.4)} | self._wide
+        on: tuple[float, str] | None = None
+        within: tuple[float, str] | None = None
+        for other in others:
             e = self.g.nodes[other]
-            if e.get("state") != PRESENT:
+            if other == key or e.get("state") != PRESENT:
                 continue
             olo, ohi = np.asarray(e["aabb_min"]), np.asarray(e["aabb_max"])
-            centre = (lo[:2] + hi[:2]) / 2
-            if abs(lo[2] - ohi[2]) < 0.025 and np.all(centre >= olo[:2]) and np.all(centre <= ohi[:2]) \
-                    and hi[2] > ohi[2]:
-                return other
-        return None
+            tol = max(0.025, float(d.get("noise", 0.0)) + float(e.get("noise", 0.0)))
+            over = bool(np.all(centre[:2] >= olo[:2] - tol) and np.all(centre[:2] <= ohi[:2] + tol))
+            if not over:
+                continue
+            footprint = float(np.prod(ohi[:2] - olo[:2]))
+            if abs(lo[2] - ohi[2]) < tol and hi[2] > ohi[2] and footprint >= 0.5 * float(np.prod(hi[:2] - lo[:2])):
+                if on is None or ohi[2] > on[0]:
+                    on = (float(ohi[2]), other)
+            elif other in self._wide and olo[2] - tol <= lo[2] and hi[2] <= ohi[2] + tol \
+                    and float(np.prod(ohi - olo)) > 4.0 * float(np.prod(np.maximum(hi - lo, 0.01))):
+                if within is None or footprint < within[0]:
+                    within = (footprint, other)
+        if on is not None:
+            return "on", on[1]
+        return ("in", within[1]) if within is not None else None
 
     # -- body events (from proprioception and skill outcomes, never from the simulator) ----------
     def grasped(self, label: str, t: float) -> str | None:
@@ -588,12 +975,12 @@ class SceneGraph:
             if spec.open_direction is not None:  # an open drawer's bottom is out by its opening
                 opening = float(self.g.nodes.get(f"place:{place}", {}).get("opening", 0.0))
                 pos = pos + np.asarray(spec.open_direction, dtype=float) * opening
-            attrs.update(position=pos.tolist(), centroid=pos.tolist(), confidence=0.3)
+            attrs.update(position=pos.tolist(), centroid=pos.tolist(), confidence=0.3, provisional=True)
             attrs["+history"] = [t, *pos.tolist(), place]
         self.emit(OpKind.UPDATE, "node", key, "released", t, attrs)
         if self.g.has_edge("agent", key, key="holds"):
             self.emit(OpKind.DELETE, "edge", edge_key("agent", "holds", key), "released", t)
-        self._scratch.setdefault(key, _Scratch()).missed = 0
+        self._scratch[key] = _Scratch(exist=self.config.hit_logodds)
         self._relate(key, t)
         return key
 
@@ -659,6 +1046,29 @@ def _iou(lo1: np.ndarray, hi1: np.ndarray, lo2: Sequence[float], hi2: Sequence[f
     v1 = float(np.prod(np.asarray(hi1) - np.asarray(lo1)))
     v2 = float(np.prod(np.asarray(hi2) - np.asarray(lo2)))
     return inter / max(v1 + v2 - inter, 1e-12)
+
+
+def _colour_distance(o: ObjectObservation, d: dict[str, Any]) -> float:
+    """RGB distance between a sighting's mean colour and a remembered object's."""
+    return float(np.linalg.norm(np.asarray(d["colour"]) - o.colour))
+
+
+def _inside_fraction(points: np.ndarray, lo: Sequence[float], hi: Sequence[float], margin: float) -> float:
+    """Fraction of ``points`` inside the box ``[lo, hi]`` grown by ``margin`` on every side."""
+    pts = np.asarray(points, dtype=float)
+    if len(pts) == 0:
+        return 0.0
+    inside = np.all((pts >= np.asarray(lo) - margin) & (pts <= np.asarray(hi) + margin), axis=1)
+    return float(np.count_nonzero(inside)) / len(pts)
+
+
+def _robust_box(o: ObjectObservation) -> tuple[np.ndarray, np.ndarray]:
+    """The 1st-99th percentile box of a view's points (flying pixels do not stretch it)."""
+    pts = np.asarray(o.points, dtype=float)
+    if len(pts) < 20:
+        return np.asarray(o.aabb_min, dtype=float), np.asarray(o.aabb_max, dtype=float)
+    lo, hi = np.percentile(pts, [1.0, 99.0], axis=0)
+    return lo, hi
 
 
 def replay(ops: Iterable[MemoryOp], graph: SceneGraph) -> SceneGraph:

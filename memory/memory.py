@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +69,12 @@ class Memory:
     def __init__(self, config: MemoryConfig | None = None, site: MapLike | None = None,
                  extractor: Callable[[Observation], Sequence[ObjectObservation]] | None = None) -> None:
         self.config = config or MemoryConfig()
-        self.graph = SceneGraph(self.config.graph, site)
+        graph_cfg = self.config.graph
+        if graph_cfg.sensor.is_ideal and not self.config.sensor.is_ideal:
+            graph_cfg = replace(graph_cfg, sensor=self.config.sensor)
+        self.graph = SceneGraph(graph_cfg, site)
         self.short_term = ShortTermMemory(self.config.short_term)
-        self._extract = extractor or objects_from_observation
+        self._extract = extractor or _extractor_for(graph_cfg.sensor)
         self.store = None
         self.offset = 0.0
         self.episode = 0
@@ -220,7 +223,9 @@ class Memory:
         for key, cause in changes.items():
             if key in self.graph.g:
                 d = self.graph.node(key)
-                self._remember(key, d["label"], _STM_CHANGES.get(cause, cause), t, {"place": d.get("place")})
+                hist = d.get("history") or [[t]]
+                when = float(hist[-1][0]) if cause == "moved" else t  # a move dates from its first sighting
+                self._remember(key, d["label"], _STM_CHANGES.get(cause, cause), when, {"place": d.get("place")})
         self._flush()
         return changes
 
@@ -283,6 +288,27 @@ class Memory:
         st = self.short_term.stats
         return {"objects": len(objects), "states": states, "ops": self.graph.seq,
                 "short_term": {"size": len(self.short_term), "hits": st.hits, "misses": st.misses}}
+
+
+def _extractor_for(sensor: SensorModel) -> Callable[[Observation], Sequence[ObjectObservation]]:
+    """Perception as the sensor needs it: exact data as it is; a real sensor's flying pixels
+    removed (statistical outliers), masks smaller than its detector finds dropped, and frames
+    wider than 320 px segmented on every second pixel row and column (the segmenter's voxels
+    are coarser than that)."""
+    if sensor.is_ideal:
+        return objects_from_observation
+    from mnemobot.perception.objects import ObjectExtractorConfig
+    from mnemobot.perception.segment import SegmenterConfig
+
+    objects = ObjectExtractorConfig(min_pixels=max(20, sensor.detector.min_pixels), outlier_neighbors=12)
+    segmenters: dict[int, SegmenterConfig] = {}
+
+    def extract(obs: Observation) -> Sequence[ObjectObservation]:
+        stride = max(1, round(obs.intrinsics.width / 320))
+        seg = segmenters.setdefault(stride, SegmenterConfig(pixel_stride=stride))
+        return objects_from_observation(obs, config=objects, segmenter=seg)
+
+    return extract
 
 
 class _LazyEmbedder:

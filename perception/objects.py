@@ -45,6 +45,7 @@ __all__ = [
     "group_pixels",
     "objects_from_observation",
     "subsample_groups",
+    "touches_border",
 ]
 
 HIST_BINS = 8
@@ -68,7 +69,9 @@ class ObjectObservation:
     * ``colour``: mean RGB in [0, 1]; ``colour_hist``: normalised :data:`HIST_BINS`-bin hue
       histogram (``None`` when not computed); ``confidence``: in [0, 1] (pixel support);
     * ``instance_id``: the mask id when the frame has one, else ``None``; ``pixel_count``: mask
-      (or cluster) size in pixels.
+      (or cluster) size in pixels;
+    * ``truncated``: the object's pixels reach the image border (a partial view: its centroid
+      and box are those of the visible part only).
     """
 
     label: str
@@ -86,6 +89,21 @@ class ObjectObservation:
     embedding: np.ndarray | None = None
     obb_center: np.ndarray | None = None
     colour_hist: np.ndarray | None = None
+    truncated: bool = False
+
+
+BORDER_PX = 2
+"""Pixels this close to the image edge make an object ``truncated``."""
+
+
+def touches_border(pixels: np.ndarray, starts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per group of flat pixel indices (``starts`` as in :func:`group_pixels`): whether any
+    pixel lies within :data:`BORDER_PX` of the image border."""
+    if len(pixels) == 0:
+        return np.zeros(len(starts), dtype=bool)
+    v, u = np.divmod(np.asarray(pixels, dtype=np.intp), shape[1])
+    edge = (u < BORDER_PX) | (u >= shape[1] - BORDER_PX) | (v < BORDER_PX) | (v >= shape[0] - BORDER_PX)
+    return np.add.reduceat(edge.astype(np.intp), starts) > 0
 
 
 @dataclass(frozen=True)
@@ -242,6 +260,7 @@ def describe_objects(
     valid_pixels: Sequence[int],
     timestamp: float,
     config: ObjectExtractorConfig | None = None,
+    truncated: Sequence[bool] | None = None,
 ) -> list[ObjectObservation]:
     """One :class:`ObjectObservation` per group of world points, all groups processed together.
 
@@ -282,6 +301,7 @@ def describe_objects(
             pixel_count=int(pixel_counts[k]),
             obb_center=centers[k],
             colour_hist=hists[k],
+            truncated=bool(truncated[k]) if truncated is not None else False,
         )
         for k in range(len(st))
     ]
@@ -370,6 +390,7 @@ def _masked_objects(
     return describe_objects(
         pts, sample_starts, colours, hists, [obs.labels.get(i, "unknown") for i in iids], iids,
         counts[members].tolist(), n_valid.tolist(), obs.timestamp, config,
+        truncated=touches_border(pix, starts, obs.depth.shape),
     )
 
 

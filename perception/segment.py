@@ -53,6 +53,7 @@ from mnemobot.perception.objects import (
     colour_descriptors,
     describe_objects,
     subsample_groups,
+    touches_border,
 )
 from mnemobot.perception.types import Observation
 
@@ -471,4 +472,5 @@ def segment_objects(
     return describe_objects(
         points[sample], sample_starts, colours, hists, [UNKNOWN] * len(clusters), [None] * len(clusters),
         counts, counts, obs.timestamp, ocfg,
+        truncated=touches_border(pixels, starts, obs.depth.shape),
     )

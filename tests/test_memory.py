@@ -109,11 +109,27 @@ def test_first_sighting_adds_and_resighting_confirms() -> None:
     assert len(g.by_layer("object")) == 1
 
 
+def see_gone(g: SceneGraph, centre: np.ndarray, t: float, frames: int = 2,
+             seen: tuple[ObjectObservation, ...] = ()) -> dict[str, str]:
+    """Close views of the surface behind ``centre`` (nothing there; ``seen`` are detected in
+    them); returns the last frame's changes."""
+    cam = camera_looking_at(centre, back=0.5, up=0.3)
+    dist = float(np.linalg.norm(cam.inverse().apply(centre[None])[0]))
+    changes: dict[str, str] = {}
+    for i in range(frames):
+        changes = g.integrate(list(seen), depth_frame(cam, t + 0.2 * i, dist + 0.3))
+    return changes
+
+
 def test_object_seen_elsewhere_is_moved_with_history() -> None:
     g = graph()
     (key,) = g.integrate([obs("duck", surface("kitchen_table"), 1.0)], blind(1.0))
-    changes = g.integrate([obs("duck", surface("bedroom_table", 0.1), 5.0)], blind(5.0))
-    assert changes == {key: "moved"}
+    # seen elsewhere while memory still believes in the first: a second duck, until the first
+    # place is seen empty; then it is one duck that moved, seen there since 5 s
+    (twin,) = g.integrate([obs("duck", surface("bedroom_table", 0.1), 5.0)], blind(5.0))
+    assert twin != key and MemoryQuery(g).count("duck") == 2
+    changes = see_gone(g, surface("kitchen_table"), 6.0)
+    assert changes == {key: "moved"} and twin not in g.g
     node = g.node(key)
     assert node["place"] == "bedroom_table" and node["room"] == "bedroom"
     assert [h[4] for h in node["history"]] == ["kitchen_table", "bedroom_table"]
@@ -122,8 +138,19 @@ def test_object_seen_elsewhere_is_moved_with_history() -> None:
     assert len(g.by_layer("object")) == 1
     q = MemoryQuery(g)
     assert q.origin("duck") == "kitchen_table"
-    assert q.moved_between(1.0, 6.0) == ["duck"] and q.moved_between(1.5, 4.0) == []
-    assert q.moved_between(0.5, 6.0) == []  # not yet remembered at 0.5 s: not a move
+    assert q.moved_between(1.0, 7.0) == ["duck"] and q.moved_between(1.5, 4.0) == []
+    assert q.moved_between(0.5, 7.0) == []  # not yet remembered at 0.5 s: not a move
+
+
+def test_identical_objects_seen_apart_stay_two() -> None:
+    g = graph()
+    (a,) = g.integrate([obs("red_cube", surface("kitchen_table"), 1.0)], blind(1.0))
+    (b,) = g.integrate([obs("red_cube", surface("bedroom_table"), 20.0)], blind(20.0))
+    assert a != b
+    # the first is seen again where it was: two red cubes, neither moved
+    assert g.integrate([obs("red_cube", surface("kitchen_table") + 0.003, 30.0)], blind(30.0)) == {}
+    q = MemoryQuery(g)
+    assert q.count("red_cube") == 2 and q.moved_between(0.0, 31.0) == []
 
 
 def test_two_same_label_objects_seen_together_stay_two() -> None:
@@ -153,9 +180,12 @@ def test_negative_evidence_marks_missing_only_when_view_is_clear() -> None:
     for t in (2.0, 2.2, 2.4):
         assert g.integrate([], depth_frame(cam, t, dist - 0.4)) == {}
     assert g.node(key)["state"] == PRESENT
-    # clear view of the surface behind where the mug was: missing after `missing_after` frames
-    assert g.integrate([], depth_frame(cam, 3.0, dist + 0.05)) == {}
-    assert g.integrate([], depth_frame(cam, 3.2, dist + 0.05)) == {key: "not_seen"}
+    # depth just behind the mug's surface agrees with it (a missed detection is no absence)
+    for t in (2.5, 2.7, 2.9):
+        assert g.integrate([], depth_frame(cam, t, dist - 0.03)) == {}
+    # clear view of the surface behind where the mug was: missing after two such frames
+    assert g.integrate([], depth_frame(cam, 3.0, dist + 0.3)) == {}
+    assert g.integrate([], depth_frame(cam, 3.2, dist + 0.3)) == {key: "not_seen"}
     assert g.node(key)["state"] == MISSING
     assert not g.g.has_edge(key, "place:living_room_table", key="on")
     q = MemoryQuery(g)
@@ -165,14 +195,10 @@ def test_negative_evidence_marks_missing_only_when_view_is_clear() -> None:
 
 
 def test_missing_object_found_elsewhere_is_a_move() -> None:
-    cfg = SceneGraphConfig(missing_after=1)
-    g = SceneGraph(cfg, SITE)
-    g.load_map(SITE)
+    g = graph()
     centre = surface("living_room_table")
     (key,) = g.integrate([obs("unknown", centre, 1.0, size=0.1, colour=(0.2, 0.8, 0.2))], blind(1.0))
-    cam = camera_looking_at(centre)
-    dist = float(np.linalg.norm(cam.inverse().apply(centre[None])[0]))
-    g.integrate([], depth_frame(cam, 2.0, dist + 0.05))
+    assert see_gone(g, centre, 2.0) == {key: "not_seen"}
     assert g.node(key)["state"] == MISSING
     changes = g.integrate([obs("unknown", surface("shelf"), 3.0, size=0.1, colour=(0.2, 0.8, 0.2))], blind(3.0))
     assert changes == {key: "moved"} and g.node(key)["place"] == "shelf"
@@ -213,8 +239,10 @@ def test_near_and_stacked_relations_update_locally() -> None:
     (c,) = g.integrate([obs("duck", on_top, 2.0, size=0.05)], blind(2.0))
     support = next(v for _u, v, r in g.g.out_edges(c, keys=True) if r == "on")
     assert g.node(support)["label"] == "red_cube"
-    g.integrate([obs("blue_cube", surface("shelf"), 3.0)], blind(3.0))
+    see_gone(g, base + [0.12, 0, 0], 2.5, seen=(obs("red_cube", base, 2.5), obs("duck", on_top, 2.5)))
     assert not g.g.has_edge(a, b, key="near")
+    assert g.integrate([obs("blue_cube", surface("shelf"), 3.0)], blind(3.0)) == {b: "moved"}
+    assert not g.g.has_edge(a, b, key="near") and g.g.has_edge(b, "place:shelf", key="on")
 
 
 # -- log, snapshot, replay ---------------------------------------------------------------------------
@@ -274,6 +302,7 @@ def test_retrieval_questions() -> None:
     g = graph()
     g.integrate([obs("mug", surface("kitchen_table"), 1.0), obs("duck", surface("shelf"), 1.0)], blind(1.0))
     g.integrate([obs("red_cube", surface("bedroom_table"), 5.0)], blind(5.0))
+    see_gone(g, surface("kitchen_table"), 8.0)
     g.integrate([obs("mug", surface("living_room_table"), 9.0)], blind(9.0))
     q = MemoryQuery(g)
     (hit,) = q.where("mug")
@@ -389,13 +418,18 @@ def test_short_term_memory_records_changes_and_counts_questions() -> None:
     m = Memory(MemoryConfig(embedder="none", record_trace=True), site=SITE, extractor=lambda o: seen.get(o.timestamp, []))
     m.begin_episode()
     m.update(frame(1.0))
+    cam = camera_looking_at(surface("kitchen_table"), 0.5, 0.3)
+    for t in (1.5, 1.7):  # the table is seen empty
+        m.update(Observation(t, np.zeros((K.height, K.width, 3), np.uint8),
+                             np.full((K.height, K.width), 1.0, np.float32), K, cam))
     m.update(frame(2.0))
     assert [c.change for c in m.short_term.recent()] == ["moved"]  # one entry per object, newest state
     m.ask("mug")
     m.ask("teddy")
     st = m.short_term.stats
     assert st.hits == 1 and st.misses == 1
-    assert [e["op"] for e in m.trace] == ["put", "put", "get", "get"]
+    # the mug appears, a mug appears on the shelf, then (the table seen empty) it is one that moved
+    assert [e["op"] for e in m.trace] == ["put", "put", "put", "get", "get"]
     assert "mug" in m.context("bring the mug to the tray") and not math.isnan(m.now(1.0))
 
 

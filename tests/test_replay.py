@@ -272,6 +272,47 @@ def test_foreign_bag_replays_and_scores(episode, foreign, tmp_path):
             assert np.linalg.norm(np.subtract(a["position"], b["position"])) < 0.03, qa.id
 
 
+def test_foreign_bag_relates_objects_to_the_furniture_in_its_masks(episode, foreign, tmp_path):
+    """No site map: furniture comes from the masks as objects, stays still while the camera sees
+    different parts of it, and is what the objects are said to stand on."""
+    from mnemobot.memory.graph import SceneGraph
+    from mnemobot.sim.layout import DEFAULT_LAYOUT
+
+    site = SceneGraph(site=DEFAULT_LAYOUT.site_map())
+    furniture = {f.name for f in DEFAULT_LAYOUT.furniture}
+    end = episode["summary"].sim_s + 1.0
+    q = tmp_path / "q.jsonl"
+    with q.open("w") as f:
+        for i, (label, (_ts, centre)) in enumerate(sorted(episode["seen"].items())):
+            place, _rel = site.place_at(centre)
+            f.write(json.dumps({"id": f"r-{i}", "t": end, "type": "locate", "text": f"Where is the {label}?",
+                                "object": label, "answer": {"position": centre, "receptacle": place}}) + "\n")
+    res = replay(ReplayConfig(bag=foreign["bag"], questions=q, topics=foreign["topics"], labels=foreign["labels"]))
+    assert any("no site map" in n for n in res.notes)
+    from mnemobot.agent.questions import score
+
+    wrong = [(qq.id, qq.fields["object"], qq.gold, a) for qq, a in res.answers if score(qq, a) < 1.0]
+    assert not wrong, wrong
+    # the furniture never moved and never went missing
+    from mnemobot.ros2.bag import BagSource, load_labels
+
+    with BagSource(foreign["bag"], TopicMap.from_yaml(foreign["topics"]), load_labels(foreign["labels"])) as src:
+        from mnemobot.memory.memory import Memory, MemoryConfig
+        from mnemobot.perception.sensor import sensor_model
+
+        mem = Memory(MemoryConfig(embedder="none", sensor=sensor_model("kinect")))
+        mem.begin_episode()
+        causes: dict[str, set[str]] = {}
+        for frame in src.frames():
+            mem.update(frame.obs)
+            for op in mem.graph.drain():
+                if op.target == "node" and op.key in mem.graph.g and mem.graph.node(op.key)["label"] in furniture:
+                    causes.setdefault(mem.graph.node(op.key)["label"], set()).add(op.cause)
+    assert causes, "the masks' furniture should be remembered"
+    for label, seen_causes in causes.items():
+        assert not seen_causes & {"moved", "not_seen"}, (label, seen_causes)
+
+
 def test_foreign_bag_camera_poses_come_from_the_tf_chain(episode, foreign):
     with BagSource(foreign["bag"], TopicMap.from_yaml(foreign["topics"]),
                    labels={int(k): v for k, v in json.loads(foreign["labels"].read_text()).items()}) as src:

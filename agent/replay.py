@@ -91,6 +91,7 @@ def _memory(cfg: ReplayConfig, info: Any) -> Any:
     from mnemobot.memory.graph import SceneGraphConfig
     from mnemobot.memory.memory import Memory, MemoryConfig
     from mnemobot.memory.short_term import ShortTermConfig
+    from mnemobot.perception.sensor import SensorError, SensorModel
 
     site = None
     if info.site_map is not None:
@@ -100,11 +101,17 @@ def _memory(cfg: ReplayConfig, info: Any) -> Any:
             site = SiteMap.from_dict(info.site_map)
         except ValueError as e:
             raise UserError(f"bag {info.path}: {e}") from None
+    sensor = SensorModel()
+    if info.sensor is not None:  # the rig the bag declares: memory's thresholds follow its noise
+        try:
+            sensor = SensorModel.from_dict(info.sensor, f"bag {info.path}: /mnemobot/sensor_profile")
+        except SensorError as e:
+            raise UserError(str(e)) from None
     try:
         mem = Memory(MemoryConfig(graph=SceneGraphConfig(static_labels=frozenset(info.static_labels)),
                                   short_term=ShortTermConfig(capacity=cfg.short_term_capacity,
                                                              policy=cfg.memory_policy),
-                                  embedder=cfg.embedder), site=site)
+                                  embedder=cfg.embedder, sensor=sensor), site=site)
     except ValueError as e:  # unknown policy or capacity
         raise UserError(str(e)) from None
     mem.begin_episode({"replay": str(info.path)})
@@ -140,6 +147,8 @@ def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> 
             info = src.info
             for n in info.notes:
                 say(f"note: {n}")
+            if info.sensor is not None:
+                say(f"sensor: {info.sensor.get('name', 'custom')} (declared by the bag)")
             memory = _memory(cfg, info)
             pending = list(questions)
             qi = 0

@@ -188,7 +188,8 @@ def _add_import_rgbd(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=30.0, help="7-Scenes frame rate in Hz (default: 30)")
     p.add_argument("--up", choices=("auto", "x", "y", "z", "-x", "-y", "-z"), default="auto",
                    help="the data set world's up axis, rotated to +z; 'auto' (default) estimates it from the "
-                        "camera poses, assuming the camera is held roughly level")
+                        "camera poses, assuming the camera is held roughly level; write a negative axis as "
+                        "--up=-y")
     p.add_argument("--sensor-profile", default="kinect", metavar="NAME|FILE.yaml",
                    help="the sensor the data came from, latched in the bag (default: kinect)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")

@@ -109,7 +109,8 @@ class FrameProblem(ValueError):
 
 @dataclass(frozen=True)
 class _Frame:
-    """One candidate frame: ``t`` seconds (data set clock), ``name`` for messages, image files,
+    """One candidate frame: ``t`` seconds (data set clock), ``name`` for messages (the colour image's
+    file and time, or the 7-Scenes frame name), image files,
     the camera's optical frame in the data set's world (``pose``), or why it cannot be used."""
 
     t: float
@@ -363,14 +364,14 @@ def _tum_frames(root: Path) -> list[_Frame]:
     depth = _file_index(root / "depth.txt")
     gt = _read_groundtruth(root / "groundtruth.txt")
     pairs, unpaired = _associate(rgb, depth)
-    frames = [_Frame(t, f, None, None, None, FrameProblem(
+    frames = [_Frame(t, f"frame {f} (t {t:.6f})", None, None, None, FrameProblem(
         "unpaired", f"no depth image within {MAX_PAIR_DT} s of it")) for t, f in unpaired]
     for t, rgb_name, depth_name in pairs:
         try:
             pose, problem = _interpolate(gt, t), None
         except FrameProblem as e:
             pose, problem = None, e
-        frames.append(_Frame(t, rgb_name, root / rgb_name, root / depth_name, pose, problem))
+        frames.append(_Frame(t, f"frame {rgb_name} (t {t:.6f})", root / rgb_name, root / depth_name, pose, problem))
     return sorted(frames, key=lambda f: f.t)
 
 
@@ -443,9 +444,14 @@ def _skip(skipped: Counter, warn: Callable[[str], None], name: str, problem: Fra
     skipped[problem.reason] += 1
     n = sum(skipped.values())
     if n <= _MAX_REPORTED:
-        warn(f"frame {name} skipped: {problem}")
+        warn(f"{name} skipped: {problem}")
     elif n == _MAX_REPORTED + 1:
         warn("(further skipped frames are only counted)")
+
+
+_MODES = {"L": "an 8-bit grey image", "RGB": "an 8-bit RGB image", "RGBA": "an 8-bit RGBA image",
+          "P": "an 8-bit palette image", "I;16": "a 16-bit grey image", "1": "a 1-bit image",
+          "LA": "an 8-bit grey+alpha image", "F": "a 32-bit float image", "I": "a 32-bit integer image"}
 
 
 def _read_png(path: Path, kind: str) -> np.ndarray:
@@ -461,11 +467,12 @@ def _read_png(path: Path, kind: str) -> np.ndarray:
             mode = img.mode
             if kind == "color":
                 if mode not in ("RGB", "RGBA", "P", "L"):
-                    raise FrameProblem("wrong bit depth", f"{path.name} is a {mode} image; colour must be 8-bit RGB")
+                    raise FrameProblem("wrong bit depth", f"{path.name} is {_MODES.get(mode, mode)}; colour must "
+                                                          "be 8-bit RGB")
                 return np.asarray(img.convert("RGB"), dtype=np.uint8)
             if mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raise FrameProblem("wrong bit depth", f"{path.name} is a {mode} image; depth must be 16-bit "
-                                                      "single channel")
+                raise FrameProblem("wrong bit depth", f"{path.name} is {_MODES.get(mode, mode)}; depth must be "
+                                                      "16-bit single channel")
             a = np.asarray(img)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         if isinstance(e, FrameProblem):

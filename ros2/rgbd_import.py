@@ -288,13 +288,12 @@ def _associate(rgb: list[tuple[float, str]], depth: list[tuple[float, str]],
 @dataclass
 class _GroundTruth:
     """TUM ground truth: times (s), positions (m), unit quaternions (x, y, z, w); ``bad[i]``: why
-    sample ``i`` cannot be used (None if it can); ``lines``: its line number in the file."""
+    sample ``i`` cannot be used (None if it can)."""
 
     t: np.ndarray
     p: np.ndarray
     q: np.ndarray
-    bad: list[str | None]
-    lines: list[int]
+    bad: list[FrameProblem | None]
 
 
 def _read_groundtruth(path: Path) -> _GroundTruth:
@@ -313,14 +312,14 @@ def _read_groundtruth(path: Path) -> _GroundTruth:
     if not np.all(np.isfinite(a[:, 0])):
         raise RgbdImportError(f"{path}: a timestamp is not finite")
     q = a[:, 4:8].copy()
-    bad: list[str | None] = []
+    bad: list[FrameProblem | None] = []
     for k in range(len(a)):
         try:
             q[k] = _unit_quaternion(a[k, 4:8], a[k, 1:4])
             bad.append(None)
         except FrameProblem as e:
-            bad.append(f"{e} ({path.name} line {lines[k]})")
-    return _GroundTruth(a[:, 0], a[:, 1:4], q, bad, lines)
+            bad.append(FrameProblem(e.reason, f"ground truth {e} ({path.name} line {lines[k]})"))
+    return _GroundTruth(a[:, 0], a[:, 1:4], q, bad)
 
 
 def _unit_quaternion(q: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -348,10 +347,10 @@ def _interpolate(gt: _GroundTruth, t: float, max_gap: float = MAX_GT_GAP) -> Pos
         if gt.t[j] - gt.t[i] > max_gap:
             raise FrameProblem("ground-truth gap", f"ground truth has a {gt.t[j] - gt.t[i]:.3f} s gap around "
                                                    f"time {t:.6f} (at most {max_gap} s)")
-    for k in {i, j}:
-        if gt.bad[k] is not None:
-            reason = "NaN pose" if "not finite" in gt.bad[k] else "non-unit quaternion"
-            raise FrameProblem(reason, f"ground truth {gt.bad[k]}")
+    for k in (i, j):
+        problem = gt.bad[k]
+        if problem is not None:
+            raise problem
     if i == j:
         return Pose(gt.p[i], gt.q[i])
     a = (t - gt.t[i]) / (gt.t[j] - gt.t[i])

@@ -32,7 +32,7 @@ from mnemobot.perception.types import CameraIntrinsics, Pose  # noqa: E402
 from mnemobot.ros2.bag import BagSource  # noqa: E402
 from mnemobot.ros2.convert import camera_info_msg, image_msg, transform_msg  # noqa: E402
 from mnemobot.ros2.record import BagRecorder  # noqa: E402
-from mnemobot.ros2.rgbd_import import RgbdImportError, import_rgbd  # noqa: E402
+from mnemobot.ros2.rgbd_import import TUM_INTRINSICS, RgbdImportError, import_rgbd, tum_intrinsics  # noqa: E402,E501
 from mnemobot.ros2.topics import FRAMES, MNEMOBOT_TOPICS, TopicMap  # noqa: E402
 from mnemobot.ros2.types import typestore  # noqa: E402
 
@@ -157,6 +157,30 @@ def test_default_and_given_up(real, tmp_path):
     assert np.allclose(first.obs.camera_pose.position, real["poses"][0].position, atol=1e-6)
     flipped = import_rgbd(src, tmp_path / "c", "7scenes", up="-z")
     assert np.allclose(flipped.up_rotation @ [0, 0, -1], [0, 0, 1])
+
+
+@pytest.mark.parametrize(("folder", "camera"), [("rgbd_dataset_freiburg3_long_office_household", "freiburg3"),
+                                               ("fr2_desk", "freiburg2"), ("FR1-xyz", "freiburg1"),
+                                               ("living_room", "default"), ("fr12", "default")])
+def test_tum_camera_from_the_folder_name(tmp_path, folder, camera):
+    (tmp_path / folder).mkdir()
+    assert tum_intrinsics(tmp_path / folder) == (TUM_INTRINSICS[camera], camera)
+
+
+def test_cli_options_intrinsics_and_depth_scale(real, tmp_path, capsys):
+    src = _tum(tmp_path / "seq", real)
+    for p in (src / "depth").iterdir():  # millimetre depth: 1000 units per metre
+        _save16(p, np.asarray(Image.open(p)).astype(np.uint32) // 5)
+    out = tmp_path / "bag"
+    assert main(["import-rgbd", str(src), str(out), "--format", "tum", "--intrinsics", "518,519,325.5,253.5",
+                 "--depth-scale", "1000", "--up=-y", "--sensor-profile", "heavy", "-q"]) == 0
+    assert capsys.readouterr().out.strip().startswith("5 frames written")
+    src_bag, got = _frames(out)
+    _check_frames(got, real, REAL_K, DT, 0.0)
+    assert src_bag.info.sensor["name"] == "heavy"
+    with pytest.raises(SystemExit):
+        main(["import-rgbd", str(src), str(tmp_path / "b2"), "--format", "tum", "--intrinsics", "518,519"])
+    assert "expected four numbers fx,fy,cx,cy" in capsys.readouterr().err
 
 
 def test_foreign_reader_decodes_the_bag(real, tmp_path):

@@ -381,7 +381,11 @@ _SEVEN = re.compile(r"^frame-(\d+)\.(color\.png|depth\.png|pose\.txt)$")
 def _seven_scenes_frames(root: Path, fps: float) -> list[_Frame]:
     """Candidate frames of a 7-Scenes sequence folder (time = index / ``fps``, s)."""
     parts: dict[int, dict[str, Path]] = {}
-    for p in root.iterdir():
+    try:
+        names = sorted(root.iterdir())
+    except OSError as e:
+        raise RgbdImportError(f"cannot list {root}: {e.strerror or e}") from None
+    for p in names:
         m = _SEVEN.match(p.name)
         if m:
             parts.setdefault(int(m.group(1)), {})[m.group(2).split(".")[0]] = p
@@ -453,6 +457,9 @@ _MODES = {"L": "an 8-bit grey image", "RGB": "an 8-bit RGB image", "RGBA": "an 8
           "LA": "an 8-bit grey+alpha image", "F": "a 32-bit float image", "I": "a 32-bit integer image"}
 
 
+_COLOUR_MODES = ("RGB", "RGBA", "P", "L")
+
+
 def _read_png(path: Path, kind: str) -> np.ndarray:
     """A colour image (``(H, W, 3)`` uint8 RGB; 8-bit RGB, RGBA, palette or grey) or a depth image
     (``(H, W)`` uint16, single channel 16-bit); :class:`FrameProblem` when unreadable or of the wrong kind."""
@@ -464,19 +471,17 @@ def _read_png(path: Path, kind: str) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             mode = img.mode
-            if kind == "color":
-                if mode not in ("RGB", "RGBA", "P", "L"):
-                    raise FrameProblem("wrong bit depth", f"{path.name} is {_MODES.get(mode, mode)}; colour must "
-                                                          "be 8-bit RGB")
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
-            if mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raise FrameProblem("wrong bit depth", f"{path.name} is {_MODES.get(mode, mode)}; depth must be "
-                                                      "16-bit single channel")
-            a = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        if isinstance(e, FrameProblem):
-            raise
-        raise FrameProblem("unreadable image", f"cannot read {path.name}: {str(e).splitlines()[0][:200]}") from None
+            a = np.asarray(img.convert("RGB") if kind == "color" and mode in _COLOUR_MODES else img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
+        raise FrameProblem("unreadable image", f"cannot read {path.name}: {reason}") from None
+    if kind == "color":
+        if mode not in _COLOUR_MODES:
+            raise FrameProblem("wrong bit depth", f"{path.name} is {_MODES.get(mode, mode)}; colour must be 8-bit RGB")
+        return a.astype(np.uint8, copy=False)
+    if mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise FrameProblem("wrong bit depth", f"{path.name} is {_MODES.get(mode, mode)}; depth must be 16-bit "
+                                              "single channel")
     if a.ndim != 2 or a.min(initial=0) < 0 or a.max(initial=0) > 0xFFFF:
         raise FrameProblem("wrong bit depth", f"{path.name} is not a 16-bit single-channel depth image")
     return a.astype(np.uint16)
@@ -533,8 +538,11 @@ def _rotation_to_z(u: np.ndarray) -> np.ndarray:
 def _write_bag(frames: list[_Frame], out: Path, scale: float, fmt: str, k4: tuple[float, ...], rot: np.ndarray,
                sensor: dict[str, Any], result: ImportResult, warn: Callable[[str], None]) -> None:
     """Write the frames under a temporary folder next to ``out``, then rename it to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
+    except OSError as e:
+        raise RgbdImportError(f"cannot write next to {out}: {e.strerror or e}") from None
     try:
         staged = tmp / out.name  # the MCAP file is named after the bag folder: stage under the final name
         bag = _RgbdBag(staged)
@@ -551,6 +559,8 @@ def _write_bag(frames: list[_Frame], out: Path, scale: float, fmt: str, k4: tupl
         staged.rename(out)
     except RecordError as e:
         raise RgbdImportError(str(e)) from None
+    except OSError as e:  # disk full, permissions: nothing is left behind
+        raise RgbdImportError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

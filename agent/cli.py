@@ -138,7 +138,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         description="Feed a rosbag2 bag (MCAP or SQLite; mnemobot's or any RGB-D robot's) through perception "
                     "and memory with no simulator, answer memory questions at their times and score them.",
     )
-    p.add_argument("bag", type=Path, help="rosbag2 directory (with metadata.yaml)")
+    p.add_argument("bag", type=Path, help="rosbag2 directory (with metadata.yaml) or a bare .mcap file")
     p.add_argument("--questions", type=Path, default=None, metavar="Q.jsonl",
                    help="memory questions (JSON lines, see README); without it, memory is built and summarised")
     p.add_argument("--answers", type=Path, default=None, metavar="OUT.jsonl", help="write one answer per question")

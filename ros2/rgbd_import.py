@@ -91,6 +91,7 @@ MIN_UP_AGREEMENT = 0.5
 """Length of the mean camera-up vector below which the cameras disagree too much to estimate up."""
 SEVEN_SCENES_INVALID = 65535
 _MAX_REPORTED = 20
+_PROGRESS_EVERY = 200
 
 _AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 
@@ -184,7 +185,7 @@ def import_rgbd(src: str | Path, out: str | Path, fmt: str, *, intrinsics: Seque
     say(f"{fmt}: {len(frames)} frames in {root}; intrinsics fx {fx_fy_cx_cy[0]} fy {fx_fy_cx_cy[1]} "
         f"cx {fx_fy_cx_cy[2]} cy {fx_fy_cx_cy[3]} ({cam_name}); depth {scale:g} units/m; sensor {model.name}")
     say(f"up: {up_text}; poses rotated so that it is +z of {FRAMES['world']}")
-    _write_bag(good, out, scale, fmt, fx_fy_cx_cy, rot, model.to_dict(), result, warn)
+    _write_bag(good, out, scale, fmt, fx_fy_cx_cy, rot, model.to_dict(), result, say, warn)
     say(result.summary())
     return result
 
@@ -536,7 +537,8 @@ def _rotation_to_z(u: np.ndarray) -> np.ndarray:
 
 # -- writing -------------------------------------------------------------------------------------------
 def _write_bag(frames: list[_Frame], out: Path, scale: float, fmt: str, k4: tuple[float, ...], rot: np.ndarray,
-               sensor: dict[str, Any], result: ImportResult, warn: Callable[[str], None]) -> None:
+               sensor: dict[str, Any], result: ImportResult, say: Callable[[str], None],
+               warn: Callable[[str], None]) -> None:
     """Write the frames under a temporary folder next to ``out``, then rename it to ``out``."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -549,7 +551,7 @@ def _write_bag(frames: list[_Frame], out: Path, scale: float, fmt: str, k4: tupl
         try:
             bag.open()
             _write_frames(bag, frames, scale, fmt, k4, Pose(np.zeros(3), quat_from_matrix(rot)), sensor, result,
-                          warn)
+                          say, warn)
         finally:
             bag.close()
         if result.written == 0:
@@ -566,10 +568,14 @@ def _write_bag(frames: list[_Frame], out: Path, scale: float, fmt: str, k4: tupl
 
 
 def _write_frames(bag: _RgbdBag, frames: list[_Frame], scale: float, fmt: str, k4: tuple[float, ...],
-                  world: Pose, sensor: dict[str, Any], result: ImportResult, warn: Callable[[str], None]) -> None:
+                  world: Pose, sensor: dict[str, Any], result: ImportResult, say: Callable[[str], None],
+                  warn: Callable[[str], None]) -> None:
+    """Read, check and write each frame; ``world``: the data set world in ``map`` (the up rotation)."""
     size: tuple[int, int] | None = None
     t0 = frames[0].t
-    for f in frames:
+    for n, f in enumerate(frames, 1):
+        if n % _PROGRESS_EVERY == 0:
+            say(f"{n}/{len(frames)} frames read")
         try:
             rgb = _read_png(f.rgb, "color")
             depth = _depth_mm(_read_png(f.depth, "depth"), fmt, scale)

@@ -8,6 +8,7 @@ Usage::
     mnemobot memory house.db where mug
     mnemobot run --task-id recall --seed 0 --record runs/recall-0
     mnemobot replay runs/recall-0 --questions q.jsonl --report report.json
+    mnemobot import-rgbd rgbd_dataset_freiburg1_desk fr1_desk --format tum
     mnemobot serve-model gemma3-270m --port 8080
     mnemobot run --task-id place --planner openai --base-url http://127.0.0.1:8080/v1
     mnemobot tasks
@@ -137,7 +138,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         description="Feed a rosbag2 bag (MCAP or SQLite; mnemobot's or any RGB-D robot's) through perception "
                     "and memory with no simulator, answer memory questions at their times and score them.",
     )
-    p.add_argument("bag", type=Path, help="rosbag2 directory (with metadata.yaml)")
+    p.add_argument("bag", type=Path, help="rosbag2 directory (with metadata.yaml) or a bare .mcap file")
     p.add_argument("--questions", type=Path, default=None, metavar="Q.jsonl",
                    help="memory questions (JSON lines, see README); without it, memory is built and summarised")
     p.add_argument("--answers", type=Path, default=None, metavar="OUT.jsonl", help="write one answer per question")
@@ -161,6 +162,43 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
 
 
+def _intrinsics(text: str) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fx,fy,cx,cy (pixels), got {text!r}") from None
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"expected four numbers fx,fy,cx,cy (pixels), got {text!r}")
+    return vals[0], vals[1], vals[2], vals[3]
+
+
+def _add_import_rgbd(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-rgbd",
+        help="convert a TUM RGB-D or 7-Scenes folder into a bag that 'mnemobot replay' reads",
+        description="Convert a folder of RGB-D frames with camera poses (TUM RGB-D or 7-Scenes layout) into a "
+                    "rosbag2 MCAP bag: rgb8 colour, 16UC1 depth (mm), camera_info, /tf map -> camera, the "
+                    "sensor profile. Bad frames are skipped and counted; OUT must not exist.",
+    )
+    p.add_argument("dir", type=Path, help="data set folder (TUM: rgb.txt, depth.txt, groundtruth.txt; "
+                                          "7-Scenes: frame-XXXXXX.color.png / .depth.png / .pose.txt)")
+    p.add_argument("out", type=Path, help="bag directory to write (must not exist)")
+    p.add_argument("--format", required=True, choices=("tum", "7scenes"), help="the folder's layout")
+    p.add_argument("--intrinsics", type=_intrinsics, default=None, metavar="FX,FY,CX,CY",
+                   help="pinhole intrinsics in pixels (default: TUM's published values for freiburg1/2/3 picked "
+                        "from the folder name, else 525,525,319.5,239.5; 7-Scenes 585,585,320,240)")
+    p.add_argument("--depth-scale", type=float, default=None, metavar="UNITS_PER_M",
+                   help="TUM depth PNG units per metre (default: 5000)")
+    p.add_argument("--fps", type=float, default=30.0, help="7-Scenes frame rate in Hz (default: 30)")
+    p.add_argument("--up", choices=("auto", "x", "y", "z", "-x", "-y", "-z"), default="auto",
+                   help="the data set world's up axis, rotated to +z; 'auto' (default) estimates it from the "
+                        "camera poses, assuming the camera is held roughly level; write a negative axis as "
+                        "--up=-y")
+    p.add_argument("--sensor-profile", default="kinect", metavar="NAME|FILE.yaml",
+                   help="the sensor the data came from, latched in the bag (default: kinect)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+
+
 def _add_tasks(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("tasks", help="list task families, places and objects",
                    description="List the task families, places and objects of the household world.")
@@ -176,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_memory(sub)
     _add_replay(sub)
+    _add_import_rgbd(sub)
     from mnemobot.agent.suite import add_suite_parser
 
     add_suite_parser(sub)
@@ -240,6 +279,22 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_import_rgbd(args: argparse.Namespace) -> int:
+    from mnemobot.agent.errors import UserError
+    from mnemobot.ros2.rgbd_import import RgbdImportError, import_rgbd
+
+    say = (lambda _m: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    try:
+        result = import_rgbd(args.dir, args.out, args.format, intrinsics=args.intrinsics,
+                             depth_scale=args.depth_scale, fps=args.fps, up=args.up, sensor=args.sensor_profile,
+                             say=say, warn=lambda msg: print(f"mnemobot: {msg}", file=sys.stderr, flush=True))
+    except RgbdImportError as e:
+        raise UserError(str(e)) from None
+    if args.quiet:
+        print(result.summary())
+    return EXIT_OK
+
+
 def _cmd_suite(args: argparse.Namespace) -> int:
     from mnemobot.agent.suite import cmd_suite
 
@@ -285,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"run": _cmd_run, "memory": _cmd_memory, "replay": _cmd_replay, "suite": _cmd_suite,
                 "tasks": _cmd_tasks, "serve-model": _cmd_serve}
+    handlers["import-rgbd"] = _cmd_import_rgbd
     previous = _stop_on_sigterm()
     try:
         return handlers[args.verb](args)

@@ -10,10 +10,18 @@ Times are seconds since the bag's first message. Images are paired by header sta
 ``sync_tol``); a frame is emitted once the bag has run ``tf_wait`` seconds past it, so
 transforms published just after the image are used (interpolated), as a TF listener would.
 
+A bag is a rosbag2 directory (with ``metadata.yaml``) or a bare ``.mcap`` file with no
+``metadata.yaml`` (written by another tool, or the MCAP file of a bag without its metadata):
+rosbags reads the MCAP summary (channels, schemas, message counts) directly.
+
 Missing optional topics degrade and are reported in :attr:`BagInfo.notes`: no instance masks
 -> model-free segmentation (``unknown`` labels); no labels -> ``unknown``; no joint states ->
-no arm state (memory does not need it). Unreadable, empty or truncated bags, missing required
-topics and wrong message types raise :class:`BagError` with a clear message. The bag is only
+no arm state (memory does not need it); no ``/mnemobot/sensor_profile`` -> the sensor is not
+declared (:attr:`BagInfo.sensor` is None). Unreadable, empty or truncated bags, missing required
+topics and wrong message types raise :class:`BagError` with a clear message. Bad messages in a
+readable bag (camera_info with a zero or NaN focal length, transforms with NaN values or a
+quaternion far from unit length, depth frames with no valid pixel) are skipped, counted in
+:attr:`BagSource.stats` and logged with their time and problem; replay goes on. The bag is only
 ever opened for reading.
 """
 
@@ -53,7 +61,12 @@ _TYPES = {
     "camera_info": "sensor_msgs/msg/CameraInfo", "labels": "std_msgs/msg/String",
     "tf": "tf2_msgs/msg/TFMessage", "tf_static": "tf2_msgs/msg/TFMessage", "joint_states": "sensor_msgs/msg/JointState",
 }
-_EXTRA = {"body": "std_msgs/msg/String", "site_map": "std_msgs/msg/String", "instruction": "std_msgs/msg/String"}
+_EXTRA = {"body": "std_msgs/msg/String", "site_map": "std_msgs/msg/String", "instruction": "std_msgs/msg/String",
+          "sensor_profile": "std_msgs/msg/String"}
+_QUAT_TOL = 0.01
+"""A TF quaternion whose squared norm is within this of 1 is normalised; farther, it is rejected (as tf2 does)."""
+_WARN_EACH = 3
+"""Problems of one kind logged in full; the rest are only counted."""
 
 
 class BagError(ValueError):
@@ -108,6 +121,8 @@ class BagInfo:
     site_map: dict[str, Any] | None = None
     static_labels: list[str] = field(default_factory=list)
     instruction: str | None = None
+    sensor: dict[str, Any] | None = None
+    """The sensor rig the bag declares on ``/mnemobot/sensor_profile`` (``SensorModel.to_dict()``), or None."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -131,6 +146,7 @@ class BagSource:
         self.sync_tol, self.tf_wait, self.max_wait = sync_tol, tf_wait, max_wait
         self.info: BagInfo | None = None
         self.stats = {"frames": 0, "dropped_unpaired": 0, "dropped_no_tf": 0, "dropped_bad": 0,
+                      "dropped_bad_camera_info": 0, "dropped_empty_depth": 0, "bad_transforms": 0,
                       "unknown_ids": 0}
         self._reader: Any = None
         self._t0 = 0
@@ -160,17 +176,17 @@ class BagSource:
         if p.is_file():
             if p.suffix in (".mcap", ".db3") and (p.parent / "metadata.yaml").exists():
                 p = self.path = p.parent
-            else:
+            elif p.suffix != ".mcap":
                 raise BagError(f"{p} is a file; give the rosbag2 directory (with metadata.yaml and the "
-                               f"{'.mcap' if p.suffix == '.mcap' else '.mcap or .db3'} file)")
-        if not (p / "metadata.yaml").exists():
+                               ".mcap or .db3 file) or a bare .mcap file")
+        elif not (p / "metadata.yaml").exists():
             raise BagError(f"{p} is not a rosbag2 bag: it has no metadata.yaml")
-        try:
+        try:  # a bare .mcap file: rosbags reads its summary (channels, schemas, counts); nothing is written
             reader = AnyReader([p], default_typestore=typestore("jazzy"))
             reader.open()
         except Exception as e:  # noqa: BLE001 - rosbags raises several types for unreadable bags
             hint = ""
-            if any(f.suffix == ".mcap" for f in p.iterdir()) and "magic" in str(e).lower():
+            if self._storage() == "mcap" and "magic" in str(e).lower():
                 hint = (" - the MCAP file is truncated or damaged (a recording cut short?); "
                         "'mcap recover' can salvage the messages written before the cut")
             raise BagError(f"cannot read bag {p}: {_reason(e)}{hint}") from None
@@ -182,13 +198,19 @@ class BagSource:
             raise
         return self.info
 
+    def _storage(self) -> str:
+        p = self.path
+        if p.is_file():
+            return "mcap" if p.suffix == ".mcap" else "sqlite3"
+        return "mcap" if any(f.suffix == ".mcap" for f in p.iterdir()) else "sqlite3"
+
     def _check(self, reader: Any) -> BagInfo:
         topics: dict[str, tuple[str, int]] = {}
         for c in reader.connections:
             msgtype, n = topics.get(c.topic, (c.msgtype, 0))
             topics[c.topic] = (msgtype, n + int(c.msgcount or 0))
         total = sum(n for _t, n in topics.values())
-        storage = "mcap" if any(f.suffix == ".mcap" for f in self.path.iterdir()) else "sqlite3"
+        storage = self._storage()
         if total == 0:
             raise BagError(f"bag {self.path} is empty (no messages)")
         roles = self.map.topics()
@@ -226,8 +248,9 @@ class BagSource:
         return info
 
     def _read_latched(self, reader: Any, topics: dict[str, tuple[str, int]], info: BagInfo) -> None:
-        """The map, furniture labels and instruction of a mnemobot recording (first message each)."""
-        for role in ("site_map", "instruction"):
+        """The map, furniture labels, instruction and sensor profile of a mnemobot recording (first
+        message each)."""
+        for role in ("site_map", "instruction", "sensor_profile"):
             topic = MNEMOBOT_TOPICS[role]
             if topics.get(topic, ("", 0))[0] != _EXTRA[role]:
                 continue
@@ -237,6 +260,8 @@ class BagSource:
                     text = reader.deserialize(raw, c.msgtype).data
                     if role == "instruction":
                         info.instruction = text
+                    elif role == "sensor_profile":
+                        info.sensor = _sensor_dict(text, topic, info.notes)
                     else:
                         d = json.loads(text)
                         info.site_map = d.get("site_map")
@@ -305,11 +330,20 @@ class BagSource:
             if role == "rgb":
                 slot.frame_id = msg.header.frame_id or slot.frame_id
         elif role == "camera_info":
-            self._intr = intrinsics_from_msg(msg)
+            try:
+                self._intr = intrinsics_from_msg(msg)
+            except MessageError as e:
+                self._problem("dropped_bad_camera_info", f"camera_info at {self._rel(msg.header.stamp, log_ns):.3f} s "
+                              f"skipped: {e}" + ("; the last good one is used" if self._intr else ""))
         elif role in ("tf", "tf_static"):
             for tr in msg.transforms:
-                tf.add(tr.header.frame_id, tr.child_frame_id, self._rel(tr.header.stamp, log_ns),
-                       pose_from_transform(tr.transform), static=role == "tf_static")
+                t = self._rel(tr.header.stamp, log_ns)
+                try:
+                    tf.add(tr.header.frame_id, tr.child_frame_id, t, _checked_pose(tr.transform),
+                           static=role == "tf_static")
+                except (MessageError, TFError) as e:
+                    self._problem("bad_transforms", f"transform {tr.header.frame_id} -> {tr.child_frame_id} at "
+                                  f"{t:.3f} s skipped: {e}")
         elif role == "labels":
             if self._labels_from_topic:
                 self._labels.update(_labels_from(json.loads(msg.data), "labels topic"))
@@ -337,9 +371,21 @@ class BagSource:
                 self.stats["frames"] += 1
                 yield frame
 
+    def _problem(self, key: str, text: str) -> None:
+        """Count a skipped message or frame under ``stats[key]``; log the first few of each kind."""
+        self.stats[key] += 1
+        if self.stats[key] <= _WARN_EACH:
+            log.warning("%s", text)
+        elif self.stats[key] == _WARN_EACH + 1:
+            log.warning("further %s are only counted", key.replace("_", " "))
+
     def _frame(self, p: _Pending, tf: TFBuffer, bodies: deque) -> ReplayFrame | None:
         if self._intr is None:
-            self.stats["dropped_bad"] += 1
+            self._problem("dropped_bad_camera_info", f"frame at {p.t:.3f} s skipped: no valid camera_info yet")
+            return None
+        if not np.any(np.isfinite(p.depth) & (p.depth > 0)):
+            self._problem("dropped_empty_depth", f"frame at {p.t:.3f} s skipped: its depth image has no valid "
+                                                 "pixel (all 0, NaN or inf)")
             return None
         intr = self._intr
         if p.rgb.shape[:2] != (intr.height, intr.width) or p.depth.shape != (intr.height, intr.width):
@@ -394,6 +440,30 @@ class BagSource:
                 q = np.array([p for n, p in zip(names, pos, strict=True) if "finger" not in n and "head" not in n])
         return Proprioception(t=t, arm_q=q, arm_dq=np.zeros_like(q), gripper_width=width,
                               base_pose=np.array([base.position[0], base.position[1], base.yaw]))
+
+
+def _checked_pose(transform: Any) -> Pose:
+    """A TF transform as a :class:`Pose`; :class:`MessageError` when it has NaN/inf values or its
+    quaternion's squared norm is more than :data:`_QUAT_TOL` from 1 (tf2's rule)."""
+    r = transform.rotation
+    n2 = r.x * r.x + r.y * r.y + r.z * r.z + r.w * r.w
+    if math.isfinite(n2) and abs(n2 - 1.0) > _QUAT_TOL:
+        raise MessageError(f"quaternion ({r.x:g}, {r.y:g}, {r.z:g}, {r.w:g}) is not unit length "
+                           f"(norm {math.sqrt(n2):.4f})")
+    return pose_from_transform(transform)
+
+
+def _sensor_dict(text: str, topic: str, notes: list[str]) -> dict[str, Any] | None:
+    """The declared sensor profile, or None (with a note) when it is not a JSON object."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        notes.append(f"{topic} is not valid JSON ({e}): ignored")
+        return None
+    if not isinstance(d, dict):
+        notes.append(f"{topic} holds a JSON {type(d).__name__}, not a SensorModel mapping: ignored")
+        return None
+    return d
 
 
 def _reason(e: BaseException) -> str:

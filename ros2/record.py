@@ -41,7 +41,7 @@ from mnemobot.ros2.convert import (
 from mnemobot.ros2.topics import FRAMES, MNEMOBOT_TOPICS, TopicMap, qos
 from mnemobot.ros2.types import typestore
 
-__all__ = ["BagRecorder", "RecordError"]
+__all__ = ["BagRecorder", "BagWriter", "RecordError"]
 
 _OP_KIND = {"ADD": 0, "UPDATE": 1, "DELETE": 2, "NOOP": 3}
 
@@ -50,26 +50,21 @@ class RecordError(ValueError):
     """The recording cannot be started (the directory exists, or is not writable)."""
 
 
-class BagRecorder:
-    """Writes one episode. ``joint_names``: arm joints, then the two finger joints, then head
-    pan and tilt (the order of :class:`Proprioception`'s fields)."""
+class BagWriter:
+    """A rosbag2 bag with MCAP storage being written: one connection per topic (with its offered
+    QoS), CDR messages at given times (seconds; the log time and, for stamped messages, the
+    header stamp). Shared by :class:`BagRecorder` and the RGB-D data set importer
+    (:mod:`mnemobot.ros2.rgbd_import`). Never overwrites: ``path`` must not exist."""
 
-    def __init__(self, path: str | Path, joint_names: Sequence[str], *, topics: TopicMap | None = None,
-                 scene_graph_hz: float = 1.0, distro: str = "jazzy", compress: bool = True) -> None:
+    def __init__(self, path: str | Path, *, distro: str = "jazzy", compress: bool = True) -> None:
         self.path = Path(path)
-        self.joint_names = list(joint_names)
-        self.topics = topics or TopicMap()
-        self.scene_graph_hz = scene_graph_hz
         self.compress = compress
         self.ts = typestore(distro)
         self._writer: Any = None
         self._conns: dict[str, Any] = {}
-        self._labels: dict[int, str] | None = None
-        self._last_graph_t = -1e9
         self.messages = 0
 
-    # -- lifecycle ------------------------------------------------------------------------------------
-    def open(self) -> BagRecorder:
+    def _open_writer(self) -> None:
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
         if self.path.exists():
@@ -80,6 +75,50 @@ class BagRecorder:
         if self.compress:  # zstd MCAP chunks: what ros2 bag's "storage" compression writes; Foxglove reads it
             self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         self._writer.open()
+
+    def _add(self, topic: str, msgtype: str, profile: str) -> None:
+        self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.ts,
+                                                         offered_qos_profiles=qos(profile))
+
+    def close(self) -> None:
+        """Write the MCAP footer and ``metadata.yaml`` (idempotent)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def _write(self, topic: str, t: float, msg: Any) -> None:
+        conn = self._conns[topic]
+        self._writer.write(conn, max(0, int(round(t * 1e9))), self.ts.serialize_cdr(msg, conn.msgtype))
+        self.messages += 1
+
+    def _string(self, topic: str, t: float, payload: Any) -> None:
+        text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        self._write(topic, t, self.ts.types["std_msgs/msg/String"](data=text))
+
+    def _sensor(self, t: float, sensor: dict[str, Any]) -> None:
+        """Latch the sensor rig the data came from (``SensorModel.to_dict()``) on
+        ``/mnemobot/sensor_profile``, so replay can pick the declared noise model."""
+        if not isinstance(sensor, dict):
+            raise RecordError(f"the sensor profile must be a dict (SensorModel.to_dict()), got {type(sensor).__name__}")
+        self._string(MNEMOBOT_TOPICS["sensor_profile"], t, sensor)
+
+
+class BagRecorder(BagWriter):
+    """Writes one episode. ``joint_names``: arm joints, then the two finger joints, then head
+    pan and tilt (the order of :class:`Proprioception`'s fields)."""
+
+    def __init__(self, path: str | Path, joint_names: Sequence[str], *, topics: TopicMap | None = None,
+                 scene_graph_hz: float = 1.0, distro: str = "jazzy", compress: bool = True) -> None:
+        super().__init__(path, distro=distro, compress=compress)
+        self.joint_names = list(joint_names)
+        self.topics = topics or TopicMap()
+        self.scene_graph_hz = scene_graph_hz
+        self._labels: dict[int, str] | None = None
+        self._last_graph_t = -1e9
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def open(self) -> BagRecorder:
+        self._open_writer()
         T = self.topics
         add = self._add
         add(T.rgb, "sensor_msgs/msg/Image", "sensor")
@@ -95,7 +134,7 @@ class BagRecorder:
         if T.joint_states:
             add(T.joint_states, "sensor_msgs/msg/JointState", "sensor")
         M = MNEMOBOT_TOPICS
-        for role in ("instruction", "site_map", "memory_snapshot"):
+        for role in ("instruction", "site_map", "memory_snapshot", "sensor_profile"):
             add(M[role], "std_msgs/msg/String", "latched")
         for role in ("plan", "skill", "body"):
             add(M[role], "std_msgs/msg/String", "default")
@@ -105,37 +144,22 @@ class BagRecorder:
         add(M["base_command"], "geometry_msgs/msg/TwistStamped", "default")
         return self
 
-    def _add(self, topic: str, msgtype: str, profile: str) -> None:
-        self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.ts,
-                                                         offered_qos_profiles=qos(profile))
-
-    def close(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
-
     def __enter__(self) -> BagRecorder:
         return self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, topic: str, t: float, msg: Any) -> None:
-        conn = self._conns[topic]
-        self._writer.write(conn, max(0, int(round(t * 1e9))), self.ts.serialize_cdr(msg, conn.msgtype))
-        self.messages += 1
-
-    def _string(self, topic: str, t: float, payload: Any) -> None:
-        text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-        self._write(topic, t, self.ts.types["std_msgs/msg/String"](data=text))
-
     # -- what the episode reports ------------------------------------------------------------------------
     def latched(self, *, site_map: dict[str, Any] | None, static_labels: Sequence[str], instruction: str,
-                t: float = 0.0) -> None:
-        """Once at the start: the map (places, rooms), furniture labels, the instruction, the camera mount."""
+                t: float = 0.0, sensor: dict[str, Any] | None = None) -> None:
+        """Once at the start: the map (places, rooms), furniture labels, the instruction, the camera mount
+        and, when given, the sensor rig (``SensorModel.to_dict()``) on ``/mnemobot/sensor_profile``."""
         M = MNEMOBOT_TOPICS
         self._string(M["site_map"], t, {"site_map": site_map, "static_labels": sorted(static_labels)})
         self._string(M["instruction"], t, instruction)
+        if sensor is not None:
+            self._sensor(t, sensor)
         if self.topics.tf_static:
             static = transform_msg(OPTICAL_IN_LINK, FRAMES["camera_link"], FRAMES["camera_optical"], t, self.ts)
             self._write(self.topics.tf_static, t, self.ts.types["tf2_msgs/msg/TFMessage"](transforms=[static]))

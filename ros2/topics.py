@@ -115,6 +115,7 @@ MNEMOBOT_TOPICS = {
     "site_map": "/mnemobot/site_map",
     "memory_ops": "/mnemobot/memory_ops",
     "memory_snapshot": "/mnemobot/memory_snapshot",
+    "sensor_profile": "/mnemobot/sensor_profile",
     "scene_graph": "/mnemobot/scene_graph",
     "joint_command": "/mnemobot/command/joints",
     "base_command": "/mnemobot/command/base",

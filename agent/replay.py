@@ -13,16 +13,20 @@ memory operations recorded in the bag are not read, so the score measures memory
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mnemobot.agent.errors import UserError
 from mnemobot.agent.questions import Question, QuestionError, Report, answer, load_questions, write_answers
 
-__all__ = ["ReplayConfig", "ReplayResult", "replay"]
+__all__ = ["ReplayConfig", "ReplayResult", "prefetch", "replay"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,7 +81,9 @@ class ReplayResult:
     def render(self) -> str:
         lines = [f"bag        : {self.bag} ({self.storage}, {self.duration_s:.1f} s)",
                  f"frames     : {self.frames} in {self.wall_s:.1f} s ({self.fps:.1f} frames/s)",
-                 f"memory     : {self.memory.get('objects', 0)} objects, {self.memory.get('ops', 0)} operations"]
+                 f"memory     : {self.memory.get('objects', 0)} objects, {self.memory.get('ops', 0)} operations",
+                 "changes    : " + (", ".join(f"{v} {k}" for k, v in sorted(self.memory.get("changes", {}).items()))
+                                    or "none")]
         lines += [f"note       : {n}" for n in self.notes]
         dropped = {k: v for k, v in self.stats.items() if k != "frames" and v}
         if dropped:
@@ -88,6 +94,47 @@ class ReplayResult:
         if self.answers:
             lines += ["", self.report.render()]
         return "\n".join(lines)
+
+
+def prefetch(items: Iterator[T], depth: int = 4, timeout_s: float = 300.0) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` ahead: reading and decoding the
+    next frames (decompression, deserialisation) runs while this one is perceived (both release
+    the GIL in their native parts). An exception in the producer is raised here, in order; a
+    producer silent for ``timeout_s`` raises :class:`TimeoutError` instead of hanging."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", e))
+
+    thread = threading.Thread(target=produce, name="replay-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = q.get(timeout=timeout_s)
+            except queue.Empty:
+                raise TimeoutError(f"no frame from the bag reader for {timeout_s:.0f} s") from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
 
 
 def sensor_for(cfg: ReplayConfig, info: Any) -> tuple[Any, str]:
@@ -184,7 +231,7 @@ def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> 
 
             wall0 = time.perf_counter()
             try:
-                for frame in src.frames():
+                for frame in prefetch(src.frames()):
                     ask_until(frame.t)
                     t0 = time.perf_counter()
                     if frame.body is not None:

@@ -1010,6 +1010,9 @@ class SceneGraph:
                 moved = {name: (np.asarray(o[name], dtype=float) + shift).tolist()
                          for name in ("position", "centroid", "aabb_min", "aabb_max")}
                 self.emit(OpKind.UPDATE, "node", obj, "carried", t, {**moved, "last_changed": t})
+                scratch = self._scratch.get(obj)
+                if scratch is not None and scratch.surface is not None:
+                    scratch.surface = scratch.surface + shift
                 continue
             where, relation = self.place_at(o["position"])
             if where == place:

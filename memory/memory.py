@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +80,8 @@ class Memory:
         self.offset = 0.0
         self.episode = 0
         self.trace: list[dict[str, Any]] = []
+        self.changes: Counter[str] = Counter()
+        """State changes recorded so far, by kind (``appeared``, ``moved``, ``missing``, ``grasped``...)."""
         self.op_sinks: list[Callable[[list[Any]], None]] = []
         """Called with each batch of operations as it is flushed (a recorder, a viewer)."""
         self._held: str | None = None
@@ -232,6 +235,7 @@ class Memory:
     def _remember(self, key: str, label: str, change: str, t: float, data: dict[str, Any]) -> None:
         if change == "refined":
             return
+        self.changes[change] += 1
         rec = StateChange(key=key, label=label, change=change, time=t, data=data)
         self.short_term.record(rec)
         if self.config.record_trace:
@@ -286,7 +290,7 @@ class Memory:
             s = self.graph.node(k).get("state", PRESENT)
             states[s] = states.get(s, 0) + 1
         st = self.short_term.stats
-        return {"objects": len(objects), "states": states, "ops": self.graph.seq,
+        return {"objects": len(objects), "states": states, "ops": self.graph.seq, "changes": dict(self.changes),
                 "short_term": {"size": len(self.short_term), "hits": st.hits, "misses": st.misses}}
 
 

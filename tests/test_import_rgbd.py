@@ -218,7 +218,7 @@ def test_cli_replay_of_an_imported_bag(real, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mnemobot.agent.cli", "replay", str(out)], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "frames     : 5 in" in r.stdout and "sensor: kinect (declared by the bag)" in r.stdout
+    assert "frames     : 5 in" in r.stdout and "sensor profile kinect (declared by the bag)" in r.stdout
 
 
 def test_bare_mcap_from_another_writer_replays(real, tmp_path):

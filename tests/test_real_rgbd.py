@@ -88,3 +88,35 @@ def test_world_is_rotated_to_z_up(frames) -> None:
     # the cameras look roughly level: their optical y axis points down in the rotated world
     for _rgb, _depth, pose in frames:
         assert pose.rotation[2, 1] < -0.8
+
+
+def test_replay_of_the_imported_recording_has_no_false_changes(tmp_path) -> None:
+    """The shared frames as a TUM RGB-D folder (played forward and back, so the camera comes back
+    to every view), imported to a bag and replayed with the command's own code path."""
+    from mnemobot.agent.replay import ReplayConfig, replay
+    from mnemobot.ros2.rgbd_import import import_rgbd
+
+    seq = tmp_path / "rgbd_dataset_room5"
+    (seq / "rgb").mkdir(parents=True)
+    (seq / "depth").mkdir()
+    poses = (ROOM / "pose.txt").read_text().split("\n")
+    rgb_lines, depth_lines, gt_lines = [], [], []
+    order = [1, 2, 3, 4, 5, 4, 3, 2] * 3 + [1]
+    for n, i in enumerate(order):
+        t = 100.0 + 0.2 * n
+        rgb_lines.append(f"{t:.6f} rgb/{n}.png")
+        depth_lines.append(f"{t + 0.005:.6f} depth/{n}.png")
+        gt_lines.append(f"{t:.6f} {poses[i - 1].strip()}")
+        PIL.open(ROOM / "color" / f"{i}.png").save(seq / "rgb" / f"{n}.png")
+        mm = np.asarray(PIL.open(ROOM / "depth" / f"{i}.pgm")).astype(np.uint32) * 5  # TUM: 5000 per metre
+        PIL.fromarray(mm.astype(np.uint16)).save(seq / "depth" / f"{n}.png")
+    (seq / "rgb.txt").write_text("\n".join(rgb_lines) + "\n")
+    (seq / "depth.txt").write_text("\n".join(depth_lines) + "\n")
+    (seq / "groundtruth.txt").write_text("\n".join(gt_lines) + "\n")
+    import_rgbd(seq, tmp_path / "bag", "tum", intrinsics=(K.fx, K.fy, K.cx, K.cy))
+    res = replay(ReplayConfig(bag=tmp_path / "bag"))
+    assert res.frames == len(order)
+    assert any("sensor profile kinect" in n for n in res.notes)
+    changes = res.memory["changes"]
+    assert res.memory["objects"] >= 3 and changes.get("appeared", 0) >= 3
+    assert changes.get("moved", 0) == 0 and changes.get("missing", 0) == 0, changes

@@ -451,9 +451,17 @@ class SensorSimulator:
         ``(x, y, yaw)``, a new colour/depth misregistration offset (pixels)."""
         self._rng = {name: np.random.default_rng([int(seed), k]) for name, k in _STREAMS.items()}
         self.odometry.reset(true_pose)
+        self.offset = self._misregistration(self._rng["registration"])
+
+    def _misregistration(self, rng: np.random.Generator) -> tuple[int, int]:
+        """Colour/mask offset ``(rows, columns)`` against depth for an episode: ``misregistration_px``
+        in a random direction, each component rounded up or down at random so that its mean is
+        the fractional offset (0.5 px shifts by one pixel half of the time)."""
         m = self.model.depth.misregistration_px
-        theta = float(self._rng["registration"].uniform(0, 2 * math.pi))
-        self.offset = (int(round(m * math.sin(theta))), int(round(m * math.cos(theta))))
+        theta = float(rng.uniform(0, 2 * math.pi))
+        dy, dx = m * math.sin(theta), m * math.cos(theta)
+        u = rng.random(2)
+        return int(math.floor(dy + u[0])), int(math.floor(dx + u[1]))
 
     def base_pose(self, true_pose: np.ndarray, odometer: np.ndarray) -> np.ndarray:
         """The believed base pose ``(x, y, yaw)`` for the true one and the odometer reading
@@ -471,6 +479,8 @@ class SensorSimulator:
         """The frame the robot perceives for the simulator's exact frame ``truth`` (whose
         ``proprio.base_pose`` is the true base pose); ``camera_in_base``: the optical frame in
         the base frame (head angles applied); ``odometer``: ``(m driven, rad turned)``."""
+        if self.model.is_ideal:
+            return truth
         if truth.proprio is None:
             raise ValueError("perceive needs the true frame's proprioception (its base pose)")
         believed = self.base_pose(truth.proprio.base_pose, odometer)

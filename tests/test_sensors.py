@@ -366,3 +366,21 @@ def test_colour_and_masks_are_shifted_against_depth(house_frame) -> None:  # noq
         assert np.array_equal(obs.rgb[inner], truth.rgb[src]) and np.array_equal(obs.depth, truth.depth)
         assert np.array_equal(obs.instances[inner], truth.instances[src])
     assert len(offsets) > 1
+
+
+def test_gold_sightings_read_the_exact_render_under_noise() -> None:
+    from mnemobot.sim.sightings import SightingLog
+
+    env = HouseholdEnv(EnvConfig(task="fetch", sensor_profile="heavy"))
+    try:
+        env.reset(seed=0)
+        perceived, truth = env.observation(), env.robot.true_observation()
+        assert not np.array_equal(perceived.instances, truth.instances)
+        log = SightingLog(env.backend, min_pixels=1)
+        log(perceived)
+        counts = np.bincount(truth.instances.ravel())
+        movable = set(env.backend.object_labels())
+        expected = {lb: int(counts[i]) for i, lb in truth.labels.items() if lb in movable}
+        assert log.frames[-1].pixels == expected
+    finally:
+        env.close()

@@ -22,6 +22,7 @@ from mnemobot.control.skills import SkillContext
 from mnemobot.memory.memory import Memory, MemoryConfig
 from mnemobot.memory.types import ObjectLocator
 from mnemobot.memory.visible import VisibleObjects
+from mnemobot.perception.sensor import SensorError, SensorModel, sensor_model
 from mnemobot.perception.types import Observation
 
 __all__ = ["EpisodeSummary", "RunConfig", "describe_world", "make_memory", "resolve_sensor", "run_episode"]
@@ -59,7 +60,7 @@ class RunConfig:
     model: str | None = None
     base_url: str | None = None
     planner_options: dict[str, object] = field(default_factory=dict)
-    sensor_profile: str = "ideal"
+    sensor_profile: str | SensorModel = "ideal"
     """What the robot perceives: ``ideal`` (exact render), ``kinect``, ``realsense``, ``heavy`` or a
     FILE.yaml (:mod:`mnemobot.perception.sensor`); memory derives its thresholds from it."""
 
@@ -141,11 +142,9 @@ def _make_env(cfg: RunConfig):  # noqa: ANN202 - HouseholdEnv, imported lazily (
                                   sensor_profile=resolve_sensor(cfg.sensor_profile)))
 
 
-def resolve_sensor(profile: str):  # noqa: ANN201 - SensorModel
+def resolve_sensor(profile: str | SensorModel) -> SensorModel:
     """The sensor model of a profile name or FILE.yaml; an unknown name or a bad file raises
     :class:`UserError` naming the problem."""
-    from mnemobot.perception.sensor import SensorError, sensor_model
-
     try:
         return sensor_model(profile)
     except SensorError as e:

@@ -231,6 +231,8 @@ class SimRobot:
             self._move_head(dt)
             self.backend.step()
             self._update_grasp()
+        if self.sensor is not None:  # odometry integrates every control tick, whoever looks
+            self.sensor.base_pose(self.base_pose, self._odometer)
         return self.read()
 
     def hold(self) -> RobotState:

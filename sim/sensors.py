@@ -52,7 +52,9 @@ __all__ = [
     "DetectorSimulator",
     "OdometrySimulator",
     "SensorSimulator",
+    "blob_mask",
     "jitter_pose",
+    "morph_masks",
 ]
 
 FALSE_POSITIVE_ID_BASE = 60000

@@ -112,7 +112,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "a grasp fail (default: none)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="record the episode as a rosbag2 bag (MCAP) in DIR, which must not exist")
+    add_sensor_profile_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
+
+
+def add_sensor_profile_option(p: argparse.ArgumentParser) -> None:
+    """``--sensor-profile NAME|FILE.yaml`` (``run``, ``suite``)."""
+    p.add_argument("--sensor-profile", default="ideal", metavar="NAME|FILE.yaml",
+                   help="what the robot perceives: 'ideal' (exact render, default), 'kinect', 'realsense', "
+                        "'heavy' (depth, detector and pose noise from published sensor models) or a YAML file")
 
 
 def _add_memory(sub: argparse._SubParsersAction) -> None:
@@ -248,6 +256,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mode=args.mode,
         inject=args.inject,
         planner_options=dict(args.planner_option),
+        sensor_profile=args.sensor_profile,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     summary = run_episode(cfg, progress=progress)

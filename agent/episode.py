@@ -22,9 +22,10 @@ from mnemobot.control.skills import SkillContext
 from mnemobot.memory.memory import Memory, MemoryConfig
 from mnemobot.memory.types import ObjectLocator
 from mnemobot.memory.visible import VisibleObjects
+from mnemobot.perception.sensor import SensorError, SensorModel, sensor_model
 from mnemobot.perception.types import Observation
 
-__all__ = ["EpisodeSummary", "RunConfig", "describe_world", "make_memory", "run_episode"]
+__all__ = ["EpisodeSummary", "RunConfig", "describe_world", "make_memory", "resolve_sensor", "run_episode"]
 
 
 @dataclass
@@ -59,6 +60,9 @@ class RunConfig:
     model: str | None = None
     base_url: str | None = None
     planner_options: dict[str, object] = field(default_factory=dict)
+    sensor_profile: str | SensorModel = "ideal"
+    """What the robot perceives: ``ideal`` (exact render), ``kinect``, ``realsense``, ``heavy`` or a
+    FILE.yaml (:mod:`mnemobot.perception.sensor`); memory derives its thresholds from it."""
 
 
 @dataclass
@@ -89,6 +93,7 @@ class EpisodeSummary:
     memory_questions: int = 0
     search_ticks: int = 0
     memory_stats: dict[str, object] = field(default_factory=dict)
+    sensor: str = "ideal"
     trace: list[dict[str, object]] = field(default_factory=list, repr=False)
     """Short-term memory puts and planner questions, when ``RunConfig.record_trace`` is set."""
 
@@ -115,6 +120,7 @@ class EpisodeSummary:
             f"memory      : {self.memory}" + (
                 f" ({self.memory_stats.get('objects', 0)} objects, {self.memory_questions} questions, "
                 f"{self.search_ticks} ticks searching)" if self.memory != "off" else ""),
+            f"sensor      : {self.sensor}",
             f"time        : {self.sim_s:.1f} s simulated, {self.wall_s:.1f} s wall",
         ]
         if self.anomalies:
@@ -132,7 +138,17 @@ def _make_env(cfg: RunConfig):  # noqa: ANN202 - HouseholdEnv, imported lazily (
 
     if cfg.task_id not in TASK_FAMILIES:
         raise UserError(f"unknown task id {cfg.task_id!r}; available: {', '.join(sorted(TASK_FAMILIES))}")
-    return HouseholdEnv(EnvConfig(task=cfg.task_id, width=cfg.width, height=cfg.height, gui=cfg.gui))
+    return HouseholdEnv(EnvConfig(task=cfg.task_id, width=cfg.width, height=cfg.height, gui=cfg.gui,
+                                  sensor_profile=resolve_sensor(cfg.sensor_profile)))
+
+
+def resolve_sensor(profile: str | SensorModel) -> SensorModel:
+    """The sensor model of a profile name or FILE.yaml; an unknown name or a bad file raises
+    :class:`UserError` naming the problem."""
+    try:
+        return sensor_model(profile)
+    except SensorError as e:
+        raise UserError(str(e)) from None
 
 
 def _static_labels(env) -> frozenset[str]:  # noqa: ANN001
@@ -153,6 +169,7 @@ def make_memory(cfg: RunConfig, env) -> Memory:  # noqa: ANN001
                 graph=SceneGraphConfig(static_labels=_static_labels(env)),
                 short_term=ShortTermConfig(capacity=cfg.short_term_capacity, policy=cfg.memory_policy),
                 record_trace=cfg.record_trace,
+                sensor=env.sensor_model,
             ),
             site=env.site_map,
         )
@@ -221,7 +238,7 @@ def _wire_recorder(rec, executor: SkillExecutor, memory: Memory | None, robot) -
     ctx = executor.ctx
 
     def on_tick(cmd, state) -> None:  # noqa: ANN001
-        rec.state(state, robot.camera_pose())
+        rec.state(*robot.perceived_state(state))  # the robot's belief, as on a real robot's /tf
         rec.command(float(state.t), cmd)
 
     executor.on_tick.append(on_tick)
@@ -397,6 +414,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             memory_questions=orchestrator.memory_questions,
             search_ticks=sum(r.ticks for r in outcome.results if r.skill == "find"),
             memory_stats=memory.stats() if memory is not None else {},
+            sensor=env.sensor_model.name,
             trace=memory.trace if memory is not None else [],
             record=cfg.record,
             recorded_messages=recorder.messages if recorder is not None else 0,

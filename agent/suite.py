@@ -98,7 +98,8 @@ class SuiteConfig:
 
     ``per_type``: at most this many questions of each type at each question time; ``agent``:
     ``expert`` (scripted, ground-truth locator) or ``planner`` (perception and memory); ``width``
-    and ``height``: camera image size (pixels).
+    and ``height``: camera image size (pixels); ``sensor_profile``: what the camera records
+    (:mod:`mnemobot.sim.sensors`; gold answers always come from the exact render).
     """
 
     out_dir: str | Path
@@ -108,6 +109,7 @@ class SuiteConfig:
     width: int = 320
     height: int = 240
     agent: str = "expert"
+    sensor_profile: str = "ideal"
 
     def check(self) -> None:
         """Raise :class:`UserError` naming the first bad setting."""
@@ -135,6 +137,9 @@ class SuiteConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 16:
                 raise UserError(f"{name} must be a whole number of pixels >= 16, got {v!r}")
+        from mnemobot.agent.episode import resolve_sensor
+
+        resolve_sensor(self.sensor_profile)
 
 
 def episode_name(horizon: int, seed: int) -> str:
@@ -534,12 +539,13 @@ def _episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path, say: Calla
 
 def _write_episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path,
                    say: Callable[[str], None]) -> dict[str, Any]:
-    from mnemobot.agent.episode import RunConfig, run_episode
+    from mnemobot.agent.episode import RunConfig, resolve_sensor, run_episode
     from mnemobot.sim.env import EnvConfig, HouseholdEnv
     from mnemobot.sim.sightings import SightingLog
 
     wall0 = time.perf_counter()
-    env = HouseholdEnv(EnvConfig(task=TASK_FAMILY, width=cfg.width, height=cfg.height))
+    env = HouseholdEnv(EnvConfig(task=TASK_FAMILY, width=cfg.width, height=cfg.height,
+                                 sensor_profile=resolve_sensor(cfg.sensor_profile)))
     try:
         env.reset(seed=seed)
         rng = np.random.default_rng([seed, horizon, zlib.crc32(b"mnemobot-suite")])
@@ -550,7 +556,8 @@ def _write_episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path,
         folder.mkdir(parents=True)
         summary = run_episode(
             RunConfig(task_id=TASK_FAMILY, task_text=instruction, seed=seed, agent=cfg.agent,
-                      record=str(folder / "bag"), width=cfg.width, height=cfg.height),
+                      record=str(folder / "bag"), width=cfg.width, height=cfg.height,
+                      sensor_profile=cfg.sensor_profile),
             progress=None, env=env, frame_hook=log,
         )
         failed = [s for s in summary.skills if not s["success"]]
@@ -570,6 +577,7 @@ def _write_episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path,
         "horizon": horizon,
         "seed": seed,
         "agent": cfg.agent,
+        "sensor_profile": env.sensor_model.name,
         "task_family": TASK_FAMILY,
         "instruction": instruction,
         "steps": [dict(s.to_dict(), end_s=None if e is None else round(e, 3)) for s, e in zip(steps, ends, strict=True)],
@@ -669,6 +677,9 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="who acts: 'expert' (scripted, default) or 'planner' (perception and memory)")
     p.add_argument("--width", type=int, default=320, help="camera width in pixels (default: 320)")
     p.add_argument("--height", type=int, default=240, help="camera height in pixels (default: 240)")
+    from mnemobot.agent.cli import add_sensor_profile_option
+
+    add_sensor_profile_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only one line per episode")
     return p
 
@@ -683,6 +694,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         width=getattr(args, "width", 320),
         height=getattr(args, "height", 240),
         agent=args.agent,
+        sensor_profile=getattr(args, "sensor_profile", "ideal"),
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     rows = generate_suite(cfg, progress)

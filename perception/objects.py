@@ -21,7 +21,7 @@ objects standing on horizontal surfaces and reports them as ``"unknown"``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -387,11 +387,14 @@ def _masked_objects(
     sample_starts = np.flatnonzero(np.r_[True, np.diff(run[sample]) != 0])
     members = group[starts]
     iids = [int(i) for i in ids[members].tolist()]
-    return describe_objects(
+    objects = describe_objects(
         pts, sample_starts, colours, hists, [obs.labels.get(i, "unknown") for i in iids], iids,
         counts[members].tolist(), n_valid.tolist(), obs.timestamp, config,
         truncated=touches_border(pix, starts, obs.depth.shape),
     )
+    if obs.scores:  # a detector's confidence scales the pixel support's
+        objects = [replace(o, confidence=o.confidence * obs.scores.get(int(o.instance_id), 1.0)) for o in objects]
+    return objects
 
 
 def objects_from_observation(

@@ -306,5 +306,12 @@ def load_sensor_model(path: str | Path) -> SensorModel:
     except OSError as e:
         raise SensorError(f"cannot read sensor profile {p}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise SensorError(f"sensor profile {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise SensorError(f"sensor profile {p} is not valid YAML: {_yaml_problem(e)}") from None
     return SensorModel.from_dict(raw, f"sensor profile {p}")
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line for a YAML error: the problem and where (line, column; 1-based)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)

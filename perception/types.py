@@ -239,6 +239,8 @@ class Observation:
     * ``instances``: optional ``(H, W)`` int32 instance ids, 0 = background/unlabelled;
       ``labels`` maps instance id -> label for the ids present (sim or a detector).
     * ``proprio``: the robot state at ``timestamp``.
+    * ``scores``: detector confidence in [0, 1] per instance id; an id not listed scores 1.0
+      (perfect masks list none).
     """
 
     timestamp: float
@@ -249,6 +251,7 @@ class Observation:
     instances: np.ndarray | None = None
     labels: dict[int, str] = field(default_factory=dict)
     proprio: Proprioception | None = None
+    scores: dict[int, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`ObservationError` naming the problem if the frame is malformed.

@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium import spaces
 
 from mnemobot.control.types import JointLimitError, RobotCommand, SafetyError, VelocityLimitError
+from mnemobot.perception.sensor import SensorModel, sensor_model
 from mnemobot.perception.types import Observation
 from mnemobot.sim.backend import BackendConfig, make_backend
 from mnemobot.sim.layout import DEFAULT_LAYOUT, HouseLayout
@@ -40,7 +41,9 @@ class EnvConfig:
 
     ``task``: task family id (see :data:`~mnemobot.sim.tasks.TASK_FAMILIES`); ``width``/``height``:
     camera image size (pixels); ``camera_hz``: camera refresh rate (frames per simulated second);
-    ``max_episode_s``: simulated seconds before truncation.
+    ``max_episode_s``: simulated seconds before truncation; ``sensor_profile``: what the robot
+    perceives, a profile name (``ideal``: the exact render, ``kinect``, ``realsense``, ``heavy``),
+    a YAML file or a :class:`~mnemobot.perception.sensor.SensorModel` (see :mod:`mnemobot.sim.sensors`).
     """
 
     task: str = "place"
@@ -51,6 +54,7 @@ class EnvConfig:
     max_episode_s: float = 600.0
     physics_hz: float = 240.0
     layout: HouseLayout = DEFAULT_LAYOUT
+    sensor_profile: str | SensorModel = "ideal"
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(gui=self.gui, physics_hz=self.physics_hz, width=self.width, height=self.height)
@@ -74,13 +78,14 @@ class HouseholdEnv(gym.Env):
     the last frame is returned again with its own ``camera_time`` and ``camera_pose``.
 
     * ``rgb`` (H, W, 3) uint8; ``depth`` (H, W) float32, metres along the optical axis, 0 = no
-      return; ``instances`` (H, W) int32, 0 = background (objects 1..N, furniture 100+; id ->
-      label in ``info["labels"]``);
+      return; ``instances`` (H, W) int32, 0 = background (objects 1..N, furniture 100+, false
+      detections 60000+; id -> label in ``info["labels"]``; all 0 with detector mode ``none``);
     * ``camera_pose`` (7,) float32: optical frame (z forward, x right, y down) in the world,
       ``x, y, z`` (m) + quaternion ``qx, qy, qz, qw``; ``intrinsics`` (4,): ``fx, fy, cx, cy`` (px);
       ``camera_time`` (1,): simulated time of the frame (s);
     * ``arm_q`` (7,) rad; ``gripper_width`` (1,) m; ``base_pose`` (3,): ``x, y`` (m), ``yaw``
-      (rad, in [-pi, pi]) in the world; ``head`` (2,) ``pan, tilt`` rad; ``time`` (1,) s.
+      (rad, in [-pi, pi]) in the world, as the robot believes it (odometry under a noisy sensor
+      profile); ``head`` (2,) ``pan, tilt`` rad; ``time`` (1,) s.
 
     **Reward** 1.0 and ``terminated`` when the task's success predicate holds (ground truth);
     ``truncated`` once simulated time reaches ``max_episode_s``. ``info``: ``labels``,
@@ -97,8 +102,9 @@ class HouseholdEnv(gym.Env):
             raise ValueError(f"unsupported render_mode {render_mode!r}")
         self.config = config
         self.render_mode = render_mode
+        self.sensor_model = sensor_model(config.sensor_profile)
         self.backend = make_backend(config.layout, config.backend_config())
-        self.robot = SimRobot(self.backend)
+        self.robot = SimRobot(self.backend, sensor=self.sensor_model)
         self.site_map = config.layout.site_map()
         self.task: Task | None = None
         self._frame: Observation | None = None
@@ -151,7 +157,7 @@ class HouseholdEnv(gym.Env):
         self.backend.clear_step_hooks()
         self.robot.release()
         self.backend.restore_initial()
-        self.robot.reset()
+        self.robot.reset(sensor_seed=episode_seed)
         placements = self.backend.spawn_objects(np.random.default_rng(episode_seed))
         self.task = make_task(self.config.task, episode_seed, self.config.layout, placements)
         self.task.attach(self.backend)
@@ -205,13 +211,14 @@ class HouseholdEnv(gym.Env):
         return {
             "rgb": frame.rgb.copy(),
             "depth": frame.depth.astype(f32, copy=True),
-            "instances": np.asarray(frame.instances, dtype=np.int32).copy(),
+            "instances": (np.zeros(frame.depth.shape, np.int32) if frame.instances is None
+                          else np.asarray(frame.instances, dtype=np.int32).copy()),
             "camera_pose": np.concatenate([pose.position, pose.quaternion]).astype(f32),
             "intrinsics": np.array([k.fx, k.fy, k.cx, k.cy], dtype=f32),
             "camera_time": np.array([frame.timestamp], dtype=f32),
             "arm_q": state.arm_q.astype(f32),
             "gripper_width": np.array([state.gripper_width], dtype=f32),
-            "base_pose": state.base_pose.astype(f32),
+            "base_pose": self.robot.believed_base_pose().astype(f32),
             "head": state.head.astype(f32),
             "time": np.array([state.t], dtype=f32),
         }

@@ -19,12 +19,17 @@
 * Head: a camera on a mast, its optical centre at ``spec.head_mount`` (base frame). Its
   optical frame: pan about the base z axis, then tilt about the head's sideways axis (tilt > 0
   looks down). Pan and tilt move kinematically at ``spec.head_velocity``.
+* Sensing: :meth:`SimRobot.observe` returns what the robot perceives. With a sensor model
+  (``sensor``, see :mod:`mnemobot.sim.sensors`) that is the exact render with depth, detector and
+  pose errors, and the base pose in it is dead-reckoned from noisy odometry; without one (or with
+  the ``ideal`` profile) it is the exact render. Motion control (:meth:`read`) always uses the true
+  body; ground truth for scoring reads :meth:`true_observation`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +38,11 @@ from mnemobot.control.kinematics import ArmKinematics, from_spec
 from mnemobot.control.motion import head_angles_towards
 from mnemobot.control.robots import MOBILE_BASE_HEIGHT, mobile_panda_spec
 from mnemobot.control.types import RobotCommand, RobotSpec, RobotState
+from mnemobot.perception.sensor import SensorModel
 from mnemobot.perception.types import Observation, Pose, Proprioception, quat_from_matrix
 from mnemobot.sim.backend import PyBulletBackend, fast_panda_urdf, pybullet_data_path, quiet_native_output
 from mnemobot.sim.layout import Rect
+from mnemobot.sim.sensors import SensorSimulator
 
 __all__ = ["Grasp", "SimRobot", "SimRobotConfig", "head_rotation"]
 
@@ -83,7 +90,7 @@ class SimRobot:
     """A simulated mobile Panda with an RGB-D head camera; see the module docstring."""
 
     def __init__(self, backend: PyBulletBackend, spec: RobotSpec | None = None,
-                 config: SimRobotConfig | None = None) -> None:
+                 config: SimRobotConfig | None = None, sensor: SensorModel | None = None) -> None:
         self.backend = backend
         self.spec = spec or mobile_panda_spec()
         self.config = config or SimRobotConfig()
@@ -102,6 +109,11 @@ class SimRobot:
         self._released_body = -1
         self._kinematics: ArmKinematics | None = None
         self._frame: Observation | None = None
+        self._truth: Observation | None = None
+        self._odometer = np.zeros(2)  # metres driven, radians turned since the reset
+        self.sensor: SensorSimulator | None = None
+        if sensor is not None and not sensor.is_ideal:
+            self.sensor = SensorSimulator(sensor, known_labels=backend.object_labels())
         with quiet_native_output():
             self._build()
         backend.attach_robot(self)
@@ -156,9 +168,10 @@ class SimRobot:
         self.ee_link = links[self.spec.ee_link]
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def reset(self, base_pose: tuple[float, float, float] | None = None) -> RobotState:
+    def reset(self, base_pose: tuple[float, float, float] | None = None, sensor_seed: int = 0) -> RobotState:
         """Back to the start state: base at ``base_pose`` (default: the layout's start pose),
-        arm at ``spec.arm_home``, gripper open, head at ``config.start_head``, nothing held."""
+        arm at ``spec.arm_home``, gripper open, head at ``config.start_head``, nothing held;
+        the sensor's random streams restart from ``sensor_seed`` and its odometry at the truth."""
         self.release()
         pb = self._pb
         self.base_pose = np.array(base_pose if base_pose is not None else self.backend.layout.start_pose, float)
@@ -172,7 +185,10 @@ class SimRobot:
             pb.resetJointState(self._arm_uid, f, self.config.start_gripper / 2, 0.0)
         self._set_arm_targets(self.spec.arm_home)
         self._set_gripper_target(self.config.start_gripper)
-        self._frame = None
+        self._frame = self._truth = None
+        self._odometer = np.zeros(2)
+        if self.sensor is not None:
+            self.sensor.reset(sensor_seed, self.base_pose)
         return self.read()
 
     def release(self) -> None:
@@ -215,6 +231,8 @@ class SimRobot:
             self._move_head(dt)
             self.backend.step()
             self._update_grasp()
+        if self.sensor is not None:  # odometry integrates every control tick, whoever looks
+            self.sensor.base_pose(self.base_pose, self._odometer)
         return self.read()
 
     def hold(self) -> RobotState:
@@ -224,16 +242,44 @@ class SimRobot:
         return self.step(cmd)
 
     def observe(self) -> Observation:
-        """Render the head camera (cached per simulated timestamp) with proprioception."""
+        """The head camera's frame as the robot perceives it, with proprioception (cached per
+        simulated timestamp): the exact render, through the sensor model when there is one."""
         if self._frame is not None and self._frame.timestamp == self.backend.time:
             return self._frame
         pose = self.camera_pose()
         rgb, depth, instances, labels = self.backend.render(pose)
-        self._frame = Observation(
+        self._truth = Observation(
             timestamp=self.backend.time, rgb=rgb, depth=depth, intrinsics=self.backend.intrinsics,
             camera_pose=pose, instances=instances, labels=labels, proprio=self.read(),
         )
+        self._frame = self._truth
+        if self.sensor is not None:
+            self._frame = self.sensor.perceive(self._truth, self.camera_in_base(), self._odometer)
         return self._frame
+
+    def true_observation(self) -> Observation:
+        """The exact render of the current frame with the true poses (ground truth: scoring and
+        gold answers only, never perception or memory)."""
+        self.observe()
+        if self._truth is None:
+            raise RuntimeError("no frame rendered")
+        return self._truth
+
+    def believed_base_pose(self) -> np.ndarray:
+        """The base pose ``(x, y, yaw)`` the robot believes (odometry with the sensor model's
+        errors; the true pose without a sensor model)."""
+        if self.sensor is None:
+            return self.base_pose.copy()
+        return self.sensor.base_pose(self.base_pose, self._odometer)
+
+    def perceived_state(self, state: RobotState) -> tuple[RobotState, Pose]:
+        """``state`` with the believed base pose, and the camera pose built from it (no per-frame
+        jitter): what a recording of the robot's own belief holds."""
+        if self.sensor is None:
+            return state, self.camera_pose()
+        believed = self.believed_base_pose()
+        camera = self.sensor.camera_pose(believed, self.camera_in_base(state.head), jitter=False)
+        return replace(state, base_pose=believed), camera
 
     @property
     def arm_uid(self) -> int:
@@ -250,11 +296,14 @@ class SimRobot:
         x, y, yaw = (float(v) for v in self.base_pose)
         return Pose.from_xyz_yaw(x, y, 0.0, yaw)
 
-    def camera_pose(self, head: np.ndarray | None = None) -> Pose:
-        """Optical-frame pose of the head camera in the world (for ``head`` angles, default current)."""
+    def camera_in_base(self, head: np.ndarray | None = None) -> Pose:
+        """Optical-frame pose of the head camera in the base frame (``head`` angles, default current)."""
         pan, tilt = (float(v) for v in (self.head if head is None else head))
-        mount = self.spec.head_mount.position
-        return self.base_pose3d() @ Pose(mount, quat_from_matrix(head_rotation(pan, tilt)))
+        return Pose(self.spec.head_mount.position, quat_from_matrix(head_rotation(pan, tilt)))
+
+    def camera_pose(self, head: np.ndarray | None = None) -> Pose:
+        """True optical-frame pose of the head camera in the world (``head`` angles, default current)."""
+        return self.base_pose3d() @ self.camera_in_base(head)
 
     def head_angles_towards(self, point: np.ndarray) -> np.ndarray:
         """Head ``(pan, tilt)`` (rad, within limits) that centre world ``point`` in the image."""
@@ -331,6 +380,7 @@ class SimRobot:
         yaw = float(self.base_pose[2])
         c, s = math.cos(yaw), math.sin(yaw)
         self.base_twist = np.array([c * delta[0] + s * delta[1], -s * delta[0] + c * delta[1], delta[2]]) / dt
+        self._odometer += (math.hypot(float(delta[0]), float(delta[1])), abs(float(delta[2])))
         self.base_pose = new
         self._place_bodies()
 

@@ -134,7 +134,9 @@ class SightingLog:
 
     def __call__(self, obs: Any, ctx: Any = None) -> None:
         """Record one camera frame (``obs`` with ``instances`` and ``labels``); a frame with the
-        time of the previous one is the same frame and is ignored."""
+        time of the previous one is the same frame and is ignored. When the robot perceives
+        through a sensor model, its exact frame is read instead of ``obs``."""
+        obs = self._true_frame(obs, ctx)
         if obs.instances is None:
             return
         t = float(obs.timestamp)
@@ -175,6 +177,15 @@ class SightingLog:
             base_pose=None if base is None else _vec(base),
         ))
         self._times.append(t)
+
+    def _true_frame(self, obs: Any, ctx: Any) -> Any:
+        """The simulator's exact render at ``obs``'s time (``obs`` itself when the robot offers none)."""
+        robot = getattr(ctx, "robot", None) or getattr(self.backend, "robot", None)
+        truth = getattr(robot, "true_observation", None)
+        if truth is None:
+            return obs
+        frame = truth()
+        return frame if frame.timestamp == obs.timestamp else obs
 
     # -- frames -------------------------------------------------------------------------------------
     @property

@@ -229,7 +229,8 @@ def _open_recorder(cfg: RunConfig, env, instruction: str):  # noqa: ANN001, ANN2
         rec = BagRecorder(cfg.record, joint_names=names).open()
     except RecordError as e:
         raise UserError(str(e)) from None
-    rec.latched(site_map=env.site_map.to_dict(), static_labels=sorted(_static_labels(env)), instruction=instruction)
+    rec.latched(site_map=env.site_map.to_dict(), static_labels=sorted(_static_labels(env)), instruction=instruction,
+                sensor=env.sensor_model.to_dict())
     return rec
 
 

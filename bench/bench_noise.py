@@ -223,7 +223,8 @@ def throughput(bag: Path, old: Any, repeats: int = 3) -> None:
             timing = {"segment": 0.0, "negative": 0.0, "integrate": 0.0}
             original = replay_mod._memory
 
-            def timed(cfg: Any, info: Any, mod: Any = mod, timing: dict[str, float] = timing) -> Any:
+            def timed(cfg: Any, info: Any, mod: Any = mod, timing: dict[str, float] = timing,
+                      original: Any = original) -> Any:
                 mem = original(cfg, info) if mod is None else as_baseline(original(cfg, info), mod)
                 mem._extract = _clock(mem._extract, timing, "segment")
                 mem.graph.integrate = _clock(mem.graph.integrate, timing, "integrate")

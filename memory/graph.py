@@ -17,17 +17,34 @@ Object nodes carry label, grasp-centre ``position``, ``centroid``, boxes, ``yaw`
 the single mutation path, and appended to the log; a graph is exactly the replay of its ops (or
 a snapshot plus the ops after it).
 
-**Association** (per frame): each observation looks up stored objects within ``match_radius``
-through a spatial hash (:class:`~mnemobot.memory.spatial.GridIndex`), so the cost grows with the
-local density, not with the size of memory. Candidates must agree on label (``unknown`` matches
-``unknown`` by size) and appearance (colour); pairs are assigned greedily by a cost mixing
-centroid distance, colour distance and 3D overlap (box IoU). An observation with no partner nearby is first explained as a **move** of
-a same-label object that is not confirmed elsewhere in this frame (its pose history grows);
-only then is it a new object.
+**Noise**: every distance threshold is a floor widened by the sensor's noise at the sighting's
+range (:meth:`SceneGraph.margin`: 3 sigma of depth, lateral and pose error, from
+:class:`~mnemobot.perception.sensor.SensorModel`), so memory is strict on exact simulated data
+and tolerant on a real camera, with no constant tuned to one recording.
 
-**Negative evidence**: a stored object whose centre projects inside the image, in front of the
-observed depth (not occluded), large enough to be segmented, but which no observation matched
-for ``missing_after`` frames becomes ``missing`` instead of silently staying where it was.
+**Association** (per frame, :meth:`SceneGraph.integrate`): each observation looks up stored
+objects near it through a spatial hash (:class:`~mnemobot.memory.spatial.GridIndex`), so the
+cost grows with the local density, not with the size of memory; objects wider than
+``large_size`` or seen cut by the image border are also tested by the overlap of the view's
+points with their box. Candidates must agree on label (the object's own, one it was also seen
+under, or one the detector confuses with it; ``unknown`` matches ``unknown`` by size) and
+colour; pairs are assigned greedily by a cost mixing centroid distance, colour distance, 3D
+overlap and label agreement. Unmatched model-free segments that are pieces of a remembered
+object confirm it, and one spanning several remembered objects confirms them (not fused). The
+remaining sightings re-identify an object memory saw leave (``missing``), one it only guessed
+(a release placeholder), or a same-label one close by whose place this frame cannot show; any
+other is a new object: two same-looking objects seen apart stay two.
+
+**Moves**: a fully seen object displaced beyond the noise of two sightings, on ``move_votes``
+consistent sightings, is ``moved``; a partial view at the remembered pose only confirms it (a
+wide object's box grows by the view). When an object goes ``missing`` and a same-looking one
+first appeared after it was last seen, the two are one object that moved (``merged``).
+
+**Existence** (:meth:`SceneGraph._negative_evidence`): remembered surface points are projected
+into each frame; a frame that sees through most of them (depth beyond by more than the noise
+margin) lowers the object's existence log-odds; one that finds the surface, or where something
+nearer hides it, says nothing. Below ``missing_below`` the object is ``missing`` (or, seen only
+once by a detector that makes false detections, dropped as ``spurious``).
 """
 
 from __future__ import annotations
@@ -360,10 +377,15 @@ class SceneGraph:
         return self.g.nodes[key]
 
     def best(self, label: str, states: Iterable[str] = (PRESENT, HELD)) -> str | None:
-        """The most recently seen object with ``label`` in one of ``states``."""
+        """The most recently seen object with ``label`` in one of ``states`` (confirmed ones first)."""
         want = set(states)
         keys = [k for k in self.by_label.get(label, ()) if self.g.nodes[k].get("state") in want]
-        return max(keys, key=lambda k: self.g.nodes[k]["last_seen"], default=None)
+        return max(keys, key=lambda k: (self.confirmed(k), self.g.nodes[k]["last_seen"]), default=None)
+
+    def confirmed(self, key: str) -> bool:
+        """Whether memory believes the object exists: not a single sighting by a detector that
+        makes false detections (see :meth:`_tentative`)."""
+        return not self._tentative(self.g.nodes[key])
 
     def estimate(self, key: str) -> ObjectEstimate:
         d = self.g.nodes[key]
@@ -599,9 +621,13 @@ class SceneGraph:
     def _object_attrs(self, o: ObjectObservation, margin: float, box: tuple[Any, Any] | None = None
                       ) -> dict[str, Any]:
         """Node attributes of a sighting; ``box``: the (grown) box of a wide object instead of the view's."""
-        est = estimate_from_observation(o, None)
+        if box is None and not self.config.sensor.is_ideal:  # stray points must not lift the top
+            lo, hi = _robust_box(o)
+            est = estimate_from_observation(o, None, (lo, hi))
+        else:
+            est = estimate_from_observation(o, None)
+            lo, hi = (o.aabb_min, o.aabb_max) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
         position, top_z = est.position, est.top_z
-        lo, hi = (o.aabb_min, o.aabb_max) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
         centroid = o.centroid
         if box is not None:
             centroid = (lo + hi) / 2
@@ -757,22 +783,27 @@ class SceneGraph:
         k, cam = frame.intrinsics, frame.camera_pose
         keys = {key for key, _d in self.grid.query(cam.position, cfg.view_range)} | {
             key for key in self._wide if self._box_distance(key, cam.position) <= cfg.view_range}
-        keys = sorted(key for key in keys if key not in seen and self.g.nodes[key].get("state") == PRESENT
-                      and not self.g.nodes[key].get("provisional"))
+        keys = sorted(key for key in keys if key not in seen and self.g.nodes[key].get("state") == PRESENT)
         if not keys:
             return {}
         n_valid, n_free, z_med = self._view_evidence(keys, frame)
         out: dict[str, str] = {}
         for i, key in enumerate(keys):
-            if n_valid[i] < 5 or n_free[i] < cfg.free_fraction * n_valid[i]:
+            if key not in self.g:  # merged into an object that went missing earlier in this loop
                 continue
             d = self.g.nodes[key]
+            guessed = bool(d.get("provisional"))
+            if (n_valid[i] < 1) if guessed else (n_valid[i] < 5 or n_free[i] < cfg.free_fraction * n_valid[i]):
+                continue
             zi = float(z_med[i])
             size = float(np.max(d["extent"]))
             if k.fx * k.fy * size * max(float(np.min(d["extent"])), 0.02) / zi**2 < cfg.min_expected_pixels:
                 continue  # too small at this range for the view to say much
             s = self._scratch.setdefault(key, _Scratch(exist=cfg.hit_logodds))
-            s.exist += self._free_logodds(zi, k.fx, float(np.min(d["extent"][:2]))) * float(n_free[i] / n_valid[i])
+            if guessed:  # only a guessed spot: the evidence is that the detector did not see it there
+                s.exist += math.log(max(cfg.sensor.detector.miss_rate, 0.02))
+            else:
+                s.exist += self._free_logodds(zi, k.fx, float(np.min(d["extent"][:2]))) * float(n_free[i] / n_valid[i])
             if s.exist < cfg.missing_below and self._tentative(d):
                 self.emit(OpKind.DELETE, "node", key, "spurious", frame.time)  # a false detection
                 out[key] = "spurious"
@@ -844,11 +875,14 @@ class SceneGraph:
         return float(np.linalg.norm(nearest - point))
 
     def _surface_points(self, key: str) -> np.ndarray:
-        """World points negative evidence tests: the last view's sample, or the box's centre and top face."""
+        """World points negative evidence tests: the last view's sample, or the box's centre and top
+        face; for an object put down but not seen since, the spot memory guessed."""
         s = self._scratch.get(key)
+        d = self.g.nodes[key]
+        if d.get("provisional"):  # put down where the body said: its surface is not known yet
+            return np.asarray([d["centroid"]], dtype=float)
         if s is not None and s.surface is not None and len(s.surface):
             return s.surface
-        d = self.g.nodes[key]
         lo, hi = np.asarray(d["aabb_min"], dtype=float), np.asarray(d["aabb_max"], dtype=float)
         c = (lo + hi) / 2
         half = 0.3 * (hi - lo)

@@ -296,7 +296,8 @@ class Memory:
 
 def _extractor_for(sensor: SensorModel) -> Callable[[Observation], Sequence[ObjectObservation]]:
     """Perception as the sensor needs it: exact data as it is; a real sensor's flying pixels
-    removed (statistical outliers), masks smaller than its detector finds dropped, and frames
+    removed (statistical outliers), mask pixels on another surface than the object's dropped
+    (depth gate), masks smaller than its detector finds dropped, and frames
     wider than 320 px segmented on every second pixel row and column (the segmenter's voxels
     are coarser than that)."""
     if sensor.is_ideal:
@@ -304,7 +305,8 @@ def _extractor_for(sensor: SensorModel) -> Callable[[Observation], Sequence[Obje
     from mnemobot.perception.objects import ObjectExtractorConfig
     from mnemobot.perception.segment import SegmenterConfig
 
-    objects = ObjectExtractorConfig(min_pixels=max(20, sensor.detector.min_pixels), outlier_neighbors=12)
+    objects = ObjectExtractorConfig(min_pixels=max(20, sensor.detector.min_pixels), outlier_neighbors=12,
+                                    depth_gate=0.1)
     segmenters: dict[int, SegmenterConfig] = {}
 
     def extract(obs: Observation) -> Sequence[ObjectObservation]:

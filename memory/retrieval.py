@@ -145,7 +145,9 @@ class MemoryQuery:
                    float(d.get("confidence", 0.0)))
 
     def _keys(self, label: str) -> list[str]:
-        return list(self.graph.by_label.get(_key_of(label), ()))
+        """Objects of ``label`` memory believes in (a single sighting of a detector that makes
+        false detections is not yet an object)."""
+        return [k for k in self.graph.by_label.get(_key_of(label), ()) if self.graph.confirmed(k)]
 
     def place_key(self, name: str) -> str | None:
         """Node id of a place by name or alias (None if the map has no such place)."""

@@ -11,12 +11,15 @@ from mnemobot.perception.types import Observation
 __all__ = ["VisibleObjects", "estimate_from_observation"]
 
 
-def estimate_from_observation(o: ObjectObservation, place: str | None) -> ObjectEstimate:
-    """Grasp-oriented estimate: x, y from the top-face points, z from the box centre."""
-    top_z = float(o.aabb_max[2])
-    top = o.points[o.points[:, 2] > top_z - 0.015]
+def estimate_from_observation(o: ObjectObservation, place: str | None,
+                              box: tuple[np.ndarray, np.ndarray] | None = None) -> ObjectEstimate:
+    """Grasp-oriented estimate: x, y from the top-face points, z from the box centre; ``box``:
+    bounds to use instead of the view's (a robust box for noisy sensors)."""
+    lo, hi = (o.aabb_min, o.aabb_max) if box is None else box
+    top_z = float(hi[2])
+    top = o.points[(o.points[:, 2] > top_z - 0.015) & (o.points[:, 2] <= top_z + 1e-9)]
     xy = top[:, :2].mean(axis=0) if len(top) >= 3 else o.centroid[:2]
-    z = 0.5 * (float(o.aabb_min[2]) + top_z)
+    z = 0.5 * (float(lo[2]) + top_z)
     return ObjectEstimate(
         label=o.label,
         position=np.array([xy[0], xy[1], z]),

@@ -41,6 +41,7 @@ __all__ = [
     "colour_descriptor",
     "colour_descriptors",
     "describe_object",
+    "depth_gate",
     "describe_objects",
     "group_pixels",
     "objects_from_observation",
@@ -134,6 +135,10 @@ class ObjectExtractorConfig:
     outlier_std_ratio: float = 2.0
     support_pixels: float = 400.0
     backend: Backend = "auto"
+    depth_gate: float = 0.0
+    """Drop an instance's pixels whose depth is more than ``max(depth_gate, q90 - q10)`` (m) beyond
+    its 10th-90th percentile depths (0 = off): stray mask pixels on a nearer or farther surface
+    (misregistration, dilated masks, flying pixels) would stretch its box."""
 
     def __post_init__(self) -> None:
         if self.min_pixels < 1 or self.max_points < 1:
@@ -360,6 +365,17 @@ def subsample_groups(starts: np.ndarray, total: int, max_per_group: int) -> np.n
     return rank % np.repeat(stride, sizes) == 0
 
 
+def depth_gate(z: np.ndarray, run: np.ndarray, starts: np.ndarray, sizes: np.ndarray, floor: float) -> np.ndarray:
+    """Keep-mask of pixels within their group's 10th-90th percentile depths, widened by
+    ``max(floor, q90 - q10)``; ``run`` is each pixel's group (ascending), ``starts``/``sizes``
+    the groups' positions (see :attr:`ObjectExtractorConfig.depth_gate`)."""
+    zs = z[np.lexsort((z, run))]
+    q10 = zs[starts + ((sizes - 1) * 0.1).astype(np.intp)]
+    q90 = zs[starts + ((sizes - 1) * 0.9).astype(np.intp)]
+    pad = np.maximum(floor, q90 - q10)
+    return (z >= np.repeat(q10 - pad, sizes)) & (z <= np.repeat(q90 + pad, sizes))
+
+
 def _masked_objects(
     obs: Observation, instances: np.ndarray, config: ObjectExtractorConfig, skip_labels: frozenset[str]
 ) -> list[ObjectObservation]:
@@ -381,6 +397,12 @@ def _masked_objects(
     if len(pix) == 0:
         return []
     run = np.repeat(np.arange(len(starts)), n_valid)
+    if config.depth_gate > 0:
+        keep = depth_gate(obs.depth.ravel()[pix], run, starts, n_valid, config.depth_gate)
+        if not keep.all():
+            pix, group, run = pix[keep], group[keep], run[keep]
+            n_valid = np.bincount(run, minlength=len(starts))
+            starts = np.r_[0, np.cumsum(n_valid)[:-1]].astype(np.intp)
     colours, hists = colour_descriptors(obs.rgb.reshape(-1, 3)[pix], run, len(starts))
     sample = subsample_groups(starts, len(pix), config.max_points)
     pts = backproject_pixels(pix[sample], obs.depth, obs.intrinsics, obs.camera_pose)

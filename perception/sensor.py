@@ -174,6 +174,8 @@ class SensorModel:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["detector"]["confusions"] = [list(g) for g in self.detector.confusions]
+        if math.isinf(self.depth.max_range):  # strict JSON has no infinity: no limit is null
+            d["depth"]["max_range"] = None
         return d
 
     @classmethod
@@ -197,6 +199,8 @@ class SensorModel:
                 raise SensorError(f"{source}: unknown {key} key(s) {', '.join(sorted(bad))}; "
                                   f"known: {', '.join(sorted(known))}")
             values = dict(part)
+            if key == "depth" and "max_range" in values and values["max_range"] is None:
+                values["max_range"] = math.inf
             if "confusions" in values:
                 values["confusions"] = tuple(tuple(str(x) for x in g) for g in values["confusions"] or ())
             try:

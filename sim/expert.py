@@ -15,7 +15,7 @@ import numpy as np
 
 from mnemobot.control.site import SiteMap
 from mnemobot.memory.types import ObjectEstimate
-from mnemobot.perception.types import Observation
+from mnemobot.perception.types import Observation, Pose
 from mnemobot.sim.backend import PyBulletBackend
 
 __all__ = ["GroundTruthLocator"]
@@ -38,15 +38,27 @@ class GroundTruthLocator:
         ext = self.backend.object_extent(label)  # along the object's own axes
         on = self.backend.place_of(label)
         major_is_x = ext[0] >= ext[1]
+        drift = self._drift()  # the robot acts where it believes it is: give truth in that frame
+        centre = drift.apply(((lo + hi) / 2)[None])[0]
         return ObjectEstimate(
             label=label,
-            position=(lo + hi) / 2,
+            position=centre,
             top_z=float(hi[2]),
             extent=np.array([max(ext[0], ext[1]), min(ext[0], ext[1]), hi[2] - lo[2]]),
-            yaw=float(pose.yaw if major_is_x else pose.yaw + math.pi / 2),
+            yaw=float(pose.yaw + drift.yaw if major_is_x else pose.yaw + drift.yaw + math.pi / 2),
             place=on[0] if on else None,
             time=self.backend.time,
         )
 
     def known_labels(self) -> set[str]:
         return set(self.backend.object_labels())
+
+    def _drift(self) -> Pose:
+        """World -> the robot's believed world (identity without odometry noise)."""
+        robot = getattr(self.backend, "robot", None)
+        if robot is None:
+            return Pose()
+        true, believed = robot.base_pose, robot.believed_base_pose()
+        t = Pose.from_xyz_yaw(float(true[0]), float(true[1]), 0.0, float(true[2]))
+        b = Pose.from_xyz_yaw(float(believed[0]), float(believed[1]), 0.0, float(believed[2]))
+        return b @ t.inverse()

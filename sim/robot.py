@@ -22,8 +22,10 @@
 * Sensing: :meth:`SimRobot.observe` returns what the robot perceives. With a sensor model
   (``sensor``, see :mod:`mnemobot.sim.sensors`) that is the exact render with depth, detector and
   pose errors, and the base pose in it is dead-reckoned from noisy odometry; without one (or with
-  the ``ideal`` profile) it is the exact render. Motion control (:meth:`read`) always uses the true
-  body; ground truth for scoring reads :meth:`true_observation`.
+  the ``ideal`` profile) it is the exact render. Control reads the same believed base pose
+  (:meth:`read`), so what perception places in the world and where the arm reaches agree, while
+  the simulator moves the true body (``base_pose``); ground truth for scoring reads
+  :meth:`true_observation`.
 """
 
 from __future__ import annotations
@@ -205,7 +207,12 @@ class SimRobot:
 
     # -- RobotInterface ----------------------------------------------------------------------------
     def read(self) -> RobotState:
-        """Current proprioception (time = backend sim time)."""
+        """Current proprioception (time = backend sim time). Its base pose is the one the robot
+        believes (odometry, with a sensor model): control, like perception, works in the robot's
+        own estimate of where it is, as on a real robot; the simulator moves the true body."""
+        return self._state(self.believed_base_pose())
+
+    def _state(self, base_pose: np.ndarray) -> RobotState:
         pb = self._pb
         arm = pb.getJointStates(self._arm_uid, self._arm)
         fingers = pb.getJointStates(self._arm_uid, self._fingers)
@@ -214,7 +221,7 @@ class SimRobot:
             arm_q=np.array([s[0] for s in arm]),
             arm_dq=np.array([s[1] for s in arm]),
             gripper_width=float(fingers[0][0] + fingers[1][0]),
-            base_pose=self.base_pose.copy(),
+            base_pose=np.asarray(base_pose, dtype=float).copy(),
             base_twist=self.base_twist.copy(),
             head=self.head.copy(),
         )
@@ -250,7 +257,7 @@ class SimRobot:
         rgb, depth, instances, labels = self.backend.render(pose)
         self._truth = Observation(
             timestamp=self.backend.time, rgb=rgb, depth=depth, intrinsics=self.backend.intrinsics,
-            camera_pose=pose, instances=instances, labels=labels, proprio=self.read(),
+            camera_pose=pose, instances=instances, labels=labels, proprio=self._state(self.base_pose),
         )
         self._frame = self._truth
         if self.sensor is not None:

@@ -663,3 +663,14 @@ def test_owlvit_refuses_missing_or_non_model_folders(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     with pytest.raises(ValueError, match="could not load an OWL-ViT model"):
         make_detector("owlvit", model_path=str(empty))
+
+
+def test_depth_gate_drops_stray_pixels_but_keeps_deep_furniture() -> None:
+    from mnemobot.perception.objects import depth_gate
+
+    rng = np.random.default_rng(0)
+    # a small object at 1 m with two stray pixels of the gripper at 0.4 m; a table seen from 1 to 4 m
+    z = np.r_[1.0 + rng.normal(0, 0.01, 50), [0.38, 0.4], np.linspace(1.0, 4.0, 100)]
+    run = np.r_[np.zeros(52, int), np.ones(100, int)]
+    keep = depth_gate(z, run, np.array([0, 52]), np.array([52, 100]), 0.1)
+    assert keep[:50].all() and not keep[50:52].any() and keep[52:].all()

@@ -163,7 +163,7 @@ def test_memory_ops_in_the_bag_rebuild_the_live_graph(episode):
 def test_replayed_frames_equal_the_camera(episode):
     frames = episode["frames"]
     with BagSource(episode["bag"]) as src:
-        assert [n for n in src.info.notes if "sensor profile" not in n] == []  # simulated episodes declare none
+        assert src.info.notes == [] and src.info.sensor["name"] == "ideal"
         got = list(src.frames())
     assert len(got) == len(frames)
     for live, rf in zip(frames, got, strict=True):

@@ -278,7 +278,7 @@ def test_odometry_drift_grows_with_distance_and_relocalisation_bounds_it() -> No
     assert np.sqrt((fixed**2).mean(axis=0))[-1] < 0.5 * at[8.0]
 
 
-def test_robot_believes_its_odometry_and_control_uses_the_truth() -> None:
+def test_robot_believes_its_odometry_and_acts_on_that_belief() -> None:
     model = replace(PROFILES["kinect"], pose=replace(PROFILES["kinect"].pose, odom_yaw_frac=0.1))
     env = HouseholdEnv(EnvConfig(task="fetch", sensor_profile=model))
     try:
@@ -292,7 +292,8 @@ def test_robot_believes_its_odometry_and_control_uses_the_truth() -> None:
         true_pose = robot.base_pose.copy()
         obs = robot.observe()
         believed = obs.proprio.base_pose
-        assert np.array_equal(robot.read().base_pose, true_pose)  # control: the true body
+        assert np.array_equal(robot.read().base_pose, believed)  # control works in the belief too
+        assert not np.array_equal(believed, true_pose)
         assert np.array_equal(robot.true_observation().proprio.base_pose, true_pose)
         yaw_err = math.atan2(math.sin(believed[2] - true_pose[2]), math.cos(believed[2] - true_pose[2]))
         assert 0 < abs(yaw_err) < 0.5 and np.linalg.norm(believed[:2] - true_pose[:2]) < 0.05

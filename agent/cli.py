@@ -284,7 +284,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                        sensor_profile=args.sensor_profile)
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     result = replay(cfg, progress=progress)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render(notes=args.quiet))
     return EXIT_OK
 
 

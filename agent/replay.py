@@ -78,13 +78,15 @@ class ReplayResult:
                        "question_problems": self.problems, "memory": self.memory}
         return d
 
-    def render(self) -> str:
+    def render(self, notes: bool = True) -> str:
+        """The summary and score table; ``notes``: include the bag's notes (off when they were
+        already printed as progress)."""
         lines = [f"bag        : {self.bag} ({self.storage}, {self.duration_s:.1f} s)",
                  f"frames     : {self.frames} in {self.wall_s:.1f} s ({self.fps:.1f} frames/s)",
                  f"memory     : {self.memory.get('objects', 0)} objects, {self.memory.get('ops', 0)} operations",
                  "changes    : " + (", ".join(f"{v} {k}" for k, v in sorted(self.memory.get("changes", {}).items()))
                                     or "none")]
-        lines += [f"note       : {n}" for n in self.notes]
+        lines += [f"note       : {n}" for n in self.notes] if notes else []
         dropped = {k: v for k, v in self.stats.items() if k != "frames" and v}
         if dropped:
             lines.append("dropped    : " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()))

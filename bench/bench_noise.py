@@ -64,6 +64,7 @@ def _baseline_graph_module() -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
+    module.SceneGraph.confirmed = lambda _self, _key: True  # the baseline believes every sighting
     return module
 
 

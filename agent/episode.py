@@ -172,7 +172,7 @@ def _locator(cfg: RunConfig, env) -> ObjectLocator:  # noqa: ANN001
 
         return GroundTruthLocator(env.backend, env.site_map)
     if cfg.agent == "planner":
-        return make_memory(cfg, env) if cfg.memory else VisibleObjects()
+        return make_memory(cfg, env) if cfg.memory else VisibleObjects(skip_labels=_static_labels(env))
     raise UserError(f"unknown agent {cfg.agent!r}; use 'planner' or 'expert'")
 
 

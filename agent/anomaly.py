@@ -9,7 +9,8 @@ grasp_failed      ``pick`` closed on nothing                          re-perceiv
 dropped           the held object is gone after a skill, or ``pick``   find it again, pick again
                   reports it slipped
 not_found         ``find`` searched and did not see the object        search other places in order of
-                                                                      memory confidence, then ``find``
+                                                                      memory confidence (opening containers),
+                                                                      then ``find``
 not_where_        ``find`` succeeded somewhere other than where       nothing to do (memory is updated);
 remembered        memory said                                         logged
 container_closed  ``place`` into a closed container                   ``open`` it, place again
@@ -139,10 +140,7 @@ class AnomalyMonitor:
                 an.handling = "nowhere else to look: escalate"
                 return None
             an.handling = "search other places in order of memory confidence: " + ", ".join(places)
-            calls: list[SkillCall] = []
-            for p in places:
-                calls += [SkillCall("navigate_to", {"place": p}), SkillCall("look_at", {"target": p})]
-            return calls
+            return [c for p in places for c in self._look_into(p)]
         if an.kind == "container_closed":
             rec = call.args.get("receptacle", "")
             an.handling = f"open the {rec}"
@@ -154,6 +152,14 @@ class AnomalyMonitor:
             return [SkillCall("look_at", {"target": target})] if target and not target.startswith(ORIGIN_REF) else []
         an.handling = "retry"
         return []
+
+    def _look_into(self, place: str) -> list[SkillCall]:
+        """Calls that show the camera what rests on or in ``place``: a container is opened first
+        (its closed front hides what it holds)."""
+        calls = [SkillCall("navigate_to", {"place": place})]
+        if self.site.places[place].articulated:
+            calls.append(SkillCall("open", {"container": place}))
+        return [*calls, SkillCall("look_at", {"target": place})]
 
     def ranked_places(self, label: str, limit: int = 3) -> list[str]:
         """Surfaces to look at for ``label``, most likely first: places where memory holds

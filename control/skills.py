@@ -523,9 +523,16 @@ def navigate_to(ctx: SkillContext, place: str) -> SkillGen:
     return res
 
 
+def _surface_centre(ctx: SkillContext, place: Place) -> np.ndarray:
+    """Middle of the place's surface as it is now: a drawer this robot opened is out by its opening."""
+    if place.open_direction is None:
+        return place.surface.position
+    return place.surface.position + np.asarray(place.open_direction, dtype=float) * ctx.opened.get(place.name, 0.0)
+
+
 def _look_target(ctx: SkillContext, target: str) -> np.ndarray | None:
     try:
-        return ctx.site.place(target).surface.position
+        return _surface_centre(ctx, ctx.site.place(target))
     except UnknownPlaceError:
         est = ctx.locator.locate(target)
         return None if est is None else est.position
@@ -561,9 +568,10 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     """Find an object and stop at the place it rests on, with a fresh sighting of it.
 
     The place the locator (memory) believes it is on is visited first, then the others in
-    search order. A remembered estimate counts only once a frame taken during this visit shows
-    the object there, so stale memory cannot end the search at the wrong place; an object
-    spotted on another place while driving is visited next.
+    search order; a container is opened and looked into where its inside now is. A remembered
+    estimate counts only once a frame taken during this visit shows the object there, so stale
+    memory cannot end the search at the wrong place; an object spotted on another place while
+    driving is visited next.
     """
     args = {"object": object, "room": room}
     if ctx.held is not None and ctx.held == object:  # in the hand: found (the camera may not see it there)
@@ -571,6 +579,7 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     t_start = ctx.state.t
 
     def fresh(t0: float) -> ObjectEstimate | None:
+        """The locator's estimate if a frame taken after ``t0`` showed the object, else None."""
         est = ctx.locator.locate(object)
         return est if est is not None and est.time >= t0 - 1e-6 else None
 

@@ -212,3 +212,29 @@ def test_anomaly_classification_and_local_handling():
         last = mon.check(pick, _fail("pick", "grasp_failed", object="mug"), None, None, 5.0)
     assert last.kind == "no_progress" and mon.recovery(last, pick) is None
     assert mon.summary()["by_kind"]["grasp_failed"] == 2
+
+
+class _Graph:
+    """The part of the scene graph the monitor reads: one object node per label."""
+
+    def __init__(self, nodes: dict[str, dict]) -> None:
+        self.nodes = nodes
+        self.by_label = {d["label"]: {k} for k, d in nodes.items()}
+
+    def node(self, key: str) -> dict:
+        return self.nodes[key]
+
+    def by_layer(self, layer: str) -> list[str]:
+        return list(self.nodes) if layer == "object" else []
+
+
+def test_not_found_in_a_remembered_container_opens_it():
+    memory = type("Memory", (), {"graph": _Graph({"obj:1": {"label": "duck", "place": "drawer", "confidence": 0.3,
+                                                            "last_seen": 5.0}})})()
+    mon = AnomalyMonitor(SITE, memory=memory)
+    find = C("find", object="duck", room="")
+    an = mon.check(find, _fail("find", "not_found", object="duck", room=""), None, None, 9.0)
+    calls = mon.recovery(an, find)
+    assert calls[:3] == [C("navigate_to", place="drawer"), C("open", container="drawer"),
+                         C("look_at", target="drawer")]
+    assert [c.skill for c in calls[3:]] == ["navigate_to", "look_at"] * 2  # surfaces: nothing to open

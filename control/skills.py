@@ -569,9 +569,10 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
 
     The place the locator (memory) believes it is on is visited first, then the others in
     search order; a container is opened and looked into where its inside now is. A remembered
-    estimate counts only once a frame taken during this visit shows the object there, so stale
-    memory cannot end the search at the wrong place; an object spotted on another place while
-    driving is visited next.
+    estimate counts only once a frame taken after this visit began shows the object there (an
+    estimate stamped as the previous skill ended, such as the spot a released object is assumed
+    at, is no sighting), so stale memory cannot end the search at the wrong place; an object
+    spotted on another place while driving is visited next.
     """
     args = {"object": object, "room": room}
     if ctx.held is not None and ctx.held == object:  # in the hand: found (the camera may not see it there)
@@ -581,7 +582,7 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     def fresh(t0: float) -> ObjectEstimate | None:
         """The locator's estimate if a frame taken after ``t0`` showed the object, else None."""
         est = ctx.locator.locate(object)
-        return est if est is not None and est.time >= t0 - 1e-6 else None
+        return est if est is not None and est.time > t0 else None
 
     first = ctx.locator.locate(object)
     queue = list(_search_order(ctx, room or None))

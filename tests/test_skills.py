@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pybullet")
 
 from mnemobot.control.controllers import Controller  # noqa: E402
-from mnemobot.control.executor import ExecutorConfig, SkillExecutor  # noqa: E402
+from mnemobot.control.executor import ExecutorConfig, SkillExecutor, StepBudgetExceeded  # noqa: E402
 from mnemobot.control.skills import SKILLS, SkillContext, _look_target  # noqa: E402
 from mnemobot.memory.types import ObjectEstimate  # noqa: E402
 from mnemobot.memory.visible import VisibleObjects  # noqa: E402
@@ -179,3 +179,31 @@ def test_look_at_an_opened_drawer_looks_where_its_inside_now_is() -> None:
     out = drawer.surface.position + np.asarray(drawer.open_direction) * 0.25
     assert np.allclose(_look_target(ctx, "drawer"), out)
 
+
+class _Assumed:
+    """A locator holding an estimate stamped at ``t`` (as memory stamps the spot where a released
+    object is assumed to lie) and a camera that never shows the object."""
+
+    def __init__(self, est: ObjectEstimate) -> None:
+        self.est = est
+
+    def update(self, obs, place=None) -> None:  # noqa: ANN001
+        pass
+
+    def locate(self, label: str) -> ObjectEstimate | None:
+        return self.est if label == self.est.label else None
+
+    def known_labels(self) -> set[str]:
+        return {self.est.label}
+
+
+def test_find_needs_a_sighting_newer_than_its_start(env: HouseholdEnv) -> None:
+    ex = _executor(env)
+    obj = _an_object_on(env, "kitchen_table")
+    assert _run(ex, "navigate_to", place="kitchen_table").success
+    truth = GroundTruthLocator(env.backend, env.site_map).locate(obj)
+    ex.ctx.locator = _Assumed(ObjectEstimate(obj, truth.position, truth.top_z, truth.extent, truth.yaw,
+                                             "kitchen_table", float(ex.ctx.state.t), 0.3))
+    ex.config.step_budget = ex.ticks + 200  # the search goes on elsewhere: stop it there
+    with pytest.raises(StepBudgetExceeded):
+        _run(ex, "find", object=obj, room="")

@@ -14,6 +14,7 @@ from mnemobot.agent.planner import (
     PlanningContext,
     RulePlanner,
     SkillCall,
+    object_vocabulary,
     parse_instruction,
 )
 from mnemobot.agent.plantree import (
@@ -152,6 +153,14 @@ def test_symbolic_uses_memory_beliefs_and_body_state():
     held = SymbolicPlanner().plan("put the mug in the drawer", ctx(held="mug", opened={"drawer"}))
     assert [s.skill for s in held.steps] == ["navigate_to", "look_at", "place"]
     assert plan.tree is not None and plan.tree.best_path() == plan.steps
+
+
+def test_vocabulary_is_what_the_task_names_and_perception_produced():
+    c = PlanningContext(SITE, object_vocabulary(named=["mug"], perceived={"duck"}))
+    assert SymbolicPlanner().plan("put the duck on the tray", c).steps[0].skill == "find"
+    assert SymbolicPlanner().plan("put the mug on the tray", c).steps[0].skill == "find"
+    with pytest.raises(InstructionError, match="unknown object 'teddy': the robot has not seen one"):
+        SymbolicPlanner().plan("put the teddy on the tray", c)
 
 
 def test_symbolic_search_is_small_and_reports_impossible_goals():

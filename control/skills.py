@@ -48,6 +48,7 @@ GRASPED_MIN_WIDTH = 0.004  # m: fingers closed further than this hold nothing
 PRE_GRASP_HEIGHT = 0.12  # m above the object's top
 LIFT_HEIGHT = 0.15  # m
 HANDLE_STANDOFF = 0.12  # m before the handle along the approach axis
+SLIDE_TOLERANCE = 0.04  # m: a drawer that stops this close to its goal opening got there
 HEAD_DEFAULT = np.array([0.0, 0.55])  # pan, tilt (rad): looking ahead and down while driving
 
 
@@ -403,7 +404,7 @@ def _slide_drawer(ctx: SkillContext, name: str, place: Place, start: float, end:
     yield from _retreat_from_handle(ctx, approach)
     if not moved.success:
         return _fail(name, {}, moved.reason, moved.message)
-    if reached > 0.04:
+    if reached > SLIDE_TOLERANCE:
         return _fail(name, {}, "stuck", f"the {place.words} did not move with the hand ({reached:.2f} m off)")
     return _ok(name, {})
 
@@ -422,6 +423,8 @@ def open_(ctx: SkillContext, container: str) -> SkillGen:
     target = _articulated(ctx, "open", container)
     if isinstance(target, SkillResult):
         return target
+    if ctx.opened.get(target.name, 0.0) >= target.open_distance - SLIDE_TOLERANCE:
+        return _ok("open", {"container": container}, message=f"the {target.words} is already open")
     result = yield from _slide_drawer(ctx, "open", target, ctx.opened.get(target.name, 0.0), target.open_distance)
     result.args = {"container": container}
     if not result.success and ctx.opened.get(target.name, 0.0) < 0.5 * target.open_distance:

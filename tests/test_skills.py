@@ -111,6 +111,8 @@ def test_open_and_close_the_drawer(env: HouseholdEnv) -> None:
     assert res.success, res.message
     assert env.backend.drawer_opening() > 0.25
     assert abs(ex.ctx.opened["drawer"] - env.backend.drawer_opening()) < 0.03
+    again = _run(ex, "open", container="drawer")  # a recovery may ask again: nothing to do
+    assert again.success and again.ticks == 0, again.message
     res = _run(ex, "close", container="drawer")
     assert res.success, res.message
     assert env.backend.drawer_opening() < 0.03 and "drawer" not in ex.ctx.opened

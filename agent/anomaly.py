@@ -170,7 +170,9 @@ class AnomalyMonitor:
         if self.memory is not None:
             g = self.memory.graph
             hits = sorted((g.node(k) for k in g.by_label.get(label, ())), key=lambda d: -float(d.get("confidence", 0.0)))
-            out += [d["place"] for d in hits if d.get("place") in self.site.places]
+            for d in hits:  # several sightings may share a place: each place once
+                if d.get("place") in self.site.places and d["place"] not in out:
+                    out.append(d["place"])
             seen_at: dict[str, float] = {}
             for k in g.by_layer("object"):
                 d = g.node(k)

@@ -526,16 +526,9 @@ def navigate_to(ctx: SkillContext, place: str) -> SkillGen:
     return res
 
 
-def _surface_centre(ctx: SkillContext, place: Place) -> np.ndarray:
-    """Middle of the place's surface as it is now: a drawer this robot opened is out by its opening."""
-    if place.open_direction is None:
-        return place.surface.position
-    return place.surface.position + np.asarray(place.open_direction, dtype=float) * ctx.opened.get(place.name, 0.0)
-
-
 def _look_target(ctx: SkillContext, target: str) -> np.ndarray | None:
     try:
-        return _surface_centre(ctx, ctx.site.place(target))
+        return ctx.site.place(target).surface.position
     except UnknownPlaceError:
         est = ctx.locator.locate(target)
         return None if est is None else est.position
@@ -571,7 +564,7 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     """Find an object and stop at the place it rests on, with a fresh sighting of it.
 
     The place the locator (memory) believes it is on is visited first, then the others in
-    search order; a container is opened and looked into where its inside now is. A remembered
+    search order; a container is opened before it is looked into. A remembered
     estimate counts only once a frame taken after this visit began shows the object there (an
     estimate stamped as the previous skill ended, such as the spot a released object is assumed
     at, is no sighting), so stale memory cannot end the search at the wrong place; an object

@@ -228,7 +228,9 @@ class _Graph:
 
     def __init__(self, nodes: dict[str, dict]) -> None:
         self.nodes = nodes
-        self.by_label = {d["label"]: {k} for k, d in nodes.items()}
+        self.by_label: dict[str, set[str]] = {}
+        for k, d in nodes.items():
+            self.by_label.setdefault(d["label"], set()).add(k)
 
     def node(self, key: str) -> dict:
         return self.nodes[key]
@@ -238,8 +240,8 @@ class _Graph:
 
 
 def test_not_found_in_a_remembered_container_opens_it():
-    memory = type("Memory", (), {"graph": _Graph({"obj:1": {"label": "duck", "place": "drawer", "confidence": 0.3,
-                                                            "last_seen": 5.0}})})()
+    duck = {"label": "duck", "place": "drawer", "confidence": 0.3, "last_seen": 5.0}
+    memory = type("Memory", (), {"graph": _Graph({"obj:1": duck, "obj:2": {**duck, "confidence": 0.2}})})()
     mon = AnomalyMonitor(SITE, memory=memory)
     find = C("find", object="duck", room="")
     an = mon.check(find, _fail("find", "not_found", object="duck", room=""), None, None, 9.0)

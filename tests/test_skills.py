@@ -11,12 +11,11 @@ pytest.importorskip("pybullet")
 
 from mnemobot.control.controllers import Controller  # noqa: E402
 from mnemobot.control.executor import ExecutorConfig, SkillExecutor, StepBudgetExceeded  # noqa: E402
-from mnemobot.control.skills import SKILLS, SkillContext, _look_target  # noqa: E402
+from mnemobot.control.skills import SKILLS, SkillContext  # noqa: E402
 from mnemobot.memory.types import ObjectEstimate  # noqa: E402
 from mnemobot.memory.visible import VisibleObjects  # noqa: E402
 from mnemobot.sim.env import EnvConfig, HouseholdEnv  # noqa: E402
 from mnemobot.sim.expert import GroundTruthLocator  # noqa: E402
-from mnemobot.sim.layout import DEFAULT_LAYOUT  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -170,16 +169,6 @@ def test_estop_turns_a_running_skill_into_a_safety_failure(env: HouseholdEnv) ->
     assert not res.success and res.reason == "safety:EStopError"
     ex.ctx.controller.estop.release()
     assert _run(ex, "navigate_to", place="tray").success
-
-
-def test_look_at_an_opened_drawer_looks_where_its_inside_now_is() -> None:
-    site = DEFAULT_LAYOUT.site_map()
-    ctx = SkillContext(None, None, site, VisibleObjects(), perceive=lambda: None)  # type: ignore[arg-type]
-    drawer = site.place("drawer")
-    assert np.allclose(_look_target(ctx, "drawer"), drawer.surface.position)
-    ctx.opened["drawer"] = 0.25
-    out = drawer.surface.position + np.asarray(drawer.open_direction) * 0.25
-    assert np.allclose(_look_target(ctx, "drawer"), out)
 
 
 class _Assumed:

@@ -9,7 +9,8 @@ grasp_failed      ``pick`` closed on nothing                          re-perceiv
 dropped           the held object is gone after a skill, or ``pick``   find it again, pick again
                   reports it slipped
 not_found         ``find`` searched and did not see the object        search other places in order of
-                                                                      memory confidence, then ``find``
+                                                                      memory confidence (opening containers),
+                                                                      then ``find``
 not_where_        ``find`` succeeded somewhere other than where       nothing to do (memory is updated);
 remembered        memory said                                         logged
 container_closed  ``place`` into a closed container                   ``open`` it, place again
@@ -139,10 +140,7 @@ class AnomalyMonitor:
                 an.handling = "nowhere else to look: escalate"
                 return None
             an.handling = "search other places in order of memory confidence: " + ", ".join(places)
-            calls: list[SkillCall] = []
-            for p in places:
-                calls += [SkillCall("navigate_to", {"place": p}), SkillCall("look_at", {"target": p})]
-            return calls
+            return [c for p in places for c in self._look_into(p)]
         if an.kind == "container_closed":
             rec = call.args.get("receptacle", "")
             an.handling = f"open the {rec}"
@@ -155,6 +153,14 @@ class AnomalyMonitor:
         an.handling = "retry"
         return []
 
+    def _look_into(self, place: str) -> list[SkillCall]:
+        """Calls that show the camera what rests on or in ``place``: a container is opened first
+        (its closed front hides what it holds)."""
+        calls = [SkillCall("navigate_to", {"place": place})]
+        if self.site.places[place].articulated:
+            calls.append(SkillCall("open", {"container": place}))
+        return [*calls, SkillCall("look_at", {"target": place})]
+
     def ranked_places(self, label: str, limit: int = 3) -> list[str]:
         """Surfaces to look at for ``label``, most likely first: places where memory holds
         same-label sightings (by confidence), then the places memory has looked at least
@@ -164,7 +170,9 @@ class AnomalyMonitor:
         if self.memory is not None:
             g = self.memory.graph
             hits = sorted((g.node(k) for k in g.by_label.get(label, ())), key=lambda d: -float(d.get("confidence", 0.0)))
-            out += [d["place"] for d in hits if d.get("place") in self.site.places]
+            for d in hits:  # several sightings may share a place: each place once
+                if d.get("place") in self.site.places and d["place"] not in out:
+                    out.append(d["place"])
             seen_at: dict[str, float] = {}
             for k in g.by_layer("object"):
                 d = g.node(k)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from mnemobot.agent.errors import UserError
 from mnemobot.agent.orchestrator import Orchestrator, RunOutcome
-from mnemobot.agent.planner import Goal, PlanningContext, parse_instruction
+from mnemobot.agent.planner import Goal, PlanningContext, object_vocabulary, parse_instruction
 from mnemobot.agent.scoring import goals_satisfied
 from mnemobot.control.controllers import Controller
 from mnemobot.control.executor import ExecutorConfig, SkillExecutor
@@ -34,6 +34,9 @@ class RunConfig:
 
     task_id: str = "fetch"
     task_text: str | None = None
+    task_objects: tuple[str, ...] = ()
+    """The objects a generated ``task_text`` names (its generator knows them). The family's own task
+    names its object; beyond those, an instruction may name only objects memory has seen."""
     seed: int = 0
     gui: bool = False
     steps_limit: int | None = None
@@ -189,7 +192,7 @@ def _locator(cfg: RunConfig, env) -> ObjectLocator:  # noqa: ANN001
 
         return GroundTruthLocator(env.backend, env.site_map)
     if cfg.agent == "planner":
-        return make_memory(cfg, env) if cfg.memory else VisibleObjects()
+        return make_memory(cfg, env) if cfg.memory else VisibleObjects(skip_labels=_static_labels(env))
     raise UserError(f"unknown agent {cfg.agent!r}; use 'planner' or 'expert'")
 
 
@@ -316,18 +319,19 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
     try:
         env.reset(seed=cfg.seed)
         instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
-        pctx = PlanningContext(env.site_map, vocabulary=set(env.backend.object_labels()))
-        goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
-        planner = _make_planner(cfg, pctx, progress)
         initial = {lb: (env.backend.place_of(lb) or ("",))[0] for lb in env.backend.object_labels()}  # scoring
-        recorder = _open_recorder(cfg, env, instruction) if cfg.record else None
-        try:
-            locator = _locator(cfg, env)
-        except BaseException:
-            if recorder is not None:
-                recorder.close()
-            raise
+        locator = _locator(cfg, env)
         memory = locator if isinstance(locator, Memory) else None
+        try:
+            named = (env.task.object,) if cfg.task_text is None else cfg.task_objects
+            pctx = PlanningContext(env.site_map, vocabulary=object_vocabulary(named, locator.known_labels()))
+            goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
+            planner = _make_planner(cfg, pctx, progress)
+            recorder = _open_recorder(cfg, env, instruction) if cfg.record else None
+        except BaseException:
+            if memory is not None:
+                memory.close()
+            raise
 
         def on_frame(obs: Observation, c: SkillContext) -> None:
             if recorder is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from mnemobot.agent.anomaly import Anomaly, AnomalyMonitor
 from mnemobot.agent.cost import CostLedger
-from mnemobot.agent.planner import ORIGIN_REF, Plan, Planner, PlanningContext, SkillCall
+from mnemobot.agent.planner import ORIGIN_REF, Plan, Planner, PlanningContext, SkillCall, object_vocabulary
 from mnemobot.agent.plantree import ActionTree, SymState, apply_call, goal_holds, goals_hold, precondition
 from mnemobot.control.executor import SkillExecutor, StepBudgetExceeded
 from mnemobot.control.skills import SKILLS
@@ -102,6 +102,7 @@ class Orchestrator:
         ctx.opened, ctx.held, ctx.at_place = set(body.opened), body.held, body.at_place
         ctx.state = self._sym
         if self.memory is not None:
+            ctx.vocabulary = object_vocabulary(ctx.vocabulary, self.memory.known_labels())
             ctx.beliefs = {}
             for label in self.memory.known_labels():
                 est = self.memory.locate(label)

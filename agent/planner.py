@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ __all__ = [
     "RulePlanner",
     "SkillCall",
     "make_planner",
+    "object_vocabulary",
     "parse_instruction",
 ]
 
@@ -80,8 +82,8 @@ class Plan:
 
 @dataclass
 class PlanningContext:
-    """What a planner may use: the site map and the object vocabulary (labels the detector
-    knows). Later planners also receive a rendered memory context."""
+    """What a planner may use: the site map and the object vocabulary (:func:`object_vocabulary`).
+    Later planners also receive a rendered memory context."""
 
     site: SiteMap
     vocabulary: set[str]
@@ -97,6 +99,13 @@ class PlanningContext:
     state: Any = None
     """The orchestrator's tracked :class:`~mnemobot.agent.plantree.SymState` (what has been
     found, looked at, put where), so a re-plan continues from it instead of from scratch."""
+
+
+def object_vocabulary(named: Iterable[str], perceived: Iterable[str]) -> set[str]:
+    """The objects a plan may name: those the task names and those the robot's perception has
+    produced (the labels memory knows). Never a simulator's catalogue: an object the robot has
+    not seen and was not told about is unknown to the planner."""
+    return set(named) | set(perceived)
 
 
 class Planner(Protocol):
@@ -132,7 +141,9 @@ def _label(words: str, vocabulary: set[str]) -> str:
     key = words.strip().lower().replace(" ", "_")
     if key in vocabulary:
         return key
-    raise InstructionError(f"unknown object {words.strip()!r}; known objects: {', '.join(sorted(vocabulary))}")
+    known = ", ".join(sorted(vocabulary)) or "none yet"
+    raise InstructionError(f"unknown object {words.strip()!r}: the robot has not seen one and the task does not "
+                           f"name it; known objects: {known}")
 
 
 def _place(words: str, site: SiteMap) -> Place:
@@ -152,10 +163,11 @@ def _clause_goal(clause: str, ctx: PlanningContext, last_object: str) -> Goal:
         if kind == "return":
             obj = last_object if g["obj"] in ("it", "that") and last_object else _label(g["obj"], ctx.vocabulary)
             return Goal("place", obj, recall="origin")
-        if kind == "place":
+        if kind == "place":  # the map's places first: they do not depend on what the robot has seen
+            rec = _place(g["rec"], ctx.site)
             obj = last_object if g["obj"] in ("it", "that") and last_object else _label(g["obj"], ctx.vocabulary)
             rel = "in" if g["rel"] in ("in", "into", "inside") else "on"
-            return Goal("place", obj, _place(g["rec"], ctx.site).name, rel)
+            return Goal("place", obj, rec.name, rel)
         if kind == "bring":
             rec = _place(g["rec"], ctx.site)
             room = ctx.site.room(g["room"]).name if g.get("room") else ""

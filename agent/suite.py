@@ -556,6 +556,7 @@ def _write_episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path,
         folder.mkdir(parents=True)
         summary = run_episode(
             RunConfig(task_id=TASK_FAMILY, task_text=instruction, seed=seed, agent=cfg.agent,
+                      task_objects=tuple(s.object for s in steps if s.object),
                       record=str(folder / "bag"), width=cfg.width, height=cfg.height,
                       sensor_profile=cfg.sensor_profile),
             progress=None, env=env, frame_hook=log,

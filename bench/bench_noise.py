@@ -168,7 +168,7 @@ def real_bag(out: Path, laps: int = 6) -> Path | None:
     return bag
 
 
-TOUR = "go to the kitchen, then go to the bedroom, then go to the living room, then go to the kitchen"
+TOUR = "go to the kitchen table, then go to the shelf, then go to the living room table, then go to the drawer"
 
 
 def sim_tours(out: Path, profiles: list[str]) -> dict[str, Path]:
@@ -178,7 +178,7 @@ def sim_tours(out: Path, profiles: list[str]) -> dict[str, Path]:
     for p in profiles:
         bag = out / f"tour-{p}"
         if not bag.exists():
-            run_episode(RunConfig(task=TOUR, seed=0, sensor_profile=p, record=str(bag)))
+            run_episode(RunConfig(task_id="place", task_text=TOUR, seed=0, sensor_profile=p, record=str(bag)))
         bags[p] = bag
     return bags
 

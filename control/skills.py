@@ -48,6 +48,7 @@ GRASPED_MIN_WIDTH = 0.004  # m: fingers closed further than this hold nothing
 PRE_GRASP_HEIGHT = 0.12  # m above the object's top
 LIFT_HEIGHT = 0.15  # m
 HANDLE_STANDOFF = 0.12  # m before the handle along the approach axis
+SLIDE_TOLERANCE = 0.04  # m: a drawer that stops this close to its goal opening got there
 HEAD_DEFAULT = np.array([0.0, 0.55])  # pan, tilt (rad): looking ahead and down while driving
 
 
@@ -403,7 +404,7 @@ def _slide_drawer(ctx: SkillContext, name: str, place: Place, start: float, end:
     yield from _retreat_from_handle(ctx, approach)
     if not moved.success:
         return _fail(name, {}, moved.reason, moved.message)
-    if reached > 0.04:
+    if reached > SLIDE_TOLERANCE:
         return _fail(name, {}, "stuck", f"the {place.words} did not move with the hand ({reached:.2f} m off)")
     return _ok(name, {})
 
@@ -422,6 +423,8 @@ def open_(ctx: SkillContext, container: str) -> SkillGen:
     target = _articulated(ctx, "open", container)
     if isinstance(target, SkillResult):
         return target
+    if ctx.opened.get(target.name, 0.0) >= target.open_distance - SLIDE_TOLERANCE:
+        return _ok("open", {"container": container}, message=f"the {target.words} is already open")
     result = yield from _slide_drawer(ctx, "open", target, ctx.opened.get(target.name, 0.0), target.open_distance)
     result.args = {"container": container}
     if not result.success and ctx.opened.get(target.name, 0.0) < 0.5 * target.open_distance:
@@ -561,8 +564,10 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     """Find an object and stop at the place it rests on, with a fresh sighting of it.
 
     The place the locator (memory) believes it is on is visited first, then the others in
-    search order. A remembered estimate counts only once a frame taken during this visit shows
-    the object there, so stale memory cannot end the search at the wrong place; an object
+    search order; a container is opened before it is looked into. A remembered
+    estimate counts only once a frame taken after this visit began shows the object there (an
+    estimate stamped as the previous skill ended, such as the spot a released object is assumed
+    at, is no sighting), so stale memory cannot end the search at the wrong place; an object
     spotted on another place while driving is visited next.
     """
     args = {"object": object, "room": room}
@@ -571,8 +576,9 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
     t_start = ctx.state.t
 
     def fresh(t0: float) -> ObjectEstimate | None:
+        """The locator's estimate if a frame taken after ``t0`` showed the object, else None."""
         est = ctx.locator.locate(object)
-        return est if est is not None and est.time >= t0 - 1e-6 else None
+        return est if est is not None and est.time > t0 else None
 
     first = ctx.locator.locate(object)
     queue = list(_search_order(ctx, room or None))

@@ -14,6 +14,7 @@ from mnemobot.agent.planner import (
     PlanningContext,
     RulePlanner,
     SkillCall,
+    object_vocabulary,
     parse_instruction,
 )
 from mnemobot.agent.plantree import (
@@ -154,6 +155,14 @@ def test_symbolic_uses_memory_beliefs_and_body_state():
     assert plan.tree is not None and plan.tree.best_path() == plan.steps
 
 
+def test_vocabulary_is_what_the_task_names_and_perception_produced():
+    c = PlanningContext(SITE, object_vocabulary(named=["mug"], perceived={"duck"}))
+    assert SymbolicPlanner().plan("put the duck on the tray", c).steps[0].skill == "find"
+    assert SymbolicPlanner().plan("put the mug on the tray", c).steps[0].skill == "find"
+    with pytest.raises(InstructionError, match="unknown object 'teddy': the robot has not seen one"):
+        SymbolicPlanner().plan("put the teddy on the tray", c)
+
+
 def test_symbolic_search_is_small_and_reports_impossible_goals():
     p = SymbolicPlanner()
     p.plan(TASKS[4], ctx())
@@ -212,3 +221,31 @@ def test_anomaly_classification_and_local_handling():
         last = mon.check(pick, _fail("pick", "grasp_failed", object="mug"), None, None, 5.0)
     assert last.kind == "no_progress" and mon.recovery(last, pick) is None
     assert mon.summary()["by_kind"]["grasp_failed"] == 2
+
+
+class _Graph:
+    """The part of the scene graph the monitor reads: one object node per label."""
+
+    def __init__(self, nodes: dict[str, dict]) -> None:
+        self.nodes = nodes
+        self.by_label: dict[str, set[str]] = {}
+        for k, d in nodes.items():
+            self.by_label.setdefault(d["label"], set()).add(k)
+
+    def node(self, key: str) -> dict:
+        return self.nodes[key]
+
+    def by_layer(self, layer: str) -> list[str]:
+        return list(self.nodes) if layer == "object" else []
+
+
+def test_not_found_in_a_remembered_container_opens_it():
+    duck = {"label": "duck", "place": "drawer", "confidence": 0.3, "last_seen": 5.0}
+    memory = type("Memory", (), {"graph": _Graph({"obj:1": duck, "obj:2": {**duck, "confidence": 0.2}})})()
+    mon = AnomalyMonitor(SITE, memory=memory)
+    find = C("find", object="duck", room="")
+    an = mon.check(find, _fail("find", "not_found", object="duck", room=""), None, None, 9.0)
+    calls = mon.recovery(an, find)
+    assert calls[:3] == [C("navigate_to", place="drawer"), C("open", container="drawer"),
+                         C("look_at", target="drawer")]
+    assert [c.skill for c in calls[3:]] == ["navigate_to", "look_at"] * 2  # surfaces: nothing to open

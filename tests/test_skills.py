@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pybullet")
 
 from mnemobot.control.controllers import Controller  # noqa: E402
-from mnemobot.control.executor import ExecutorConfig, SkillExecutor  # noqa: E402
+from mnemobot.control.executor import ExecutorConfig, SkillExecutor, StepBudgetExceeded  # noqa: E402
 from mnemobot.control.skills import SKILLS, SkillContext  # noqa: E402
 from mnemobot.memory.types import ObjectEstimate  # noqa: E402
 from mnemobot.memory.visible import VisibleObjects  # noqa: E402
@@ -110,6 +110,8 @@ def test_open_and_close_the_drawer(env: HouseholdEnv) -> None:
     assert res.success, res.message
     assert env.backend.drawer_opening() > 0.25
     assert abs(ex.ctx.opened["drawer"] - env.backend.drawer_opening()) < 0.03
+    again = _run(ex, "open", container="drawer")  # a recovery may ask again: nothing to do
+    assert again.success and again.ticks == 0, again.message
     res = _run(ex, "close", container="drawer")
     assert res.success, res.message
     assert env.backend.drawer_opening() < 0.03 and "drawer" not in ex.ctx.opened
@@ -167,3 +169,32 @@ def test_estop_turns_a_running_skill_into_a_safety_failure(env: HouseholdEnv) ->
     assert not res.success and res.reason == "safety:EStopError"
     ex.ctx.controller.estop.release()
     assert _run(ex, "navigate_to", place="tray").success
+
+
+class _Assumed:
+    """A locator holding an estimate stamped at ``t`` (as memory stamps the spot where a released
+    object is assumed to lie) and a camera that never shows the object."""
+
+    def __init__(self, est: ObjectEstimate) -> None:
+        self.est = est
+
+    def update(self, obs, place=None) -> None:  # noqa: ANN001
+        pass
+
+    def locate(self, label: str) -> ObjectEstimate | None:
+        return self.est if label == self.est.label else None
+
+    def known_labels(self) -> set[str]:
+        return {self.est.label}
+
+
+def test_find_needs_a_sighting_newer_than_its_start(env: HouseholdEnv) -> None:
+    ex = _executor(env)
+    obj = _an_object_on(env, "kitchen_table")
+    assert _run(ex, "navigate_to", place="kitchen_table").success
+    truth = GroundTruthLocator(env.backend, env.site_map).locate(obj)
+    ex.ctx.locator = _Assumed(ObjectEstimate(obj, truth.position, truth.top_z, truth.extent, truth.yaw,
+                                             "kitchen_table", float(ex.ctx.state.t), 0.3))
+    ex.config.step_budget = ex.ticks + 200  # the search goes on elsewhere: stop it there
+    with pytest.raises(StepBudgetExceeded):
+        _run(ex, "find", object=obj, room="")

@@ -180,6 +180,9 @@ class SceneGraph:
         self.layers: dict[str, set[str]] = {}
         self._scratch: dict[str, _Scratch] = {}
         self._label_of: dict[str, str] = {}
+        self._sighting_noise = 0.0
+        """The local noise margin of the sighting being integrated (stored with the object: support
+        relations compare objects seen in the same views, so pose errors cancel)."""
         self._wide: set[str] = set()
         """Objects judged by overlap: larger than ``large_size``, or only seen cut by the image border."""
         self._next_obj = 1
@@ -436,6 +439,12 @@ class SceneGraph:
         sensor's point error (depth, lateral and pose noise), at least 2 cm."""
         return np.maximum(0.02, self.config.sensor.surface_margin(z, fx))
 
+    def _local_margin(self, z: float | np.ndarray, fx: float) -> float | np.ndarray:
+        """How far (m) two objects seen in the same view may be from touching and still touch:
+        3 sigma of depth and lateral noise (pose errors move both alike), at least 1 cm."""
+        d = self.config.sensor.depth
+        return np.maximum(0.01, 3.0 * np.hypot(d.sigma(z), d.lateral_px * np.asarray(z) / max(fx, 1e-6)))
+
     def _move_threshold(self, margin: float) -> float:
         """Displacement beyond the noise of two independent sightings (sqrt 2 of one margin)."""
         return max(self.config.move_min, math.sqrt(2.0) * float(margin))
@@ -469,9 +478,11 @@ class SceneGraph:
         fx = frame.intrinsics.fx
         if obs:
             cam = frame.camera_pose.inverse().apply(np.array([o.centroid for o in obs], dtype=float))
-            margins = [float(m) for m in np.atleast_1d(self.margin(np.maximum(cam[:, 2], 0.1), fx))]
+            z = np.maximum(cam[:, 2], 0.1)
+            margins = [float(m) for m in np.atleast_1d(self.margin(z, fx))]
+            local = [float(m) for m in np.atleast_1d(self._local_margin(z, fx))]
         else:
-            margins = []
+            margins, local = [], []
         matched: dict[int, str] = {}
         taken: set[str] = set()
         pairs: list[tuple[float, int, str]] = []
@@ -500,6 +511,7 @@ class SceneGraph:
                 taken.add(key)
         for i, o in enumerate(obs):
             key = matched.get(i)
+            self._sighting_noise = local[i]
             if key is None:
                 if i not in rest:
                     continue
@@ -640,7 +652,7 @@ class SceneGraph:
             "top_z": float(top_z), "aabb_min": np.asarray(lo).tolist(), "aabb_max": np.asarray(hi).tolist(),
             "extent": np.asarray(extent).tolist(), "yaw": float(o.yaw) if box is None else 0.0,
             "colour": o.colour.tolist(), "place": place, "relation": relation, "room": room,
-            "noise": round(float(margin), 4),
+            "noise": round(self._sighting_noise, 4),
         }
 
     def _remember_surface(self, key: str, o: ObjectObservation, union: bool = False) -> None:
@@ -695,11 +707,12 @@ class SceneGraph:
         displacement = float(np.linalg.norm(np.asarray(d["centroid"]) - o.centroid))
         wide = key in self._wide or o.truncated or float(np.max(o.extent)) > cfg.large_size
         partial = wide or o.pixel_count < cfg.low_support * s.best_support
-        inside = _inside_fraction(o.points, d["aabb_min"], d["aabb_max"], margin) if partial else 0.0
+        inside = _inside_fraction(o.points, d["aabb_min"], d["aabb_max"], margin)
         labels = self._labels_after(o, d) if o.label != d["label"] else {}
         if was_missing or provisional:
             return self._relocate(key, o, t, margin, "reappeared" if was_missing else "refined", labels)
-        if displacement < self._move_threshold(margin) or inside >= cfg.overlap_same:
+        if displacement < self._move_threshold(margin) or inside >= cfg.overlap_same \
+                or (wide and self._box_gap(o, d) <= margin):  # another part of a wide object
             s.votes, s.away = 0, None
             return self._confirm(key, o, t, margin, displacement, wide, partial, labels)
         # away from the remembered pose: believed only on consistent evidence
@@ -730,22 +743,35 @@ class SceneGraph:
                 return "confirmed"
             attrs = self._object_attrs(o, margin, (lo, hi))
             attrs["partial"] = bool(o.truncated or d.get("partial"))
+            grown = True
         else:
+            grown = False
             if displacement < self.config.refine_min or partial:
                 if labels:
                     self.emit(OpKind.UPDATE, "node", key, "relabelled", t,
                               {**labels, "last_seen": t, "n_obs": int(d.get("n_obs", 0)) + 1})
                     return "relabelled"
                 self.emit(OpKind.NOOP, "node", key, "confirmed", t)
+                if not d.get("place") and not self._edges_of(key, {"on", "in"}):
+                    self._relate(key, t)  # nothing under it yet: what it stands on may be known now
                 return "confirmed"
             s.best_support = max(s.best_support, o.pixel_count)
             self._remember_surface(key, o)
             attrs = self._object_attrs(o, margin)
+            grown = True
         for name in ("place", "relation", "room"):  # the same pose: the same place
             attrs[name] = d.get(name)
         attrs.update(labels, last_seen=t, n_obs=int(d.get("n_obs", 0)) + 1,
                      confidence=max(float(d.get("confidence", 0.0)), float(o.confidence)))
         self.emit(OpKind.UPDATE, "node", key, "refined", t, attrs)
+        self._relate(key, t)  # a better view may show what it stands on
+        if grown:  # what stands on or in an object seen better may now be related to it
+            lo, hi = np.asarray(attrs["aabb_min"]), np.asarray(attrs["aabb_max"])
+            for other, _dist in list(self.grid.query((lo + hi) / 2, float(np.linalg.norm(hi - lo)) / 2 + 0.1)):
+                c = np.asarray(self.g.nodes[other]["centroid"])
+                if other != key and self.g.nodes[other].get("state") == PRESENT \
+                        and np.all(c[:2] >= lo[:2]) and np.all(c[:2] <= hi[:2]):
+                    self._relate(other, t)
         return "refined"
 
     def _relocate(self, key: str, o: ObjectObservation, t: float, margin: float, cause: str,
@@ -949,22 +975,23 @@ class SceneGraph:
                         and self.g.nodes[other].get("place") == d.get("place"):
                     a, b = sorted((key, other))
                     want.add((a, "near", b))
-        have = set(self._edges_of(key, {"on", "in", "near"}))
+        # this object's own support edges and its near edges (what stands on it keeps its edges)
+        have = {e for e in self._edges_of(key, {"on", "in", "near"}) if e[0] == key or e[1] == "near"}
         for u, r, v in sorted(have - want):
             self.emit(OpKind.DELETE, "edge", edge_key(u, r, v), "relation", t)
         for u, r, v in sorted(want - have):
             self.emit(OpKind.ADD, "edge", edge_key(u, r, v), "relation", t)
 
     def _support_object(self, key: str) -> tuple[str, str] | None:
-        """``(relation, other)``: the object this one rests ``on`` (its bottom at the other's top,
-        its centre over the other's footprint, within both sightings' noise margins), else one it
-        stands ``in`` (a larger object whose box holds its centre: a shelf, a cabinet)."""
+        """``(relation, other)``: of the objects this one rests ``on`` (its bottom at the other's top,
+        its centre over the other's footprint, within both sightings' noise margins) or stands
+        ``in`` (a larger object whose box holds it: a tray, a shelf), the one with the smallest
+        footprint (the nearest holder)."""
         d = self.g.nodes[key]
         lo, hi = np.asarray(d["aabb_min"]), np.asarray(d["aabb_max"])
         centre = (lo + hi) / 2
         others = {other for other, _dist in self.grid.query(np.asarray(d["centroid"]), 0.4)} | self._wide
-        on: tuple[float, str] | None = None
-        within: tuple[float, str] | None = None
+        best: tuple[float, str, str] | None = None
         for other in others:
             e = self.g.nodes[other]
             if other == key or e.get("state") != PRESENT:
@@ -976,15 +1003,15 @@ class SceneGraph:
                 continue
             footprint = float(np.prod(ohi[:2] - olo[:2]))
             if abs(lo[2] - ohi[2]) < tol and hi[2] > ohi[2] and footprint >= 0.5 * float(np.prod(hi[:2] - lo[:2])):
-                if on is None or ohi[2] > on[0]:
-                    on = (float(ohi[2]), other)
-            elif other in self._wide and olo[2] - tol <= lo[2] and hi[2] <= ohi[2] + tol \
+                found = (footprint, "on", other)
+            elif olo[2] - tol <= lo[2] and hi[2] <= ohi[2] + tol \
                     and float(np.prod(ohi - olo)) > 4.0 * float(np.prod(np.maximum(hi - lo, 0.01))):
-                if within is None or footprint < within[0]:
-                    within = (footprint, other)
-        if on is not None:
-            return "on", on[1]
-        return ("in", within[1]) if within is not None else None
+                found = (footprint, "in", other)
+            else:
+                continue
+            if best is None or found < best:  # the nearest holder: the tray, not the table under it
+                best = found
+        return None if best is None else (best[1], best[2])
 
     # -- body events (from proprioception and skill outcomes, never from the simulator) ----------
     def grasped(self, label: str, t: float) -> str | None:

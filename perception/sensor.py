@@ -111,6 +111,14 @@ class PoseNoise:
     odom_yaw_per_m: float = 0.0
     relocalise_every_m: float = 0.0
 
+    def drift_sigma(self, z: Any) -> Any:
+        """1-sigma error (m) that odometry drift adds to a point at range ``z`` between two
+        sightings: the random walk over the distance driven between corrections
+        (``relocalise_every_m``; 10 m when never corrected), in translation and in heading."""
+        horizon = self.relocalise_every_m if self.relocalise_every_m > 0 else 10.0
+        zz = np.asarray(z, dtype=float)
+        return math.sqrt(horizon) * np.hypot(self.odom_trans_frac, self.odom_yaw_per_m * zz)
+
 
 @dataclass(frozen=True)
 class DetectorNoise:
@@ -159,11 +167,13 @@ class SensorModel:
 
     def point_sigma(self, z: Any, fx: float) -> Any:
         """1-sigma 3D error (m) of one back-projected point at range ``z``: axial and lateral
-        depth noise plus the camera pose's error (translation, and rotation times range)."""
+        depth noise, the camera pose's error (translation, and rotation times range) and the
+        odometry drift between sightings (:meth:`PoseNoise.drift_sigma`)."""
         zz = np.asarray(z, dtype=float)
         lateral = self.depth.lateral_px * zz / max(float(fx), 1e-6)
         rot = math.radians(self.pose.rotation_sigma_deg) * zz
-        out = np.sqrt(self.depth.sigma(zz) ** 2 + lateral**2 + self.pose.position_sigma**2 + rot**2)
+        drift = self.pose.drift_sigma(zz)
+        out = np.sqrt(self.depth.sigma(zz) ** 2 + lateral**2 + self.pose.position_sigma**2 + rot**2 + drift**2)
         return float(out) if np.ndim(out) == 0 else out
 
     def surface_margin(self, z: Any, fx: float) -> Any:

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 VENV="${MNEMOBOT_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
+LLAMA_CPP_VERSION="0.3.36"  # keep equal to the pin in pyproject.toml's llm extra
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -55,6 +56,14 @@ python_env() {
   # torch first and pinned, so nothing later pulls a multi-GB CUDA build.
   log "installing torch==$TORCH_VERSION"
   quiet_pip "${pip[@]}" install "torch==$TORCH_VERSION"
+  # llama.cpp compiles for the build machine's CPU by default, and pip caches that wheel: a wheel
+  # built on a newer CPU dies with an illegal instruction here. Build it for any AVX2 x86-64 CPU,
+  # never from the cache.
+  if [ "$(uname -m)" = "x86_64" ]; then
+    log "building llama-cpp-python for AVX2 CPUs (a few minutes)"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+      quiet_pip "${pip[@]}" install --no-cache-dir "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+  fi
   log "installing mnemobot with all extras (editable)"
   quiet_pip "${pip[@]}" install -e ".[all,dev]"
   echo "$want" > "$stamp"

@@ -248,6 +248,13 @@ class SensorModel:
 
 
 _KINECT_CONFUSIONS = (("mug", "cup", "bowl"), ("book", "box", "jenga"), ("ball", "orange", "apple"))
+_ROBOT_POSE = PoseNoise(position_sigma=0.01, rotation_sigma_deg=0.3, odom_trans_frac=0.01, odom_yaw_frac=0.01,
+                        odom_yaw_per_m=0.005, relocalise_every_m=5.0)
+"""A wheeled base with a localiser that corrects its odometry every 5 m, and a calibrated head."""
+_DETECTOR = DetectorNoise(mode="masks", miss_rate=0.05, false_positive_rate=0.02, confusion_rate=0.05,
+                          confusions=_KINECT_CONFUSIONS, erode_px=1, dilate_px=1, min_pixels=30,
+                          score_mean=0.85, score_spread=0.1)
+"""An instance detector missing 5%, adding 0.02 false detections a frame, confusing 5% of labels."""
 
 PROFILES: dict[str, SensorModel] = {
     "ideal": SensorModel(),
@@ -256,22 +263,16 @@ PROFILES: dict[str, SensorModel] = {
         depth=DepthNoise(sigma0=0.0012, k2=0.0019, z0=0.4, quant_k2=0.00287, lateral_px=0.8, min_range=0.5,
                          max_range=4.5, hole_rate=0.02, hole_blob_px=6, edge_px=2, flying_rate=0.3,
                          misregistration_px=1.0),
-        pose=PoseNoise(position_sigma=0.01, rotation_sigma_deg=0.3, odom_trans_frac=0.01, odom_yaw_frac=0.01,
-                       odom_yaw_per_m=0.005, relocalise_every_m=5.0),
-        detector=DetectorNoise(mode="masks", miss_rate=0.05, false_positive_rate=0.02, confusion_rate=0.05,
-                               confusions=_KINECT_CONFUSIONS, erode_px=1, dilate_px=1, min_pixels=30,
-                               score_mean=0.85, score_spread=0.1),
+        pose=_ROBOT_POSE,
+        detector=_DETECTOR,
     ),
     "realsense": SensorModel(
         name="realsense",
         depth=DepthNoise(sigma0=0.001, k2=0.0042, z0=0.0, quant_k2=0.0, lateral_px=0.6, min_range=0.3,
                          max_range=6.0, hole_rate=0.03, hole_blob_px=8, edge_px=2, flying_rate=0.5,
                          misregistration_px=0.5),
-        pose=PoseNoise(position_sigma=0.01, rotation_sigma_deg=0.3, odom_trans_frac=0.01, odom_yaw_frac=0.01,
-                       odom_yaw_per_m=0.005, relocalise_every_m=5.0),
-        detector=DetectorNoise(mode="masks", miss_rate=0.05, false_positive_rate=0.02, confusion_rate=0.05,
-                               confusions=_KINECT_CONFUSIONS, erode_px=1, dilate_px=1, min_pixels=30,
-                               score_mean=0.85, score_spread=0.1),
+        pose=_ROBOT_POSE,
+        detector=_DETECTOR,
     ),
     "heavy": SensorModel(
         name="heavy",

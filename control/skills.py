@@ -133,13 +133,13 @@ def _fail(name: str, args: dict[str, str], reason: str, message: str) -> SkillRe
 def _ik_world(ctx: SkillContext, pose: Pose) -> np.ndarray | None:
     """Joint solution for a world-frame end-effector pose.
 
-    Seeded at the commanded joints, or at the ready posture when the arm is stowed (the
-    solution then lies in front of the robot, where manipulation happens).
+    Seeded at the commanded joints, or at the ready posture when the arm is folded (stowed or
+    looking: the solution then lies in front of the robot, where manipulation happens).
     """
     spec = ctx.spec
     local = ctx.controller.world_to_arm_base(ctx.state) @ pose
     seed = ctx.commanded_q()
-    if np.max(np.abs(seed - spec.stow)) < 0.05:
+    if min(np.max(np.abs(seed - spec.stow)), np.max(np.abs(seed - spec.look))) < 0.05:
         seed = spec.arm_home
     res = ctx.controller.kinematics.ik(local, seed, spec.arm_lower, spec.arm_upper, restarts=4)
     return res.q if res.success else None
@@ -230,11 +230,14 @@ def pick(ctx: SkillContext, object: str) -> SkillGen:  # noqa: A002 - the skill 
         yield from _line(ctx, above)
         yield _stow(ctx)
         return _fail("pick", args, "grasp_failed", f"the fingers closed on nothing at the {object}")
+    # In the hand from the moment the fingers close on it: memory must not take the object it
+    # sees rising with the arm for a second one while the arm lifts and stows it.
+    ctx.held, ctx.held_offset = object, grasp_z - bottom
     yield from _line(ctx, Pose(grasp.position + [0, 0, LIFT_HEIGHT], quat))
     yield _stow(ctx)
     if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
+        ctx.held = None
         return _fail("pick", args, "dropped", f"the {object} slipped out of the hand")
-    ctx.held, ctx.held_offset = object, grasp_z - bottom
     return _ok("pick", args, width=round(float(ctx.state.gripper_width), 4))
 
 
@@ -265,13 +268,17 @@ def _drop_points(ctx: SkillContext, place: Place) -> list[np.ndarray] | SkillRes
         if place.name not in ctx.opened:
             return _fail("place", {}, "container_closed", f"the {place.words} is closed")
         # The drawer box spans [-depth/2, depth/2] along d when closed; opened by `opening` the
-        # part outside the cabinet is [depth/2, depth/2 + opening]. Drop 7 cm behind the drawer
+        # part outside the cabinet is [depth/2, depth/2 + opening]. Drop behind the drawer
         # front, as far from the cabinet as it goes, so the hand (about 0.2 m across) clears
-        # the cabinet top when it comes back for the object.
+        # the cabinet top when it comes back for the object: 7 cm for a tall object, up to
+        # 12 cm for a flat one, which the head camera (looking down at about 45 degrees from
+        # the stand pose) would not see over the drawer's 12 cm front wall at 7 cm.
         d = np.asarray(place.open_direction, dtype=float)
         along_x = abs(float(place.surface.rotation[:, 0] @ d)) > 0.7
         depth = float(size[0] if along_x else size[1])
-        return [centre + d * (depth / 2 + ctx.opened[place.name] - 0.07)]
+        height = ctx.held_offset + 0.025  # the grasp is up to 2.5 cm below the object's top
+        behind = float(np.clip(0.16 - height, 0.07, 0.12))
+        return [centre + d * (depth / 2 + ctx.opened[place.name] - behind)]
     return [np.array([p[0], p[1], centre[2]]) for p in _spots(ctx, place, centre, size)]
 
 
@@ -302,9 +309,9 @@ def place(ctx: SkillContext, object: str, receptacle: str, relation: str = "on")
         yield _stow(ctx)
         return _fail("place", args, moved.reason, moved.message)
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=6)
+    ctx.held = None  # released: from here the camera sees it standing where it was put
     yield from _line(ctx, above)
     yield _stow(ctx)
-    ctx.held = None
     return _ok("place", args)
 
 
@@ -528,10 +535,18 @@ def navigate_to(ctx: SkillContext, place: str) -> SkillGen:
 
 def _look_target(ctx: SkillContext, target: str) -> np.ndarray | None:
     try:
-        return ctx.site.place(target).surface.position
+        place = ctx.site.place(target)
     except UnknownPlaceError:
-        est = ctx.locator.locate(target)
-        return None if est is None else est.position
+        place = None
+    if place is not None:
+        point = place.surface.position
+        opening = ctx.opened.get(place.name, 0.0)
+        if place.articulated and place.open_direction is not None and opening > 0.0:
+            # an open drawer's bottom is out by its opening: look into it, not at its front
+            point = point + np.asarray(place.open_direction, dtype=float) * opening
+        return point
+    est = ctx.locator.locate(target)
+    return None if est is None else est.position
 
 
 @skill("look_at", ("target",), 10.0, "Point the head camera at a place or a known object and perceive.")
@@ -543,6 +558,8 @@ def look_at(ctx: SkillContext, target: str) -> SkillGen:
     pan, tilt = head_angles_towards(ctx.spec, ctx.state.base_pose3d(), point)
     if not ctx.spec.head_lower[0] <= pan <= ctx.spec.head_upper[0]:
         return _fail("look_at", args, "out_of_view", f"the {target} is behind the robot")
+    if ctx.held is None and np.max(np.abs(ctx.commanded_q() - ctx.spec.look)) > 1e-3:
+        yield joint_move(ctx.spec, ctx.commanded_q(), ctx.spec.look)  # arm out of the view
     yield head_move(ctx.spec, ctx.commanded_head(), np.array([pan, tilt]))
     ctx.perceive()
     return _ok("look_at", args, visible=sorted(ctx.locator.known_labels()))

@@ -60,7 +60,9 @@ class RobotSpec:
     ``arm_urdf``) sits at ``arm_mount`` in the base frame. ``workspace_min/max`` bound
     end-effector targets in the arm-base frame. ``arm_home`` is the ready posture in front of
     the robot that manipulation starts from; ``arm_stow`` (defaults to ``arm_home``) the carry
-    posture, folded out of the head camera's view, used while driving and looking. The head's pan/tilt centre sits at
+    posture, folded out of the head camera's view, used while driving; ``arm_look`` (defaults to
+    the carry posture) the posture the empty arm takes while the head looks down at something
+    close (folded further back, so no link crosses the camera's view). The head's pan/tilt centre sits at
     ``head_mount`` in the base frame (pan about z, then tilt about the pan frame's y; tilt > 0
     looks down; at pan = tilt = 0 the optical axis points along the base's x axis).
     """
@@ -75,6 +77,7 @@ class RobotSpec:
     arm_home: np.ndarray
     arm_mount: Pose
     arm_stow: np.ndarray | None = None
+    arm_look: np.ndarray | None = None
     gripper_min: float = 0.0
     gripper_max: float = 0.08
     gripper_speed: float = 0.2
@@ -92,6 +95,11 @@ class RobotSpec:
     def stow(self) -> np.ndarray:
         """The carry posture (``arm_stow``, or ``arm_home`` when none is given)."""
         return self.arm_home if self.arm_stow is None else self.arm_stow
+
+    @property
+    def look(self) -> np.ndarray:
+        """The empty arm's posture while looking (``arm_look``, or the carry posture)."""
+        return self.stow if self.arm_look is None else self.arm_look
 
     @property
     def n_arm(self) -> int:

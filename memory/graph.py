@@ -60,7 +60,7 @@ import networkx as nx
 import numpy as np
 
 from mnemobot.memory.ops import MemoryOp, OpKind, edge_key, json_safe
-from mnemobot.memory.spatial import GridIndex
+from mnemobot.memory.spatial import GridIndex, KeySet
 from mnemobot.memory.types import MapLike, ObjectEstimate, PlaceLike
 from mnemobot.memory.visible import estimate_from_observation
 from mnemobot.perception.objects import ObjectObservation
@@ -176,14 +176,14 @@ class SceneGraph:
         self.pending: list[MemoryOp] = []
         self.tail: deque[MemoryOp] = deque(maxlen=4096)
         self.grid = GridIndex(self.config.cell)
-        self.by_label: dict[str, set[str]] = {}
-        self.layers: dict[str, set[str]] = {}
+        self.by_label: dict[str, KeySet] = {}
+        self.layers: dict[str, KeySet] = {}
         self._scratch: dict[str, _Scratch] = {}
         self._label_of: dict[str, str] = {}
         self._sighting_noise = 0.0
         """The local noise margin of the sighting being integrated (stored with the object: support
         relations compare objects seen in the same views, so pose errors cancel)."""
-        self._wide: set[str] = set()
+        self._wide = KeySet()
         """Objects judged by overlap: larger than ``large_size``, or only seen cut by the image border."""
         self._next_obj = 1
         self._change_t: list[float] = []
@@ -226,7 +226,7 @@ class SceneGraph:
             if "history" in attrs:  # the node's history grows in place: never share the op's list
                 attrs["history"] = [list(h) for h in attrs["history"]]
             self.g.add_node(key, **attrs)
-            self.layers.setdefault(attrs.get("layer", ""), set()).add(key)
+            self.layers.setdefault(attrs.get("layer", ""), KeySet()).add(key)
             if attrs.get("layer") == "object":
                 self.g.nodes[key]["last_cause"] = op.cause
                 self._index_object(key)
@@ -254,7 +254,7 @@ class SceneGraph:
         elif op.kind is OpKind.DELETE:
             if key in self.g:
                 label = self.g.nodes[key].get("label")
-                self.layers.get(self.g.nodes[key].get("layer", ""), set()).discard(key)
+                self.layers.get(self.g.nodes[key].get("layer", ""), KeySet()).discard(key)
                 self.g.remove_node(key)
                 self.grid.remove(key)
                 if label in self.by_label:
@@ -273,9 +273,9 @@ class SceneGraph:
         self.grid.insert(key, np.asarray(node["centroid"], dtype=float))
         before = self._label_of.get(key)
         if before is not None and before != node["label"]:
-            self.by_label.get(before, set()).discard(key)
+            self.by_label.get(before, KeySet()).discard(key)
         self._label_of[key] = node["label"]
-        self.by_label.setdefault(node["label"], set()).add(key)
+        self.by_label.setdefault(node["label"], KeySet()).add(key)
         extent = node.get("extent")
         if node.get("partial") or (extent is not None and max(extent) > self.config.large_size):
             self._wide.add(key)
@@ -308,7 +308,7 @@ class SceneGraph:
             if "history" in attrs:
                 attrs["history"] = [list(h) for h in attrs["history"]]
             self.g.add_node(key, **attrs)
-            self.layers.setdefault(attrs.get("layer", ""), set()).add(key)
+            self.layers.setdefault(attrs.get("layer", ""), KeySet()).add(key)
             if attrs.get("layer") == "object":
                 self._index_object(key)
                 tail = key.split(":", 1)[1]
@@ -355,9 +355,10 @@ class SceneGraph:
             self.emit(OpKind.ADD, "node", "agent", "map", time, {"layer": "agent", "label": "robot"})
 
     # -- queries used by the locator --------------------------------------------------------------
-    def by_layer(self, layer: str) -> set[str]:
-        """Node ids of one layer (``building``, ``room``, ``place``, ``object``, ``agent``)."""
-        return self.layers.get(layer, set())
+    def by_layer(self, layer: str) -> KeySet:
+        """Node ids of one layer (``building``, ``room``, ``place``, ``object``, ``agent``), in
+        the order they were added."""
+        return self.layers.get(layer, KeySet())
 
     @property
     def change_count(self) -> int:

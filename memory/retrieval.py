@@ -242,12 +242,22 @@ class MemoryQuery:
         return max(times) if times else None
 
     def origin(self, label: str, since: float | None = None) -> str | None:
-        """The first place memory holds for this object (after ``since``): "where it was"."""
+        """The first place memory holds for this object (after ``since``): "where it was".
+
+        The object in the hand speaks first (it is the one being put back); otherwise the
+        earliest place any object of this label was seen at, whatever order memory keeps them in.
+        """
+        best: tuple[int, float, str] | None = None
         for n in self._keys(label):
-            for entry in self.graph.node(n).get("history", []):
+            d = self.graph.node(n)
+            rank = 0 if d.get("state") == HELD else 1
+            for entry in d.get("history", []):
                 if entry[4] and (since is None or entry[0] >= since):
-                    return str(entry[4])
-        return None
+                    cand = (rank, float(entry[0]), str(entry[4]))
+                    if best is None or cand < best:
+                        best = cand
+                    break
+        return None if best is None else best[2]
 
     def count(self, label: str) -> int:
         return len(self._keys(label))

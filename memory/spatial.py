@@ -9,11 +9,47 @@ delete + insert (O(1)).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, MutableSet
 
 import numpy as np
 
-__all__ = ["GridIndex"]
+__all__ = ["GridIndex", "KeySet"]
+
+
+class KeySet(MutableSet[str]):
+    """A set of keys that iterates in insertion order.
+
+    Python's ``set`` of strings iterates in an order that changes from one process to the next
+    (string hashing is salted per process), and memory decides ties by iteration order
+    (association, which of two same-looking objects answers first). With this set, the same
+    observations always build the same graph: an episode is reproducible from its seed.
+    """
+
+    __slots__ = ("_d",)
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._d: dict[str, None] = dict.fromkeys(keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def add(self, key: str) -> None:
+        self._d[key] = None
+
+    def discard(self, key: str) -> None:
+        self._d.pop(key, None)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+    def __repr__(self) -> str:
+        return f"KeySet({list(self._d)!r})"
 
 
 class GridIndex:
@@ -23,7 +59,7 @@ class GridIndex:
         if not cell > 0:
             raise ValueError(f"cell size must be positive, got {cell}")
         self.cell = float(cell)
-        self._cells: dict[tuple[int, int, int], set[str]] = {}
+        self._cells: dict[tuple[int, int, int], KeySet] = {}
         self._where: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {}
 
     def _cell_of(self, p: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -43,7 +79,7 @@ class GridIndex:
         old = self._where.get(key)
         if old is not None and old[0] != cell:
             self._discard(key, old[0])
-        self._cells.setdefault(cell, set()).add(key)
+        self._cells.setdefault(cell, KeySet()).add(key)
         self._where[key] = (cell, p)
 
     def remove(self, key: str) -> None:

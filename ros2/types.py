@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -18,16 +19,45 @@ __all__ = ["CUSTOM_TYPES", "DISTROS", "INTERFACES_PACKAGE", "msg_files", "typest
 
 INTERFACES_PACKAGE = "mnemobot_interfaces"
 DISTROS = ("humble", "jazzy")
-CUSTOM_TYPES = (f"{INTERFACES_PACKAGE}/msg/MemoryOp", f"{INTERFACES_PACKAGE}/msg/MemoryOpArray")
+CUSTOM_TYPES = (
+    f"{INTERFACES_PACKAGE}/msg/MemoryOp", f"{INTERFACES_PACKAGE}/msg/MemoryOpArray",
+    f"{INTERFACES_PACKAGE}/srv/QueryMemory_Request", f"{INTERFACES_PACKAGE}/srv/QueryMemory_Response",
+    f"{INTERFACES_PACKAGE}/action/ExecuteTask_Goal", f"{INTERFACES_PACKAGE}/action/ExecuteTask_Result",
+    f"{INTERFACES_PACKAGE}/action/ExecuteTask_Feedback",
+)
+
+
+_PARTS = {"srv": ("Request", "Response"), "action": ("Goal", "Result", "Feedback")}
 
 
 def msg_files() -> dict[str, str]:
-    """``{type name: .msg text}`` of the interfaces package shipped with mnemobot."""
-    root = resources.files("mnemobot.ros2") / "interfaces" / INTERFACES_PACKAGE / "msg"
+    """``{type name: message text}`` of the interfaces package shipped with mnemobot.
+
+    A ``.srv`` file gives ``pkg/srv/Name_Request`` and ``_Response``, an ``.action`` file
+    ``pkg/action/Name_Goal``, ``_Result`` and ``_Feedback`` (the parts between ``---``), as
+    rosidl names them, so bags that carry them (a recorded service or action introspection)
+    decode with the same definitions the nodes are built from. (rosbags files service parts
+    under ``pkg/srv/msg/Name_Request``: it knows only ``msg`` and ``action`` folders.)
+    """
+    base = resources.files("mnemobot.ros2") / "interfaces" / INTERFACES_PACKAGE
     out = {}
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".msg"):
-            out[f"{INTERFACES_PACKAGE}/msg/{entry.name[:-4]}"] = entry.read_text(encoding="utf-8")
+    for kind in ("msg", "srv", "action"):
+        root = base / kind
+        if not root.is_dir():
+            continue
+        for entry in sorted(root.iterdir(), key=lambda p: p.name):
+            name, dot, ext = entry.name.rpartition(".")
+            if not dot or ext != kind:
+                continue
+            text = entry.read_text(encoding="utf-8")
+            if kind == "msg":
+                out[f"{INTERFACES_PACKAGE}/msg/{name}"] = text
+                continue
+            parts = re.split(r"^---[ \t]*$", text, flags=re.M)
+            if len(parts) != len(_PARTS[kind]):
+                raise ValueError(f"{entry.name}: expected {len(_PARTS[kind])} parts separated by '---'")
+            for suffix, part in zip(_PARTS[kind], parts, strict=True):
+                out[f"{INTERFACES_PACKAGE}/{kind}/{name}_{suffix}"] = part
     return out
 
 

@@ -27,10 +27,12 @@ as_root() {
 
 debian_packages() {
   # libusb-1.0-0: open3d's native library links it. python3-venv: Debian splits venv out.
+  # cmake: the ROS 2 interface packages are generated and built at set-up (scripts/ros_interfaces.sh).
   # build-essential: llama-cpp-python builds from source (pip fetches cmake/ninja itself if missing).
   local missing=()
   ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
   { command -v gcc && command -v g++ && command -v make; } >/dev/null 2>&1 || missing+=(build-essential)
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)  # the ROS 2 interfaces are built with rosidl
   "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ "${#missing[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null; then
@@ -71,6 +73,7 @@ python_env() {
 
 debian_packages
 python_env
+bash scripts/ros_interfaces.sh
 
 case "${1:-}" in
   demo)

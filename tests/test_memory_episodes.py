@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -91,3 +92,25 @@ def test_cli_memory_db_round_trip_and_bad_files(tmp_path: Path) -> None:
     assert hashlib.sha256(junk.read_bytes()).hexdigest() == digest
     bad_policy = _cli("run", "--task-id", "place", "--memory-policy", "random", "-q")
     assert bad_policy.returncode == 2 and "policy" in bad_policy.stderr
+
+
+def test_episode_is_reproducible_across_processes(tmp_path: Path) -> None:
+    """The same seed gives the same episode and the same memory in another process: string
+    hashing is salted per process, so nothing that decides (association ties, which of two
+    objects answers) may follow a hash order."""
+    results = []
+    for salt in ("1", "2"):
+        db, js = tmp_path / f"m{salt}.db", tmp_path / f"s{salt}.json"
+        env = {**os.environ, "PYTHONHASHSEED": salt}
+        out = subprocess.run([sys.executable, "-m", "mnemobot", "run", "--task-id", "place", "--seed", "0", "-q",
+                              "--memory-db", str(db), "--summary-json", str(js)],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(js.read_text())
+        summary.pop("wall_s")
+        objects = subprocess.run([sys.executable, "-m", "mnemobot", "memory", str(db), "objects", "--json"],
+                                 capture_output=True, text=True, timeout=120, env=env)
+        assert objects.returncode == 0, objects.stderr
+        results.append((summary, json.loads(objects.stdout)))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == results[1][1] and results[0][1]

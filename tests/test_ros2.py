@@ -49,6 +49,25 @@ def test_custom_types_come_from_the_interfaces_package(ts):
     op = ts.types["mnemobot_interfaces/msg/MemoryOp"]
     assert (op.ADD, op.UPDATE, op.DELETE, op.NOOP) == (0, 1, 2, 3)
     assert "data_json" in op.__dataclass_fields__
+    feedback = ts.types["mnemobot_interfaces/action/ExecuteTask_Feedback"]
+    assert {"skill", "progress", "anomalies"} <= set(feedback.__dataclass_fields__)
+    request = ts.types["mnemobot_interfaces/srv/msg/QueryMemory_Request"]  # rosbags' name for a service part
+    assert {"question", "argument", "since", "k"} <= set(request.__dataclass_fields__)
+
+
+def test_interfaces_build_the_same_types_for_rclpy():
+    """The rclpy types built at set-up (scripts/ros_interfaces.sh) come from the same files."""
+    pytest.importorskip("rclpy")
+    from mnemobot_interfaces.action import ExecuteTask
+    from mnemobot_interfaces.msg import MemoryOp
+    from mnemobot_interfaces.srv import QueryMemory
+
+    for cls, name in ((ExecuteTask.Goal, "action/ExecuteTask_Goal"), (ExecuteTask.Feedback, "action/ExecuteTask_Feedback"),
+                      (ExecuteTask.Result, "action/ExecuteTask_Result"), (QueryMemory.Request, "srv/QueryMemory_Request"),
+                      (QueryMemory.Response, "srv/QueryMemory_Response"), (MemoryOp, "msg/MemoryOp")):
+        fields = [line.split()[1] for line in msg_files()[f"mnemobot_interfaces/{name}"].splitlines()
+                  if line.strip() and not line.lstrip().startswith("#") and "=" not in line.split("#")[0]]
+        assert list(cls.get_fields_and_field_types()) == fields, name
 
 
 def test_memory_op_array_round_trips_through_cdr(ts):

@@ -12,6 +12,8 @@ Usage::
     mnemobot serve-model gemma3-270m --port 8080
     mnemobot run --task-id place --planner openai --base-url http://127.0.0.1:8080/v1
     mnemobot tasks
+    mnemobot ros up --sim
+    mnemobot ros task "bring the jenga from the bedroom to the kitchen table"
 
 Exit codes: 0 success, 1 the episode ran but the task failed, 2 bad input (unknown task,
 object or place, bad option), 3 the environment is missing a package or broke.
@@ -212,6 +214,34 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
                    description="List the task families, places and objects of the household world.")
 
 
+def _add_ros(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ros",
+        help="run the ROS 2 node graph (ros up), send it a task (ros task)",
+        description="Deploy the stack as ROS 2 nodes: 'ros up' starts the node graph as separate processes, "
+                    "'ros task' sends an ExecuteTask goal to it.",
+    )
+    ros = p.add_subparsers(dest="ros_verb", metavar="<up|task>", required=True)
+    up = ros.add_parser("up", help="start the node graph until Ctrl-C",
+                        description="Start sim_robot (with --sim), robot_bridge, memory and orchestrator as separate "
+                                    "processes; Ctrl-C or SIGTERM stops them all.")
+    up.add_argument("--sim", action="store_true", help="also run the pybullet household as a ROS 2 robot")
+    up.add_argument("--params", type=Path, default=None, metavar="FILE.yaml",
+                    help="ROS 2 parameter file (default: launch/params/sim.yaml with --sim, robot.yaml without)")
+    up.add_argument("--only", default="", metavar="NODE,...",
+                    help="start only these nodes (comma list of sim_robot, robot_bridge, memory, orchestrator)")
+    task = ros.add_parser("task", help="send a task to the running graph and wait for the result",
+                          description="Send an ExecuteTask goal, print feedback and the result. Exit 0 on success, "
+                                      "1 on a failed or cancelled task, 2 on a rejected goal or no action server.")
+    task.add_argument("instruction", help="the task in words, e.g. \"bring the mug to the kitchen table\"")
+    task.add_argument("--task-id", default="", help="task family id, for scoring on the simulated robot")
+    task.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for the action server and for it to accept the goal (default: 30)")
+    task.add_argument("--result-timeout", type=float, default=3600.0,
+                      help="seconds to wait for the result before cancelling (default: 3600)")
+    task.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnemobot",
@@ -230,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
     _add_tasks(sub)
+    _add_ros(sub)
     return parser
 
 
@@ -316,6 +347,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return cmd_serve(args)
 
 
+def _cmd_ros(args: argparse.Namespace) -> int:
+    from mnemobot.agent.errors import UserError
+    from mnemobot.ros2 import launcher
+
+    if args.ros_verb == "up":
+        only = tuple(n.strip() for n in args.only.split(",") if n.strip())
+        return launcher.run_graph(sim=args.sim, params=args.params, only=only)
+    if not args.instruction.strip():
+        raise UserError("the task is empty")
+    return launcher.send_task(args.instruction, task_id=args.task_id, timeout_s=args.timeout,
+                              result_timeout_s=args.result_timeout, quiet=args.quiet)
+
+
 def _cmd_tasks(_args: argparse.Namespace) -> int:
     from mnemobot.agent.episode import describe_world
 
@@ -350,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": _cmd_run, "memory": _cmd_memory, "replay": _cmd_replay, "suite": _cmd_suite,
                 "tasks": _cmd_tasks, "serve-model": _cmd_serve}
     handlers["import-rgbd"] = _cmd_import_rgbd
+    handlers["ros"] = _cmd_ros
     previous = _stop_on_sigterm()
     try:
         return handlers[args.verb](args)

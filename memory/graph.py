@@ -412,7 +412,7 @@ class SceneGraph:
     def place_at(self, position: Sequence[float]) -> tuple[str | None, str | None]:
         """``(place name, relation)`` of the map place whose surface holds ``position``."""
         p = np.asarray(position, dtype=float)
-        best: tuple[float, str, str] | None = None
+        best: tuple[int, float, str, str] | None = None
         for place in self._places.values():
             surface = place.surface
             node = self.g.nodes.get(f"place:{place.name}")
@@ -986,13 +986,14 @@ class SceneGraph:
     def _support_object(self, key: str) -> tuple[str, str] | None:
         """``(relation, other)``: of the objects this one rests ``on`` (its bottom at the other's top,
         its centre over the other's footprint, within both sightings' noise margins) or stands
-        ``in`` (a larger object whose box holds it: a tray, a shelf), the one with the smallest
-        footprint (the nearest holder)."""
+        ``in`` (a larger object whose box holds it, a shelf; or a wide shallow one its bottom
+        stands inside of while its top sticks out, a tray): a holder it is in first, then the one
+        with the smallest footprint (the nearest holder)."""
         d = self.g.nodes[key]
         lo, hi = np.asarray(d["aabb_min"]), np.asarray(d["aabb_max"])
         centre = (lo + hi) / 2
         others = {other for other, _dist in self.grid.query(np.asarray(d["centroid"]), 0.4)} | self._wide
-        best: tuple[float, str, str] | None = None
+        best: tuple[int, float, str, str] | None = None
         for other in others:
             e = self.g.nodes[other]
             if other == key or e.get("state") != PRESENT:
@@ -1004,15 +1005,21 @@ class SceneGraph:
                 continue
             footprint = float(np.prod(ohi[:2] - olo[:2]))
             if abs(lo[2] - ohi[2]) < tol and hi[2] > ohi[2] and footprint >= 0.5 * float(np.prod(hi[:2] - lo[:2])):
-                found = (footprint, "on", other)
+                found = (1, footprint, "on", other)
             elif olo[2] - tol <= lo[2] and hi[2] <= ohi[2] + tol \
                     and float(np.prod(ohi - olo)) > 4.0 * float(np.prod(np.maximum(hi - lo, 0.01))):
-                found = (footprint, "in", other)
+                found = (0, footprint, "in", other)  # held inside a larger box (a shelf, a deep tray)
+            elif olo[2] - tol <= lo[2] < ohi[2] - tol and hi[2] > ohi[2] \
+                    and footprint > 4.0 * float(np.prod(np.maximum(hi[:2] - lo[:2], 0.01))):
+                found = (0, footprint, "in", other)  # stands in a shallow one and sticks out (a tray)
             else:
                 continue
-            if best is None or found < best:  # the nearest holder: the tray, not the table under it
+            # a box the object stands in (the tray) before a top it stands on (the table under the
+            # tray: a wide object's box grown by a poor view may reach past it); then the nearest
+            # holder, the smallest footprint
+            if best is None or found < best:
                 best = found
-        return None if best is None else (best[1], best[2])
+        return None if best is None else (best[2], best[3])
 
     # -- body events (from proprioception and skill outcomes, never from the simulator) ----------
     def grasped(self, label: str, t: float) -> str | None:

@@ -27,6 +27,11 @@ Topics (defaults; see :class:`RosRobotTopics`): publishes ``/mnemobot/cmd/arm``
 (reliable by default; ``sensor_best_effort`` for a best-effort driver) and the bridge's status.
 
 Every wait has a timeout and raises :class:`RosRobotTimeout` naming the topic it waited for.
+
+Timing: ``step`` returns the first state newer than the one before the command. Against the lockstep
+simulator that is the state after the command's control period, unless the simulator's idle step
+(``idle_step_s`` without commands, after a pause of the orchestrator) crossed the command in flight;
+then that state is one period older, as states from a real robot's drivers arrive asynchronously.
 """
 
 from __future__ import annotations

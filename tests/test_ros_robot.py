@@ -158,13 +158,26 @@ def test_drive_arm_and_observe(graph: Graph) -> None:
     assert state.arm_q[0] == pytest.approx(q[0] + 0.1, abs=0.01)
     assert np.allclose(state.arm_q[1:], q[1:], atol=0.02)
 
+    # Head pan +0.2 rad (1 rad/s) and the gripper half closed, then held: the camera's TF follows the head.
+    head = state.head.copy()
+    for k in range(1, 5):
+        state = robot.step(RobotCommand(target, 0.04, np.zeros(3), head + [0.05 * k, 0.0]))
+    for _ in range(10):
+        state = robot.step(RobotCommand(target, 0.04, np.zeros(3), head + [0.2, 0.0]))
+    assert state.head[0] == pytest.approx(head[0] + 0.2, abs=1e-3)
+    assert state.gripper_width == pytest.approx(0.04, abs=0.005)
+
     obs = robot.observe()
     obs.validate()
     assert obs.labels and obs.rgb.shape == (240, 320, 3)
-    # The camera pose from TF sits on the head mast above the base, at the image's stamp.
-    base = obs.proprio.base_pose if obs.proprio is not None else state.base_pose
+    assert state.t - 10 * DT <= obs.timestamp <= state.t + 1e-9
+    # The camera pose from TF sits on the head mast above the base, looking along base yaw + pan.
+    base = state.base_pose
     assert np.linalg.norm(obs.camera_pose.position[:2] - base[:2]) < 0.3
     assert obs.camera_pose.position[2] == pytest.approx(robot.spec.head_mount.position[2], abs=1e-6)
+    axis = obs.camera_pose.rotation[:, 2]  # optical z: forward
+    assert np.arctan2(axis[1], axis[0]) == pytest.approx(base[2] + head[0] + 0.2, abs=1e-3)
+    robot.step(RobotCommand(target, 0.08, np.zeros(3), head + [0.2, 0.0]))
 
 
 def test_out_of_limit_arm_command_is_refused(graph: Graph) -> None:

@@ -180,6 +180,29 @@ def test_drive_arm_and_observe(graph: Graph) -> None:
     robot.step(RobotCommand(target, 0.08, np.zeros(3), head + [0.2, 0.0]))
 
 
+def test_controller_moves_the_hand_over_ros(graph: Graph) -> None:
+    """The brainstem as skills use it (IK, safety guard) drives the ROS robot like the simulated one."""
+    from mnemobot.control.controllers import Controller
+    from mnemobot.control.types import ControlTarget
+    from mnemobot.perception.types import Pose
+
+    robot = graph.robot
+    controller = Controller(robot.spec)
+    state = robot.hold()
+    controller.reset(state)
+    start = controller.ee_pose(state)
+    goal = Pose(start.position + [0.0, 0.0, -0.04], start.quaternion)
+    for k in range(1, 9):  # 4 cm down in 8 ticks (0.1 m/s), then held
+        p = Pose(start.position + [0.0, 0.0, -0.005 * k], start.quaternion)
+        state = robot.step(controller.command(ControlTarget(ee_pose=p), state))
+    for _ in range(8):
+        state = robot.step(controller.command(ControlTarget(ee_pose=goal), state))
+    reached = controller.ee_pose(state)
+    assert np.linalg.norm(reached.position - goal.position) < 0.01
+    state = robot.step(controller.hold(state))
+    assert np.allclose(state.base_twist, 0.0)
+
+
 def test_out_of_limit_arm_command_is_refused(graph: Graph) -> None:
     robot, node = graph.robot, graph.node
     got: list[JointTrajectory] = []

@@ -331,7 +331,11 @@ class RobotBridgeNode(Node):
     def _watchdog(self) -> None:
         if self.stale or self.estop:
             return
-        idle = (self.get_clock().now() - self._last_cmd).nanoseconds * 1e-9
+        now = self.get_clock().now()
+        idle = (now - self._last_cmd).nanoseconds * 1e-9
+        if idle < 0:  # the clock jumped back (a restarted simulator): count from now
+            self._last_cmd = now
+            return
         if idle >= self.watchdog_s - 1e-6:
             self.watchdog_stops += 1
             self.get_logger().warning(f"watchdog: no command for {idle:.2f} s: base stopped, arm held")

@@ -29,8 +29,8 @@ topic (default)             type, meaning                                       
 
 Published: the driver topics (``/arm_controller/joint_trajectory``, ``/cmd_vel``,
 ``/gripper_controller/command``, ``/head_controller/joint_trajectory``; QoS command) and
-``/mnemobot/bridge/status`` (std_msgs/String JSON, latched; on every refusal, stop or reset and
-every ``status_period_s`` wall seconds): ``forwarded`` and ``refused`` counts per kind,
+``/mnemobot/bridge/status`` (std_msgs/String JSON, latched; on every stop or reset, within 0.1 s
+wall of a refusal and every ``status_period_s`` wall seconds): ``forwarded`` and ``refused`` counts per kind,
 ``refused_by`` counts per reason, ``watchdog_stops``, ``estop`` (engaged), ``estops``,
 ``stale`` (the watchdog has stopped the robot and no command came since), ``last_refusal``.
 
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,10 @@ class RobotBridgeNode(Node):
         self.create_subscription(JointState, js_topic, self._on_joint_states, sensor_qos(best_effort=best_effort))
         self.create_service(Trigger, reset_srv, self._on_reset)
         self.create_timer(self.spec.control_dt, self._watchdog)  # node clock: sim time with use_sim_time
-        self.create_timer(status_period, self.publish_status, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._status_dirty, self._status_wall = False, 0.0
+        self.create_timer(status_period, self.publish_status, clock=steady)
+        self.create_timer(0.1, self._flush_status, clock=steady)
         self.publish_status()
         self.get_logger().info(f"robot_bridge ready: {t_in} -> {t_out}, watchdog {self.watchdog_s} s")
 
@@ -159,7 +163,20 @@ class RobotBridgeNode(Node):
                 "stale": self.stale, "last_refusal": self.last_refusal}
 
     def publish_status(self) -> None:
+        self._status_dirty = False
+        self._status_wall = time.monotonic()
         self._pub_status.publish(String(data=json.dumps(self.status(), separators=(",", ":"))))
+
+    def _status_soon(self) -> None:
+        """Publish the status now, or within 0.1 s wall when one just went out (a flood of refusals)."""
+        if time.monotonic() - self._status_wall >= 0.1:
+            self.publish_status()
+        else:
+            self._status_dirty = True
+
+    def _flush_status(self) -> None:
+        if self._status_dirty:
+            self.publish_status()
 
     # -- measured state --------------------------------------------------------------------------------
     def _on_joint_states(self, msg: JointState) -> None:
@@ -183,7 +200,7 @@ class RobotBridgeNode(Node):
         self.last_refusal = f"{kind}: {error}"
         self.get_logger().warning(f"refused {kind} command ({self.refused[kind]} so far): {error}",
                                   throttle_duration_sec=1.0)
-        self.publish_status()
+        self._status_soon()
 
     def _gate(self, kind: str) -> bool:
         if self.estop:

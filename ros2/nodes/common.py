@@ -108,11 +108,17 @@ def latched_qos(depth: int = 1) -> QoSProfile:
 def declare(node: Node, name: str, default: Any, description: str, *, read_only: bool = False) -> Any:
     """Declare parameter ``name`` with ``default`` and a description; return its (possibly overridden) value.
 
-    The value keeps the default's type (``-p seed:=3`` gives an int when the default is an int)."""
-    value = node.declare_parameter(
-        name, default, ParameterDescriptor(name=name, description=description, read_only=read_only)).value
+    The value must have the default's type (``-p seed:=3`` is an int); an int is accepted for a float
+    parameter (``-p watchdog_s:=1``). Another type raises :class:`NodeConfigError` naming the parameter.
+    """
+    descriptor = ParameterDescriptor(name=name, description=description, read_only=read_only,
+                                     dynamic_typing=True)  # checked here, with a readable error
+    value = node.declare_parameter(name, default, descriptor).value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)  # ``-p rate:=5`` is an int to ROS; a float parameter accepts it
+        value = float(value)
+    if type(value) is not type(default):
+        raise NodeConfigError(f"{node.get_name()}: parameter {name} must be {type(default).__name__} "
+                              f"(like {default!r}), got {value!r}")
     return value
 
 

@@ -331,3 +331,10 @@ def test_wait_timeout_names_the_topic(graph: Graph) -> None:
         assert time.monotonic() - t0 < 2.0
     finally:
         quiet.close()
+
+
+def test_bad_parameter_is_a_one_line_error(graph: Graph) -> None:
+    done = subprocess.run([sys.executable, "-m", "mnemobot.ros2.nodes.sim_robot", "--ros-args", "-p", "task:=nope"],
+                          env=graph.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "unknown task family 'nope'" in done.stderr and "Traceback" not in done.stderr

@@ -19,22 +19,18 @@ from launch_ros.substitutions import FindPackageShare
 def generate_launch_description() -> LaunchDescription:
     params = LaunchConfiguration("params")
     memory_db = LaunchConfiguration("memory_db")
-    planner = LaunchConfiguration("planner")
     args = [
         DeclareLaunchArgument("params", default_value=PathJoinSubstitution(
             [FindPackageShare("mnemobot"), "launch", "params", "robot.yaml"]),
             description="parameter file for every node: the robot's topic names, QoS, limits, planner"),
         DeclareLaunchArgument("memory_db", default_value="house.db",
                               description="SQLite file the memory persists to and reloads on restart"),
-        DeclareLaunchArgument("planner", default_value="symbolic",
-                              description="planner: symbolic, hf (local model path) or openai (base URL)"),
     ]
     nodes = [
         Node(package="mnemobot", executable="mnemobot-robot-bridge", name="robot_bridge", output="screen",
              parameters=[params]),
         Node(package="mnemobot", executable="mnemobot-memory", name="memory", output="screen",
              parameters=[params, {"memory_db": memory_db}]),
-        Node(package="mnemobot", executable="mnemobot-orchestrator", name="orchestrator", output="screen",
-             parameters=[params, {"planner": planner}]),
     ]
+    # The orchestrator node (the ExecuteTask action server) joins this graph when it is built.
     return LaunchDescription([*args, *nodes])

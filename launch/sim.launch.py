@@ -19,7 +19,6 @@ def generate_launch_description() -> LaunchDescription:
     seed = LaunchConfiguration("seed")
     sensor_profile = LaunchConfiguration("sensor_profile")
     memory_db = LaunchConfiguration("memory_db")
-    planner = LaunchConfiguration("planner")
     args = [
         DeclareLaunchArgument("params", default_value=PathJoinSubstitution(
             [FindPackageShare("mnemobot"), "launch", "params", "sim.yaml"]),
@@ -31,8 +30,6 @@ def generate_launch_description() -> LaunchDescription:
                               description="simulated sensor: ideal, kinect, realsense, heavy or a YAML file"),
         DeclareLaunchArgument("memory_db", default_value="",
                               description="SQLite file the memory persists to and reloads ('' = in memory only)"),
-        DeclareLaunchArgument("planner", default_value="symbolic",
-                              description="planner: symbolic, hf (local model path) or openai (base URL)"),
     ]
     sim_time = {"use_sim_time": True}
     nodes = [
@@ -42,7 +39,6 @@ def generate_launch_description() -> LaunchDescription:
              parameters=[params, sim_time]),
         Node(package="mnemobot", executable="mnemobot-memory", name="memory", output="screen",
              parameters=[params, sim_time, {"memory_db": memory_db}]),
-        Node(package="mnemobot", executable="mnemobot-orchestrator", name="orchestrator", output="screen",
-             parameters=[params, sim_time, {"planner": planner}]),
     ]
+    # The orchestrator node (the ExecuteTask action server) joins this graph when it is built.
     return LaunchDescription([*args, *nodes])

@@ -20,8 +20,11 @@ sim_robot      sim_robot        the pybullet household on standard topics (``--s
 robot_bridge   robot_bridge     limits, stale-command watchdog and e-stop between the orchestrator
                                 and the robot's drivers
 memory         memory_node      perception + scene-graph memory; MarkerArray, ops, QueryMemory
-orchestrator   orchestrator     planner + skills; the ExecuteTask action server
 =============  ===============  ==================================================================
+
+Not built yet: the ``orchestrator`` node (planner and skills behind the ``ExecuteTask`` action
+server) that ``ros task`` talks to; until it is, ``ros task`` reports that no action server
+answers (exit 2).
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ NODES = (
     NodeProcess("sim_robot", "sim_robot", sim_only=True, sim_time=False),
     NodeProcess("robot_bridge", "robot_bridge"),
     NodeProcess("memory", "memory_node"),
-    NodeProcess("orchestrator", "orchestrator"),
 )
+"""The graph as built so far; the orchestrator node (ExecuteTask server) is not built yet."""
 
 
 def default_params(sim: bool) -> Path:

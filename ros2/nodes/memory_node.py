@@ -27,7 +27,7 @@ Topics (every name a parameter; QoS explicit):
 =====================  ==============================  ==============  =====================================
 parameter              type                            frame           QoS
 =====================  ==============================  ==============  =====================================
-rgb_topic (in)         sensor_msgs/Image (rgb8, bgr8,  camera optical  keep last 1, ``reliability`` param
+rgb_topic (in)         sensor_msgs/Image (rgb8, bgr8,  camera optical  keep last ``sensor_queue`` (5), ``reliability``
                        rgba8, bgra8, mono8)                            (reliable | best_effort), volatile
 depth_topic (in)       sensor_msgs/Image (32FC1 m,     camera optical  as rgb
                        16UC1 mm)
@@ -52,7 +52,9 @@ query_service          mnemobot_interfaces/srv/        -               services 
 
 Other parameters: ``memory_db`` (SQLite file; '' keeps memory in this process only),
 ``world_frame`` (default ``map``), ``camera_frame`` ('' = the image's frame_id), ``base_frame``,
-``reliability``, ``topic_timeout_s`` (a required topic silent this long is named in a warning),
+``reliability``, ``sensor_queue`` (keep-last depth of the sensor topics, default 5: with Fast DDS and
+reliable QoS a depth of 1 loses large fragmented images, a fifth of them at 640x480 and 15 Hz on a
+busy machine; the node drains the queues before each frame, so depth adds no lag), ``topic_timeout_s`` (a required topic silent this long is named in a warning),
 ``sensor_profile`` (``ideal`` | ``kinect`` | ``realsense`` | ``heavy`` | FILE.yaml; '' = what
 ``sensor_profile_topic`` declares, else ``kinect``), ``embedder`` (for ``search``), ``sync_tol``,
 ``tf_wait``, ``autostart``.
@@ -118,6 +120,8 @@ PARAMS = (
     _Param("camera_frame", "", "camera optical frame in TF; '' = the image header's frame_id"),
     _Param("base_frame", "base_link", "the robot base frame in TF (its pose is remembered); '' = none"),
     _Param("reliability", "reliable", "QoS reliability of the sensor subscriptions: reliable | best_effort"),
+    _Param("sensor_queue", 5, "history depth of the sensor subscriptions (keep last N); the queues are drained "
+           "before each frame is integrated and only the newest complete frame is, so N adds no lag"),
     _Param("topic_timeout_s", 10.0, "seconds after which a required topic that has not arrived is reported by name"),
     _Param("sensor_profile", "", "ideal | kinect | realsense | heavy | FILE.yaml; '' = the declared one, else kinect"),
     _Param("embedder", "auto", "embedder for 'search' questions: auto | minilm | lexical | none"),
@@ -147,6 +151,7 @@ class NodeParams:
     camera_frame: str
     base_frame: str
     reliability: str
+    sensor_queue: int
     topic_timeout_s: float
     sensor_profile: str
     embedder: str
@@ -161,6 +166,8 @@ class NodeParams:
         for name in ("rgb_topic", "depth_topic", "camera_info_topic", "tf_topic", "world_frame"):
             if not getattr(self, name):
                 raise ValueError(f"{name} cannot be empty")
+        if self.sensor_queue < 1:
+            raise ValueError(f"sensor_queue must be >= 1, got {self.sensor_queue}")
         if not self.topic_timeout_s > 0 or not self.tf_wait >= 0 or not self.sync_tol > 0:
             raise ValueError("topic_timeout_s and sync_tol must be > 0 and tf_wait >= 0")
 
@@ -260,6 +267,7 @@ def _make_node_class() -> type:
             self.counts = {"integrated": 0, "bad_frames": 0, "bad_messages": 0}
             self.warn = _Throttle(lambda text: self.get_logger().warning(text))
             self._entities: list[Any] = []
+            self._subs: dict[str, Any] = {}
             self._received: dict[str, int] = {}
             self._latest: tuple[float, float] | None = None  # (message time, monotonic wall) of the newest
             self._started = time.monotonic()
@@ -281,7 +289,7 @@ def _make_node_class() -> type:
                 self.get_logger().error(f"cannot configure: {e}")
                 return TransitionCallbackReturn.FAILURE
             self._make_assembler()
-            sensor = _qos(1, p.reliability == "reliable", False)
+            sensor = _qos(p.sensor_queue, p.reliability == "reliable", False)
             roles = {"rgb": p.rgb_topic, "depth": p.depth_topic, "camera_info": p.camera_info_topic,
                      "instances": p.instances_topic}
             from sensor_msgs.msg import CameraInfo, Image
@@ -338,7 +346,7 @@ def _make_node_class() -> type:
             self.active = False
             for e in self._entities:
                 self._destroy(e)
-            self._entities = []
+            self._entities, self._subs = [], {}
             self.close_memory()
 
         def _destroy(self, e: Any) -> None:
@@ -402,9 +410,29 @@ def _make_node_class() -> type:
 
         # -- input --------------------------------------------------------------------------------
         def _sub(self, kind: Any, topic: str, role: str, qos: Any) -> None:
-            self._entities.append(self.create_subscription(kind, topic, lambda m, r=role: self._on_msg(r, m), qos))
+            sub = self.create_subscription(kind, topic, lambda m, r=role: self._on_msg(r, m), qos)
+            self._entities.append(sub)
+            self._subs[role] = sub
 
-        def _on_msg(self, role: str, msg: Any) -> None:
+        def _drain(self) -> None:
+            """Take every message already queued on the camera and TF subscriptions (the executor
+            hands over one a callback), so that the frame integrated next is the newest there is:
+            a deep sensor queue then loses no fragmented image in DDS and adds no lag."""
+            for role in ("tf", "camera_info", "labels", "rgb", "depth", "instances"):
+                sub = self._subs.get(role)
+                if sub is None:
+                    continue
+                for _ in range(1000):
+                    try:
+                        with sub.handle:
+                            taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                    except Exception:  # noqa: BLE001 - rclpy internals moved: the executor delivers them later
+                        return
+                    if taken is None:
+                        break
+                    self._on_msg(role, taken[0], drain=False)
+
+        def _on_msg(self, role: str, msg: Any, drain: bool = True) -> None:
             from mnemobot.ros2.convert import MessageError
 
             self._received[role] = self._received.get(role, 0) + 1
@@ -425,7 +453,8 @@ def _make_node_class() -> type:
             if not self.active:
                 while len(self.asm.pending) > 2:  # not integrating: keep only the newest frames
                     self.asm.pending.popleft()
-            elif self.asm.pending and role != "labels":
+            elif drain and self.asm.pending and role != "labels":
+                self._drain()
                 self._integrate(self._now())
 
         def _on_profile(self, msg: Any) -> None:

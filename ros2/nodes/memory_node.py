@@ -259,8 +259,9 @@ def _make_node_class() -> type:
             super().__init__(NODE_NAME, **kwargs)
             from rcl_interfaces.msg import ParameterDescriptor
 
-            for p in PARAMS:
-                self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+            for p in PARAMS:  # seconds may be given as whole numbers (-p topic_timeout_s:=5)
+                self.declare_parameter(p.name, p.default, ParameterDescriptor(
+                    description=p.description, dynamic_typing=isinstance(p.default, float)))
             self.memory: Any = None
             self.asm: Any = None
             self.active = False
@@ -277,6 +278,12 @@ def _make_node_class() -> type:
         # -- parameters ---------------------------------------------------------------------------
         def params(self) -> NodeParams:
             values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+            for p in PARAMS:
+                if isinstance(p.default, float):
+                    try:
+                        values[p.name] = float(values[p.name])
+                    except (TypeError, ValueError):
+                        raise ValueError(f"{p.name} must be a number of seconds, got {values[p.name]!r}") from None
             return NodeParams(**values)
 
         # -- lifecycle ----------------------------------------------------------------------------
@@ -289,6 +296,7 @@ def _make_node_class() -> type:
                 self.get_logger().error(f"cannot configure: {e}")
                 return TransitionCallbackReturn.FAILURE
             self._make_assembler()
+            self._received, self._latest, self._integrated_this_session = {}, None, 0
             sensor = _qos(p.sensor_queue, p.reliability == "reliable", False)
             roles = {"rgb": p.rgb_topic, "depth": p.depth_topic, "camera_info": p.camera_info_topic,
                      "instances": p.instances_topic}

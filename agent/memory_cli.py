@@ -10,7 +10,7 @@ from mnemobot.agent.errors import UserError
 from mnemobot.memory.graph import SceneGraph
 from mnemobot.memory.retrieval import MemoryQuery
 
-__all__ = ["load_graph", "run_memory_query"]
+__all__ = ["QUESTIONS", "answer_question", "load_graph", "run_memory_query"]
 
 
 def load_graph(path: Path) -> tuple[SceneGraph, list[dict[str, Any]]]:
@@ -31,6 +31,10 @@ def load_graph(path: Path) -> tuple[SceneGraph, list[dict[str, Any]]]:
     return graph, episodes
 
 
+QUESTIONS = ("summary", "episodes", "objects", "where", "contents", "last-seen", "changed", "search")
+"""The questions :func:`answer_question` knows (``last_seen`` is accepted for ``last-seen``)."""
+
+
 def run_memory_query(path: Path, question: str, argument: str | None, k: int = 5, as_json: bool = False) -> str:
     """Answer one question; returns the text to print. Bad input raises :class:`UserError`."""
     graph, episodes = load_graph(path)
@@ -39,7 +43,19 @@ def run_memory_query(path: Path, question: str, argument: str | None, k: int = 5
         from mnemobot.memory.embedding import make_embedder
 
         embedder = make_embedder("auto")
-    query = MemoryQuery(graph, embedder)
+    answer, text = answer_question(MemoryQuery(graph, embedder), episodes, question, argument, k, label=str(path))
+    return json.dumps(answer, indent=2) if as_json else text
+
+
+def answer_question(query: MemoryQuery, episodes: list[dict[str, Any]], question: str, argument: str | None,
+                    k: int = 5, label: str = "memory") -> tuple[Any, str]:
+    """``(JSON-able answer, text)`` of one question to a scene graph (``query.graph``); the CLI and
+    the memory node's ``QueryMemory`` service both answer through here. Bad input raises
+    :class:`UserError`."""
+    graph = query.graph
+    question = "last-seen" if question == "last_seen" else question
+    if question not in QUESTIONS:
+        raise UserError(f"unknown question {question!r}; ask one of {', '.join(QUESTIONS)}")
     needs = {"where": "an object label", "contents": "a place", "last-seen": "an object label",
              "search": "a description", "changed": "a time in seconds"}
     if question in needs and not argument:
@@ -52,7 +68,7 @@ def run_memory_query(path: Path, question: str, argument: str | None, k: int = 5
             state = graph.node(key).get("state", "present")
             states[state] = states.get(state, 0) + 1
         answer = {"episodes": len(episodes), "objects": len(objects), "states": states, "ops": graph.seq}
-        text = (f"{path}: {len(episodes)} episode(s), {len(objects)} objects "
+        text = (f"{label}: {len(episodes)} episode(s), {len(objects)} objects "
                 f"({', '.join(f'{n} {s}' for s, n in sorted(states.items())) or 'none'}), {graph.seq} operations")
     elif question == "episodes":
         answer = episodes
@@ -93,4 +109,4 @@ def run_memory_query(path: Path, question: str, argument: str | None, k: int = 5
         hits = query.search(argument, k=k)
         answer = [h.to_dict() for h in hits]
         text = "\n".join(f"{h.score:.2f}  {h.describe()}" for h in hits) or "no objects remembered"
-    return json.dumps(answer, indent=2) if as_json else text
+    return answer, text

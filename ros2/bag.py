@@ -31,14 +31,14 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnemobot.perception.types import Observation, Pose, Proprioception
+from mnemobot.perception.types import CameraIntrinsics, Observation, Pose, Proprioception
 from mnemobot.ros2.convert import (
     MessageError,
     depth_from_msg,
@@ -52,7 +52,7 @@ from mnemobot.ros2.tf import TFBuffer, TFError
 from mnemobot.ros2.topics import MNEMOBOT_TOPICS, REQUIRED, TopicMap
 from mnemobot.ros2.types import typestore
 
-__all__ = ["BagError", "BagInfo", "BagSource", "ReplayFrame", "load_labels"]
+__all__ = ["BagError", "BagInfo", "BagSource", "FrameAssembler", "ReplayFrame", "load_labels", "new_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class _Pending:
     rgb: np.ndarray | None = None
     depth: np.ndarray | None = None
     instances: np.ndarray | None = None
+    ids: set[int] | None = None
 
 
 class BagSource:
@@ -145,9 +146,7 @@ class BagSource:
         self.file_labels = labels
         self.sync_tol, self.tf_wait, self.max_wait = sync_tol, tf_wait, max_wait
         self.info: BagInfo | None = None
-        self.stats = {"frames": 0, "dropped_unpaired": 0, "dropped_no_tf": 0, "dropped_bad": 0,
-                      "dropped_bad_camera_info": 0, "dropped_empty_depth": 0, "bad_transforms": 0,
-                      "unknown_ids": 0}
+        self.stats = new_stats()
         self._reader: Any = None
         self._t0 = 0
 
@@ -271,10 +270,6 @@ class BagSource:
                 raise BagError(f"bag {self.path}: cannot read {topic}: {_reason(e)}") from None
 
     # -- frames --------------------------------------------------------------------------------------------
-    def _rel(self, stamp: Any, log_ns: int) -> float:
-        s = stamp_to_s(stamp)
-        return s - self._t0 * 1e-9 if s > 0 else (log_ns - self._t0) * 1e-9
-
     def frames(self) -> Iterator[ReplayFrame]:
         """Synchronised frames in time order. Raises :class:`BagError` if the bag is cut short."""
         if self.info is None or self._reader is None:
@@ -286,143 +281,209 @@ class BagSource:
         if body_topic:
             by_topic[body_topic] = "body"
         conns = [c for c in reader.connections if c.topic in by_topic]
-        tf = TFBuffer(max_gap=0.5, history_s=30.0)
-        self._labels = dict(self.file_labels or {})
-        self._labels_from_topic = "labels" in roles and self.file_labels is None
-        self._intr = None
-        self._joints: tuple[float, Any] | None = None
-        bodies: deque[tuple[float, dict[str, Any]]] = deque(maxlen=64)
-        pending: deque[_Pending] = deque()
+        asm = FrameAssembler(self.map, roles, self.file_labels, sync_tol=self.sync_tol, tf_wait=self.tf_wait,
+                             max_wait=self.max_wait, t0_ns=self._t0, stats=self.stats)
         now = 0.0
         try:
             for conn, log_ns, raw in reader.messages(connections=conns):
                 role = by_topic[conn.topic]
                 now = (log_ns - self._t0) * 1e-9
                 try:
-                    msg = reader.deserialize(raw, conn.msgtype)
-                    self._take(role, msg, log_ns, tf, bodies, pending)
+                    asm.take(role, reader.deserialize(raw, conn.msgtype), log_ns)
                 except (MessageError, ValueError, KeyError) as e:
                     self.stats["dropped_bad"] += 1
                     log.warning("skipping a %s message at %.3f s: %s", role, now, e)
-                yield from self._emit(pending, tf, bodies, now)
+                yield from asm.emit(now)
         except BagError:
             raise
         except Exception as e:  # noqa: BLE001 - a cut or corrupt file surfaces here
             raise BagError(f"bag {self.path} is truncated or corrupt after {now:.2f} s: {_reason(e)}") from None
-        yield from self._emit(pending, tf, bodies, math.inf)
+        yield from asm.emit(math.inf)
 
-    def _take(self, role: str, msg: Any, log_ns: int, tf: TFBuffer, bodies: deque, pending: deque) -> None:
+
+def new_stats() -> dict[str, int]:
+    """The counters of :class:`FrameAssembler` (frames emitted, and frames/messages skipped by cause)."""
+    return {"frames": 0, "dropped_unpaired": 0, "dropped_no_tf": 0, "dropped_bad": 0,
+            "dropped_bad_camera_info": 0, "dropped_empty_depth": 0, "bad_transforms": 0, "unknown_ids": 0,
+            "dropped_behind": 0}
+
+
+class FrameAssembler:
+    """Messages in, synchronised :class:`ReplayFrame` items out: the per-message logic of
+    :class:`BagSource`, shared with the live memory node.
+
+    Feed every message with :meth:`take` (``role`` as in :class:`TopicMap`, plus ``body``), then
+    call :meth:`emit` with the current time (seconds since ``t0_ns``, the receive/log clock).
+    Times are header stamps relative to ``t0_ns`` (a zero stamp falls back to the receive time).
+    Images are paired by stamp within ``sync_tol``; the TF tree is looked up at the image stamp.
+    A frame waits ``tf_wait`` s for late transforms; ``live=True`` emits it as soon as every
+    moving transform on the camera's chain has a sample at or after its stamp, and only the
+    newest ready frame (older pending ones are counted in ``dropped_behind``), so a consumer
+    never lags more than one frame. Skipped messages and frames are counted in :attr:`stats`
+    and reported through ``warn(key, text)`` (default: the first few of each kind are logged).
+    ``t0_ns`` None: set from the first message that is not a static transform.
+    """
+
+    def __init__(self, topics: TopicMap, roles: Any, labels: dict[int, str] | None = None, *,
+                 sync_tol: float = 0.03, tf_wait: float = 0.25, max_wait: float = 1.0, t0_ns: int | None = None,
+                 live: bool = False, stats: dict[str, int] | None = None,
+                 warn: Callable[[str, str], None] | None = None) -> None:
+        self.map = topics
+        self.has_instances = "instances" in roles
+        self.sync_tol, self.tf_wait, self.max_wait, self.live = sync_tol, tf_wait, max_wait, live
+        self.t0_ns = t0_ns
+        self.stats = stats if stats is not None else new_stats()
+        for k, v in new_stats().items():
+            self.stats.setdefault(k, v)
+        self.warn = warn or self._log_first
+        self.tf = TFBuffer(max_gap=0.5, history_s=30.0)
+        self.labels = dict(labels or {})
+        self.labels_from_topic = "labels" in roles and labels is None
+        self.intr: CameraIntrinsics | None = None
+        self.joints: tuple[float, Any] | None = None
+        self.bodies: deque[tuple[float, dict[str, Any]]] = deque(maxlen=64)
+        self.pending: deque[_Pending] = deque()
+
+    def rel(self, stamp: Any, log_ns: int) -> float:
+        """Seconds since ``t0_ns`` of a header stamp (the receive time ``log_ns`` when it is zero)."""
+        if self.t0_ns is None:
+            s = stamp_to_s(stamp)
+            self.t0_ns = int(round(s * 1e9)) if s > 0 else int(log_ns)
+        s = stamp_to_s(stamp)
+        return s - self.t0_ns * 1e-9 if s > 0 else (log_ns - self.t0_ns) * 1e-9
+
+    def take(self, role: str, msg: Any, log_ns: int) -> None:
+        """One message; raises :class:`MessageError`, ``ValueError`` or ``KeyError`` for a bad one."""
         if role in ("rgb", "depth", "instances"):
-            t = self._rel(msg.header.stamp, log_ns)
+            t = self.rel(msg.header.stamp, log_ns)
             if role == "rgb":
                 arr = rgb_from_msg(msg)
             elif role == "depth":
                 arr = depth_from_msg(msg)
             else:
                 arr = instances_from_msg(msg)
+            pending = self.pending
             slot = next((p for p in pending if abs(p.t - t) <= self.sync_tol and getattr(p, role) is None), None)
             if slot is None:
                 slot = _Pending(t, msg.header.frame_id)
                 pending.append(slot)
                 if len(pending) > 1 and pending[-2].t > t:
-                    pending = deque(sorted(pending, key=lambda p: p.t))
+                    self.pending = deque(sorted(pending, key=lambda p: p.t))
             setattr(slot, role, arr)
             if role == "rgb":
                 slot.frame_id = msg.header.frame_id or slot.frame_id
         elif role == "camera_info":
             try:
-                self._intr = intrinsics_from_msg(msg)
+                self.intr = intrinsics_from_msg(msg)
             except MessageError as e:
-                self._problem("dropped_bad_camera_info", f"camera_info at {self._rel(msg.header.stamp, log_ns):.3f} s "
-                              f"skipped: {e}" + ("; the last good one is used" if self._intr else ""))
+                self._problem("dropped_bad_camera_info", f"camera_info at {self.rel(msg.header.stamp, log_ns):.3f} s "
+                              f"skipped: {e}" + ("; the last good one is used" if self.intr else ""))
         elif role in ("tf", "tf_static"):
+            static = role == "tf_static"
             for tr in msg.transforms:
-                t = self._rel(tr.header.stamp, log_ns)
+                t = 0.0 if static and self.t0_ns is None else self.rel(tr.header.stamp, log_ns)
                 try:
-                    tf.add(tr.header.frame_id, tr.child_frame_id, t, _checked_pose(tr.transform),
-                           static=role == "tf_static")
+                    self.tf.add(tr.header.frame_id, tr.child_frame_id, t, _checked_pose(tr.transform), static=static)
                 except (MessageError, TFError) as e:
                     self._problem("bad_transforms", f"transform {tr.header.frame_id} -> {tr.child_frame_id} at "
                                   f"{t:.3f} s skipped: {e}")
         elif role == "labels":
-            if self._labels_from_topic:
-                self._labels.update(_labels_from(json.loads(msg.data), "labels topic"))
+            if self.labels_from_topic:
+                self.labels.update(_labels_from(json.loads(msg.data), "labels topic"))
         elif role == "joint_states":
-            self._joints = (self._rel(msg.header.stamp, log_ns), msg)
+            self.joints = (self.rel(msg.header.stamp, log_ns), msg)
         elif role == "body":
-            bodies.append(((log_ns - self._t0) * 1e-9, json.loads(msg.data)))
+            self.bodies.append(((log_ns - (self.t0_ns or log_ns)) * 1e-9, json.loads(msg.data)))
 
-    def _emit(self, pending: deque, tf: TFBuffer, bodies: deque, now: float) -> Iterator[ReplayFrame]:
-        has_inst = "instances" in self.info.roles
+    def _complete(self, p: _Pending) -> bool:
+        return p.rgb is not None and p.depth is not None and (p.instances is not None or not self.has_instances)
+
+    def _tf_ready(self, p: _Pending) -> bool:
+        """Live: camera_info is known, TF has moved past the frame's stamp and (with a labels topic)
+        every instance id in its mask has a label."""
+        if self.intr is None or not self.tf.ready(self.map.world_frame, self.map.camera_frame or p.frame_id, p.t):
+            return False
+        if self.labels_from_topic and p.instances is not None:
+            if p.ids is None:
+                p.ids = set(np.unique(p.instances).tolist()) - {0}
+            return p.ids <= self.labels.keys()
+        return True
+
+    def emit(self, now: float) -> Iterator[ReplayFrame]:
+        """The frames ready at ``now`` (seconds since ``t0_ns``); see the class doc."""
+        pending = self.pending
+        if self.live:
+            ready = [i for i, p in enumerate(pending) if self._complete(p) and self._tf_ready(p)]
+            if ready:
+                for _ in range(ready[-1]):
+                    pending.popleft()
+                    self.stats["dropped_behind"] += 1
         while pending:
             p = pending[0]
-            complete = p.rgb is not None and p.depth is not None and (p.instances is not None or not has_inst)
-            if not complete:
+            if not self._complete(p):
                 if now - p.t > self.max_wait:
                     pending.popleft()
                     self.stats["dropped_unpaired"] += 1
                     continue
                 return
-            if now - p.t < self.tf_wait:
+            if now - p.t < self.tf_wait and not (self.live and self._tf_ready(p)):
                 return
             pending.popleft()
-            frame = self._frame(p, tf, bodies)
+            frame = self._frame(p)
             if frame is not None:
                 self.stats["frames"] += 1
                 yield frame
 
-    def _problem(self, key: str, text: str) -> None:
-        """Count a skipped message or frame under ``stats[key]``; log the first few of each kind."""
-        self.stats[key] += 1
+    def _log_first(self, key: str, text: str) -> None:
         if self.stats[key] <= _WARN_EACH:
             log.warning("%s", text)
         elif self.stats[key] == _WARN_EACH + 1:
             log.warning("further %s are only counted", key.replace("_", " "))
 
-    def _frame(self, p: _Pending, tf: TFBuffer, bodies: deque) -> ReplayFrame | None:
-        if self._intr is None:
+    def _problem(self, key: str, text: str) -> None:
+        """Count a skipped message or frame under ``stats[key]`` and report it."""
+        self.stats[key] += 1
+        self.warn(key, text)
+
+    def _frame(self, p: _Pending) -> ReplayFrame | None:
+        if self.intr is None:
             self._problem("dropped_bad_camera_info", f"frame at {p.t:.3f} s skipped: no valid camera_info yet")
             return None
         if not np.any(np.isfinite(p.depth) & (p.depth > 0)):
             self._problem("dropped_empty_depth", f"frame at {p.t:.3f} s skipped: its depth image has no valid "
                                                  "pixel (all 0, NaN or inf)")
             return None
-        intr = self._intr
+        intr = self.intr
         if p.rgb.shape[:2] != (intr.height, intr.width) or p.depth.shape != (intr.height, intr.width):
-            self.stats["dropped_bad"] += 1
-            log.warning("frame at %.3f s: image sizes %s/%s disagree with camera_info %dx%d", p.t,
-                        p.rgb.shape, p.depth.shape, intr.width, intr.height)
+            self._problem("dropped_bad", f"frame at {p.t:.3f} s: image sizes {p.rgb.shape}/{p.depth.shape} "
+                                         f"disagree with camera_info {intr.width}x{intr.height}")
             return None
-        world = self.map.world_frame
         cam_frame = self.map.camera_frame or p.frame_id
         try:
-            cam = tf.lookup(world, cam_frame, p.t)
+            cam = self.tf.lookup(self.map.world_frame, cam_frame, p.t)
         except TFError as e:
-            self.stats["dropped_no_tf"] += 1
-            if self.stats["dropped_no_tf"] <= 3:
-                log.warning("frame at %.3f s skipped: %s", p.t, e)
+            self._problem("dropped_no_tf", f"frame at {p.t:.3f} s skipped: {e}")
             return None
         instances, labels = p.instances, {}
         if instances is not None:
-            present = np.unique(instances)
-            for i in present.tolist():
+            for i in np.unique(instances).tolist():
                 if i == 0:
                     continue
-                lb = self._labels.get(i)
+                lb = self.labels.get(i)
                 if lb is None:
                     self.stats["unknown_ids"] += 1
                     lb = "unknown"
                 labels[i] = lb
         obs = Observation(timestamp=p.t, rgb=p.rgb, depth=p.depth, intrinsics=intr, camera_pose=cam,
-                          instances=instances, labels=labels, proprio=self._proprio(p.t, tf))
+                          instances=instances, labels=labels, proprio=self._proprio(p.t))
         body = None
-        for bt, b in bodies:
+        for bt, b in self.bodies:
             if bt <= p.t + 1e-6:
                 body = b
         return ReplayFrame(p.t, obs, body)
 
-    def _proprio(self, t: float, tf: TFBuffer) -> Proprioception | None:
-        base_frame = self.map.base_frame
+    def _proprio(self, t: float) -> Proprioception | None:
+        base_frame, tf = self.map.base_frame, self.tf
         if not base_frame or base_frame not in tf.frames:
             return None
         try:
@@ -431,8 +492,8 @@ class BagSource:
             return None
         q = np.zeros(0)
         width = 0.0
-        if self._joints is not None:
-            js = self._joints[1]
+        if self.joints is not None:
+            js = self.joints[1]
             names, pos = list(js.name), np.asarray(js.position, dtype=float)
             if len(names) == len(pos):
                 fingers = [p for n, p in zip(names, pos, strict=True) if "finger" in n]

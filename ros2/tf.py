@@ -136,6 +136,21 @@ class TFBuffer:
         down = self._compose(t_chain, common, t)    # target in common
         return down.inverse() @ up
 
+    def ready(self, target: str, source: str, t: float) -> bool:
+        """Whether every moving transform between the two frames has a sample at or after ``t``
+        (a lookup at ``t`` then interpolates and later samples cannot change it)."""
+        target, source = target.lstrip("/"), source.lstrip("/")
+        for f in (target, source):
+            seen: set[str] = set()
+            while f in self._edges and f not in seen:
+                seen.add(f)
+                e = self._edges[f]
+                if not e.static and (not e.times or e.times[-1] < t):
+                    return False
+                f = e.parent
+        known = self.frames
+        return target == source or (target in known and source in known)
+
     def _compose(self, chain: list[str], common: str, t: float) -> Pose:
         pose = Pose(np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
         for f in chain:

@@ -177,11 +177,10 @@ def send_task(instruction: str, task_id: str = "", timeout_s: float = 30.0, acti
     """Send one ``ExecuteTask`` goal and wait for its result; the exit status of ``ros task``."""
     try:
         import rclpy
+        from mnemobot_interfaces.action import ExecuteTask
         from rclpy.action import ActionClient
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
-
-        from mnemobot_interfaces.action import ExecuteTask
     except ImportError as e:
         raise ImportError(f"'mnemobot ros' needs ROS 2 (rclpy and mnemobot_interfaces): run scripts/setup.sh, "
                           f"or source a ROS 2 workspace where they are built ({e})") from None

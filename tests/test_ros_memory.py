@@ -363,8 +363,9 @@ def to_rclpy(role: str, m, offset: float):
 
 
 def _node_params(db: Path, **extra) -> dict:
+    # another robot: no mnemobot site map on its topics
     return dict({f"{r}_topic": t for r, t in TOPICS.items()}, memory_db=str(db), sensor_profile="ideal",
-                embedder="lexical", **extra)
+                embedder="lexical", latched_wait_s=0.0, **extra)
 
 
 @pytest.fixture(scope="module")

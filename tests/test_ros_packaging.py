@@ -5,10 +5,10 @@ the package installs; the parameter files are valid ROS 2 parameter YAML."""
 from __future__ import annotations
 
 import ast
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -112,6 +112,11 @@ PARAMS = (
     _Param("tf_static_topic", "/tf_static", "static transforms (tf2_msgs/TFMessage, transient local)"),
     _Param("sensor_profile_topic", "/mnemobot/sensor_profile",
            "the camera rig's declared noise model (std_msgs/String JSON, latched); used when sensor_profile is ''"),
+    _Param("site_map_topic", "/mnemobot/site_map",
+           "the robot's map of rooms and places, and the labels of furniture (std_msgs/String JSON "
+           "{site_map, static_labels}, latched); objects are then related to named places; '' = none"),
+    _Param("latched_wait_s", 3.0, "seconds the first frame waits for the latched sensor profile and site map "
+           "(discovery may deliver them after the first images)"),
     _Param("scene_graph_topic", "/mnemobot/scene_graph",
            "scene graph out (visualization_msgs/MarkerArray, transient local)"),
     _Param("memory_ops_topic", "/mnemobot/memory_ops", "memory operations out (mnemobot_interfaces/MemoryOpArray)"),
@@ -144,6 +149,8 @@ class NodeParams:
     tf_topic: str
     tf_static_topic: str
     sensor_profile_topic: str
+    site_map_topic: str
+    latched_wait_s: float
     scene_graph_topic: str
     memory_ops_topic: str
     query_service: str
@@ -273,6 +280,7 @@ def _make_node_class() -> type:
             self._latest: tuple[float, float] | None = None  # (message time, monotonic wall) of the newest
             self._started = time.monotonic()
             self._profile_declared: dict[str, Any] | None = None
+            self._site: tuple[Any, frozenset[str]] | None = None
             self._integrated_this_session = 0
 
         # -- parameters ---------------------------------------------------------------------------
@@ -315,6 +323,8 @@ def _make_node_class() -> type:
                 self._sub(TFMessage, p.tf_static_topic, "tf_static", _qos(100, True, True))
             if p.sensor_profile_topic and not p.sensor_profile:
                 self._sub(String, p.sensor_profile_topic, "sensor_profile", _qos(1, True, True))
+            if p.site_map_topic:
+                self._sub(String, p.site_map_topic, "site_map", _qos(1, True, True))
             from mnemobot_interfaces.msg import MemoryOpArray
             from mnemobot_interfaces.srv import QueryMemory
             from visualization_msgs.msg import MarkerArray
@@ -393,9 +403,12 @@ def _make_node_class() -> type:
             return sensor_model("kinect")
 
         def _open_memory(self, sensor: Any) -> None:
+            from mnemobot.memory.graph import SceneGraphConfig
             from mnemobot.memory.memory import Memory, MemoryConfig
 
-            memory = Memory(MemoryConfig(db_path=self.p.memory_db or None, embedder=self.p.embedder, sensor=sensor))
+            site, static = self._site if self._site is not None else (None, frozenset())
+            memory = Memory(MemoryConfig(db_path=self.p.memory_db or None, embedder=self.p.embedder, sensor=sensor,
+                                         graph=SceneGraphConfig(static_labels=static)), site=site)
             memory.begin_episode({"node": NODE_NAME, "sensor": sensor.name})
             memory.op_sinks.append(self._on_ops)
             self.memory, self.sensor_name = memory, sensor.name
@@ -447,6 +460,9 @@ def _make_node_class() -> type:
             if role == "sensor_profile":
                 self._on_profile(msg)
                 return
+            if role == "site_map":
+                self._on_site_map(msg)
+                return
             recv_ns = self.get_clock().now().nanoseconds
             try:
                 self.asm.take(role, msg, recv_ns)
@@ -490,6 +506,37 @@ def _make_node_class() -> type:
                 self._open_memory(sensor)
                 self.get_logger().info(f"sensor profile {sensor.name} (declared on {self.p.sensor_profile_topic})")
 
+        def _on_site_map(self, msg: Any) -> None:
+            """The robot's map (as a mnemobot recording latches it): memory reopens with named places
+            and the furniture labels, if no frame was integrated yet."""
+            from mnemobot.control.site import SiteMap
+
+            try:
+                data = json.loads(msg.data)
+                site = SiteMap.from_dict(data["site_map"])
+                static = frozenset(str(x) for x in data.get("static_labels", ()))
+            except (ValueError, KeyError, TypeError) as e:
+                self.warn("bad_site_map", f"{self.p.site_map_topic} ignored: {e}")
+                return
+            if self._site is not None and self._site[0].to_dict() == site.to_dict():
+                return
+            if self._integrated_this_session:
+                self.warn("late_site_map", "a site map was declared after frames were integrated: "
+                          "ignored until the node restarts")
+                return
+            self._site = (site, static)
+            self.close_memory()
+            self._open_memory(self._sensor())
+            self.get_logger().info(f"site map: {len(site.places)} places (from {self.p.site_map_topic})")
+
+        def _waiting_for_latched(self) -> bool:
+            """Before the first frame: the latched declarations (sensor profile, site map) have not
+            come yet and the wait for them is not over."""
+            if self._integrated_this_session or time.monotonic() - self._started > self.p.latched_wait_s:
+                return False
+            return (bool(self.p.sensor_profile_topic) and not self.p.sensor_profile
+                    and self._profile_declared is None) or (bool(self.p.site_map_topic) and self._site is None)
+
         def _now(self) -> float:
             """Now on the message clock: the newest image time plus the wall time since it came."""
             if self._latest is None:
@@ -521,6 +568,10 @@ def _make_node_class() -> type:
         def _integrate(self, now: float) -> None:
             from mnemobot.perception.types import ObservationError
 
+            if self._waiting_for_latched():
+                while len(self.asm.pending) > 2:  # keep only the newest frames meanwhile
+                    self.asm.pending.popleft()
+                return
             for frame in self.asm.emit(now):
                 if self.memory is None:
                     return

@@ -17,7 +17,8 @@ deadline = time.monotonic() + 60
 while not got and time.monotonic() < deadline:
     rclpy.spin_once(node, timeout_sec=0.5)
 if not got:
-    print("no MarkerArray within 60 s"); sys.exit(1)
+    print("no MarkerArray within 60 s")
+    sys.exit(1)
 m = got[-1]
 texts = sorted({mk.text for mk in m.markers if mk.text})
 print(f"rclpy {version('ros-jazzy-rclpy')} (Jazzy): MarkerArray with {len(m.markers)} markers in frame "

@@ -71,8 +71,10 @@ def header(t: float, frame_id: str, ts: Any) -> Any:
 
 
 # -- images ---------------------------------------------------------------------------------------------
-def image_msg(array: np.ndarray, encoding: str, t: float, frame_id: str, ts: Any) -> Any:
-    """A ``sensor_msgs/Image`` holding ``array`` (little-endian, unpadded rows)."""
+def image_layout(array: np.ndarray, encoding: str) -> tuple[np.ndarray, int, int, int]:
+    """``(pixels, height, width, step)`` of ``array`` as a ``sensor_msgs/Image`` in ``encoding``
+    stores it (little-endian, unpadded rows); :class:`MessageError` for a wrong shape or encoding.
+    Shared by the bag writer and the rclpy nodes."""
     if encoding not in _DTYPES:
         raise MessageError(f"unsupported image encoding {encoding!r}")
     dtype, channels = _DTYPES[encoding]
@@ -80,9 +82,15 @@ def image_msg(array: np.ndarray, encoding: str, t: float, frame_id: str, ts: Any
     if a.ndim not in (2, 3) or (a.shape[2] if a.ndim == 3 else 1) != channels:
         raise MessageError(f"an {encoding} image needs {channels} channel(s), got shape {array.shape}")
     h, w = a.shape[:2]
+    return a, h, w, w * channels * a.itemsize
+
+
+def image_msg(array: np.ndarray, encoding: str, t: float, frame_id: str, ts: Any) -> Any:
+    """A ``sensor_msgs/Image`` holding ``array`` (little-endian, unpadded rows)."""
+    a, h, w, step = image_layout(array, encoding)
     return ts.types["sensor_msgs/msg/Image"](
         header=header(t, frame_id, ts), height=h, width=w, encoding=encoding, is_bigendian=0,
-        step=w * channels * a.itemsize, data=a.reshape(-1).view(np.uint8))
+        step=step, data=a.reshape(-1).view(np.uint8))
 
 
 def image_from_msg(msg: Any) -> np.ndarray:

@@ -51,7 +51,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 from std_msgs.msg import Header
 
 from mnemobot.perception.types import CameraIntrinsics, Pose
-from mnemobot.ros2.convert import _DTYPES, MessageError
+from mnemobot.ros2.convert import MessageError, image_layout
 
 __all__ = [
     "NodeConfigError",
@@ -141,15 +141,8 @@ def header(t: float, frame_id: str = "") -> Header:
 def image_msg(array: np.ndarray, encoding: str, t: float, frame_id: str) -> Image:
     """``sensor_msgs/Image`` (little-endian, unpadded rows) of ``array`` in ``encoding``
     (``rgb8``, ``32FC1`` metres, ``16UC1``...)."""
-    if encoding not in _DTYPES:
-        raise MessageError(f"unsupported image encoding {encoding!r}")
-    dtype, channels = _DTYPES[encoding]
-    a = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
-    if a.ndim not in (2, 3) or (a.shape[2] if a.ndim == 3 else 1) != channels:
-        raise MessageError(f"an {encoding} image needs {channels} channel(s), got shape {array.shape}")
-    h, w = a.shape[:2]
-    msg = Image(header=header(t, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0,
-                step=w * channels * a.itemsize)
+    a, h, w, step = image_layout(array, encoding)
+    msg = Image(header=header(t, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0, step=step)
     msg.data = a.tobytes()  # bytes: one copy; assigning a numpy array is ~50x slower
     return msg
 
@@ -226,3 +219,27 @@ def run_node(node_factory: Callable[[], Node], args: Sequence[str] | None = None
             except Exception:  # the context may already be gone; nothing left to release
                 pass
         rclpy.try_shutdown()
+
+
+def trajectory_positions(msg: Any, names: Sequence[str], current: np.ndarray, what: str,
+                         error: type[Exception] = ValueError) -> np.ndarray:
+    """The first point of a ``trajectory_msgs/JointTrajectory`` as targets for joints ``names``
+    (joints it omits keep ``current``). Raises ``error`` naming the problem: no point, names and
+    positions that disagree or repeat, unknown joints, values that are not finite. Range and
+    speed checks are the caller's (a driver's hardware range, the bridge's limits)."""
+    if not msg.points:
+        raise error(f"{what} trajectory has no points")
+    given = list(msg.joint_names) or list(names)
+    pos = np.asarray(msg.points[0].positions, dtype=float)
+    if len(pos) != len(given) or len(set(given)) != len(given):
+        raise error(f"{what} trajectory: {len(given)} joint names but {len(pos)} positions (or repeats)")
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise error(f"{what} trajectory names unknown joints {unknown} (known: {list(names)})")
+    if not np.all(np.isfinite(pos)):
+        raise error(f"{what} targets are not finite: {pos.tolist()}")
+    q = np.array(current, dtype=float)
+    index = {n: i for i, n in enumerate(names)}
+    for n, v in zip(given, pos, strict=True):
+        q[index[n]] = v
+    return q

@@ -73,6 +73,7 @@ from mnemobot.ros2.nodes.common import (
     latched_qos,
     run_node,
     sensor_qos,
+    trajectory_positions,
 )
 from mnemobot.ros2.nodes.sim_robot import DRIVER_TOPICS, HEAD_JOINTS
 
@@ -286,21 +287,8 @@ class RobotBridgeNode(Node):
         """Targets of the first point for all ``names`` (omitted joints keep ``prev``) and its dt."""
         if prev is None:
             raise SafetyError(f"no measured {what} positions yet (/joint_states): cannot check the step")
-        if not msg.points:
-            raise SafetyError(f"{what} trajectory has no points")
-        given = list(msg.joint_names) or list(names)
+        q = trajectory_positions(msg, names, prev, what, SafetyError)
         point = msg.points[0]
-        pos = np.asarray(point.positions, dtype=float)
-        if len(pos) != len(given) or len(set(given)) != len(given):
-            raise SafetyError(f"{what} trajectory: {len(given)} joint names but {len(pos)} positions (or repeats)")
-        unknown = [n for n in given if n not in names]
-        if unknown:
-            raise SafetyError(f"{what} trajectory names unknown joints {unknown}")
-        if not np.all(np.isfinite(pos)):
-            raise SafetyError(f"{what} targets are not finite: {pos.tolist()}")
-        q = np.array(prev, dtype=float)
-        for n, v in zip(given, pos, strict=True):
-            q[names.index(n)] = v
         for i, n in enumerate(names):
             if not lower[i] - _EPS <= q[i] <= upper[i] + _EPS:
                 raise JointLimitError(f"{what} {n} target {q[i]:.4f} rad outside [{lower[i]:.4f}, {upper[i]:.4f}]")

@@ -105,6 +105,7 @@ from mnemobot.ros2.nodes.common import (
     sensor_qos,
     stamp,
     tf_qos,
+    trajectory_positions,
     transform_msg,
 )
 from mnemobot.ros2.topics import FRAMES, MNEMOBOT_TOPICS, TopicMap
@@ -138,20 +139,7 @@ def trajectory_target(msg: JointTrajectory, names: Sequence[str], current: np.nd
                       lower: np.ndarray, upper: np.ndarray, what: str) -> np.ndarray:
     """The first point of ``msg`` as targets for joints ``names`` (joints it omits keep ``current``);
     raises :class:`CommandRefused` naming the problem."""
-    if not msg.points:
-        raise CommandRefused(f"{what} trajectory has no points")
-    given = list(msg.joint_names) or list(names)
-    pos = np.asarray(msg.points[0].positions, dtype=float)
-    if len(pos) != len(given):
-        raise CommandRefused(f"{what} trajectory: {len(given)} joint names but {len(pos)} positions")
-    unknown = [n for n in given if n not in names]
-    if unknown:
-        raise CommandRefused(f"{what} trajectory names unknown joints {unknown} (known: {list(names)})")
-    if not np.all(np.isfinite(pos)):
-        raise CommandRefused(f"{what} trajectory positions are not finite: {pos.tolist()}")
-    q = np.array(current, dtype=float)
-    for n, v in zip(given, pos, strict=True):
-        q[list(names).index(n)] = v
+    q = trajectory_positions(msg, names, current, what, CommandRefused)
     bad = [(names[i], q[i], lower[i], upper[i]) for i in range(len(q)) if not lower[i] - 1e-6 <= q[i] <= upper[i] + 1e-6]
     if bad:
         raise CommandRefused(f"{what} target outside the joint range: " + "; ".join(

@@ -223,13 +223,14 @@ def _add_ros(sub: argparse._SubParsersAction) -> None:
     )
     ros = p.add_subparsers(dest="ros_verb", metavar="<up|task>", required=True)
     up = ros.add_parser("up", help="start the node graph until Ctrl-C",
-                        description="Start sim_robot (with --sim), robot_bridge and memory as separate processes; "
+                        description="Start sim_robot (with --sim), robot_bridge, memory and orchestrator as separate "
+                                    "processes; "
                                     "Ctrl-C or SIGTERM stops them all.")
     up.add_argument("--sim", action="store_true", help="also run the pybullet household as a ROS 2 robot")
     up.add_argument("--params", type=Path, default=None, metavar="FILE.yaml",
                     help="ROS 2 parameter file (default: launch/params/sim.yaml with --sim, robot.yaml without)")
     up.add_argument("--only", default="", metavar="NODE,...",
-                    help="start only these nodes (comma list of sim_robot, robot_bridge, memory)")
+                    help="start only these nodes (comma list of sim_robot, robot_bridge, memory, orchestrator)")
     task = ros.add_parser("task", help="send a task to the running graph and wait for the result",
                           description="Send an ExecuteTask goal, print feedback and the result. Exit 0 on success, "
                                       "1 on a failed or cancelled task, 2 on a rejected goal or no action server.")

@@ -31,6 +31,7 @@ def generate_launch_description() -> LaunchDescription:
              parameters=[params]),
         Node(package="mnemobot", executable="mnemobot-memory", name="memory", output="screen",
              parameters=[params, {"memory_db": memory_db}]),
+        Node(package="mnemobot", executable="mnemobot-orchestrator", name="orchestrator", output="screen",
+             parameters=[params]),
     ]
-    # The orchestrator node (the ExecuteTask action server) joins this graph when it is built.
     return LaunchDescription([*args, *nodes])

@@ -208,6 +208,11 @@ class Memory:
             self._remember(key, label, change, when, data)
         self._flush()
 
+    @property
+    def at_place(self) -> str | None:
+        """The named place the body said it is at (:meth:`set_body`), if any."""
+        return self._at_place
+
     # -- perception ----------------------------------------------------------------------------------
     def update(self, obs: Observation, place: str | None = None) -> dict[str, str]:
         """Integrate one frame; returns ``{object key: cause}`` of what changed.

@@ -20,11 +20,9 @@ sim_robot      sim_robot        the pybullet household on standard topics (``--s
 robot_bridge   robot_bridge     limits, stale-command watchdog and e-stop between the orchestrator
                                 and the robot's drivers
 memory         memory_node      perception + scene-graph memory; MarkerArray, ops, QueryMemory
+orchestrator   orchestrator_    planner, skills and brainstem behind the ``ExecuteTask`` action
+               node             server; reads memory by following the memory node's ops
 =============  ===============  ==================================================================
-
-Not built yet: the ``orchestrator`` node (planner and skills behind the ``ExecuteTask`` action
-server) that ``ros task`` talks to; until it is, ``ros task`` reports that no action server
-answers (exit 2).
 """
 
 from __future__ import annotations
@@ -64,8 +62,9 @@ NODES = (
     NodeProcess("sim_robot", "sim_robot", sim_only=True, sim_time=False),
     NodeProcess("robot_bridge", "robot_bridge"),
     NodeProcess("memory", "memory_node"),
+    NodeProcess("orchestrator", "orchestrator_node"),
 )
-"""The graph as built so far; the orchestrator node (ExecuteTask server) is not built yet."""
+"""The node graph, in start order."""
 
 
 def default_params(sim: bool) -> Path:
@@ -268,4 +267,8 @@ def _print_result(wrapped, out) -> int:  # noqa: ANN001 - GetResult response
                        ("steps", "control ticks"), ("sim_s", "simulated s"), ("wall_s", "wall s")):
         if key in summary:
             print(f"{label:12s}: {summary[key]}", file=out)
+    mem = summary.get("memory")
+    if isinstance(mem, dict):
+        print(f"memory      : {mem.get('objects', 0)} objects followed, {mem.get('reloads', 0)} reload(s), "
+              f"{mem.get('frames_waited', 0)} frames waited for ({mem.get('wait_s', 0)} s)", file=out)
     return EXIT_OK if result.success and wrapped.status == GoalStatus.STATUS_SUCCEEDED else EXIT_FAILED

@@ -48,6 +48,10 @@ memory_ops_topic (out) mnemobot_interfaces/            world_frame     keep last
                        frame; header stamp = image)
 query_service          mnemobot_interfaces/srv/        -               services default
                        QueryMemory
+body_topic (in)        std_msgs/String (JSON body      -               keep last 1, reliable, transient local
+                       facts: held, opened, at_place)
+sync_topic (out)       std_msgs/String (JSON: graph    -               keep last 1, reliable, transient local
+                       seq, last frame stamp, clock)
 =====================  ==============================  ==============  =====================================
 
 Other parameters: ``memory_db`` (SQLite file; '' keeps memory in this process only),
@@ -62,7 +66,8 @@ busy machine; the node drains the queues before each frame, so depth adds no lag
 QueryMemory answers the questions of ``mnemobot memory DB QUESTION --json`` with the same JSON
 (``summary``, ``episodes``, ``objects``, ``where``, ``contents``, ``last_seen``/``last-seen``,
 ``changed`` (``argument`` or ``since``, memory time in s), ``search``), plus ``stats`` (this
-node's frame counters). An unknown question or a bad argument gives ``success`` false and a
+node's frame counters) and ``state`` (the whole graph and its clock, from which a mirror follows
+the ops topic; see :mod:`mnemobot.ros2.memory_mirror`). An unknown question or a bad argument gives ``success`` false and a
 message. Memory time: each start of the node is an episode; its frames are timed from its first
 message, after one second past everything remembered (see :class:`~mnemobot.memory.memory.Memory`).
 
@@ -77,6 +82,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +127,14 @@ PARAMS = (
            "scene graph out (visualization_msgs/MarkerArray, transient local)"),
     _Param("memory_ops_topic", "/mnemobot/memory_ops", "memory operations out (mnemobot_interfaces/MemoryOpArray)"),
     _Param("query_service", "/mnemobot/query_memory", "QueryMemory service name"),
+    _Param("body_topic", "/mnemobot/body",
+           "the body's facts from the orchestrator (std_msgs/String JSON {seq, held, opened, at_place, stamp}, "
+           "latched): the object in the gripper is not integrated as seen, its grasp and release are "
+           "remembered, containers opened; '' = none"),
+    _Param("sync_topic", "/mnemobot/memory_sync",
+           "what memory has integrated (std_msgs/String JSON {session, seq, frame, body_seq, offset, t0}, "
+           "latched), sent after each frame and each body update: lets a mirror of the graph "
+           "(the orchestrator's) wait until it is as new as a frame; '' = none"),
     _Param("world_frame", "map", "the fixed frame memory lives in"),
     _Param("camera_frame", "", "camera optical frame in TF; '' = the image header's frame_id"),
     _Param("base_frame", "base_link", "the robot base frame in TF (its pose is remembered); '' = none"),
@@ -154,6 +168,8 @@ class NodeParams:
     scene_graph_topic: str
     memory_ops_topic: str
     query_service: str
+    body_topic: str
+    sync_topic: str
     world_frame: str
     camera_frame: str
     base_frame: str
@@ -282,6 +298,11 @@ def _make_node_class() -> type:
             self._profile_declared: dict[str, Any] | None = None
             self._site: tuple[Any, frozenset[str]] | None = None
             self._integrated_this_session = 0
+            self.sync_pub: Any = None
+            self._body_seq = 0
+            self._last_body: Any = None
+            self._frame_stamp: float | None = None
+            self.session = ""
 
         # -- parameters ---------------------------------------------------------------------------
         def params(self) -> NodeParams:
@@ -325,13 +346,17 @@ def _make_node_class() -> type:
                 self._sub(String, p.sensor_profile_topic, "sensor_profile", _qos(1, True, True))
             if p.site_map_topic:
                 self._sub(String, p.site_map_topic, "site_map", _qos(1, True, True))
+            if p.body_topic:
+                self._sub(String, p.body_topic, "body", _qos(1, True, True))
             from mnemobot_interfaces.msg import MemoryOpArray
             from mnemobot_interfaces.srv import QueryMemory
             from visualization_msgs.msg import MarkerArray
 
             self.graph_pub = self.create_lifecycle_publisher(MarkerArray, p.scene_graph_topic, _qos(1, True, True))
             self.ops_pub = self.create_lifecycle_publisher(MemoryOpArray, p.memory_ops_topic, _qos(10, True, False))
-            self._entities += [self.graph_pub, self.ops_pub,
+            self.sync_pub = self.create_lifecycle_publisher(String, p.sync_topic, _qos(1, True, True)) \
+                if p.sync_topic else None
+            self._entities += [self.graph_pub, self.ops_pub, *([self.sync_pub] if self.sync_pub else []),
                                self.create_service(QueryMemory, p.query_service, self._on_query),
                                self.create_timer(0.1, self._on_timer)]
             self._started = time.monotonic()
@@ -346,6 +371,7 @@ def _make_node_class() -> type:
             self.active = True
             ret = super().on_activate(state)
             self._publish_graph(self.get_clock().now().to_msg())  # the reloaded graph, for late viewers
+            self._publish_sync()
             return ret
 
         def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -413,6 +439,12 @@ def _make_node_class() -> type:
             memory.op_sinks.append(self._on_ops)
             self.memory, self.sensor_name = memory, sensor.name
             self._ops: list[Any] = []
+            self.session = uuid.uuid4().hex[:12]  # a mirror that saw another session reloads the graph
+            self._frame_stamp = None
+            self._body_seq = 0
+            if self._last_body is not None:  # memory reopened (a site map came): the body is as it was
+                self._on_body(self._last_body)
+            self._publish_sync()
 
         def _make_assembler(self) -> None:
             from mnemobot.ros2.bag import FrameAssembler
@@ -462,6 +494,9 @@ def _make_node_class() -> type:
                 return
             if role == "site_map":
                 self._on_site_map(msg)
+                return
+            if role == "body":
+                self._on_body(msg)
                 return
             recv_ns = self.get_clock().now().nanoseconds
             try:
@@ -529,6 +564,47 @@ def _make_node_class() -> type:
             self._open_memory(self._sensor())
             self.get_logger().info(f"site map: {len(site.places)} places (from {self.p.site_map_topic})")
 
+        def _on_body(self, msg: Any) -> None:
+            """The orchestrator's body facts: memory remembers a grasp, a release, an opened
+            container (as ``mnemobot run`` tells its memory), then says so on the sync topic."""
+            try:
+                data = json.loads(msg.data)
+                seq = int(data["seq"])
+                held = data.get("held") or None
+                opened = {str(k): float(v) for k, v in (data.get("opened") or {}).items()}
+                at_place = data.get("at_place") or None
+                stamp = data.get("stamp")
+                if held is not None and not isinstance(held, str):
+                    raise TypeError("held must be a label or null")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                self.warn("bad_body", f"{self.p.body_topic} ignored: {e}")
+                return
+            self._last_body = msg
+            if self.memory is None or seq <= self._body_seq:  # a repeat (latched, re-delivered)
+                return
+            t = None
+            if stamp is not None and self.asm is not None and self.asm.t0_ns is not None:
+                t = max(0.0, float(stamp) - self.asm.t0_ns / 1e9)
+            self._ops = []
+            self.memory.set_body(held, opened, at_place, t=t)
+            self._body_seq = seq
+            if self._ops:
+                now = self.get_clock().now().to_msg()
+                self.ops_pub.publish(memory_ops_msg(self._ops, self.p.world_frame, now))
+                self._publish_graph(now)
+            self._publish_sync()
+
+        def _publish_sync(self) -> None:
+            if self.sync_pub is None or self.memory is None:
+                return
+            from std_msgs.msg import String
+
+            t0 = self.asm.t0_ns / 1e9 if self.asm is not None and self.asm.t0_ns is not None else None
+            self.sync_pub.publish(String(data=json.dumps({
+                "session": self.session, "seq": self.memory.graph.seq, "frame": self._frame_stamp,
+                "body_seq": self._body_seq, "offset": self.memory.offset, "t0": t0,
+                "episode": self.memory.episode})))
+
         def _waiting_for_latched(self) -> bool:
             """Before the first frame: the latched declarations (sensor profile, site map) have not
             come yet and the wait for them is not over."""
@@ -577,7 +653,7 @@ def _make_node_class() -> type:
                     return
                 self._ops = []
                 try:
-                    self.memory.update(frame.obs)
+                    self.memory.update(frame.obs, place=self.memory.at_place)
                 except (ObservationError, ValueError) as e:
                     self.counts["bad_frames"] += 1
                     self.warn("bad_frames", f"frame at {frame.t:.3f} s skipped: {e}")
@@ -588,6 +664,8 @@ def _make_node_class() -> type:
                 if self._ops:
                     self.ops_pub.publish(memory_ops_msg(self._ops, self.p.world_frame, stamp))
                 self._publish_graph(stamp)
+                self._frame_stamp = (self.asm.t0_ns + round(frame.t * 1e9)) / 1e9
+                self._publish_sync()
 
         def _publish_graph(self, stamp: Any) -> None:
             if self.memory is not None:
@@ -615,6 +693,11 @@ def _make_node_class() -> type:
                     raise UserError("memory is not open (the node is not configured)")
                 if q == "stats":
                     answer: Any = self.stats()
+                elif q == "state":  # the whole graph, for a mirror (memory_mirror) to follow the ops from
+                    t0 = self.asm.t0_ns / 1e9 if self.asm is not None and self.asm.t0_ns is not None else None
+                    answer = {"session": self.session, "offset": self.memory.offset, "t0": t0,
+                              "episode": self.memory.episode, "frame": self._frame_stamp,
+                              "body_seq": self._body_seq, "graph": self.memory.graph.to_state()}
                 else:
                     if q == "changed" and not arg:
                         arg = repr(float(request.since))

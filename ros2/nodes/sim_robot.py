@@ -40,9 +40,13 @@ topic (default)                                 type, frame                     
                                                 ``{"id": "label"}`` (all seen
                                                 so far; re-sent on change)
 ``/mnemobot/site_map``                          String JSON ``{"site_map":      latched
-                                                {...}, "static_labels": [...]}``
+                                                {...}, "static_labels": [...],
+                                                "object_classes": [...]}``
 ``/mnemobot/instruction``                       String: the task's instruction  latched
 ``/mnemobot/sensor_profile``                    String JSON (SensorModel)       latched
+``/mnemobot/sim/score`` (service)               std_srvs/Trigger: the task      services default
+                                                holds on simulator truth
+                                                (scoring only)
 ==============================================  ==============================  ======================
 
 Subscribed (driver command topics; QoS command, reliable keep-last 10):
@@ -191,6 +195,9 @@ class SimRobotNode(Node):
         self._pub_site = self.create_publisher(String, T["site_map"], latched_qos())
         self._pub_instruction = self.create_publisher(String, T["instruction"], latched_qos())
         self._pub_sensor = self.create_publisher(String, T["sensor_profile"], latched_qos())
+        from std_srvs.srv import Trigger
+
+        self.create_service(Trigger, T["score_service"], self._on_score)
         cq = command_qos()
         self.create_subscription(JointTrajectory, T["arm_command"], self._on_arm, cq)
         self.create_subscription(Twist, T["base_command"], self._on_base, cq)
@@ -245,6 +252,8 @@ class SimRobotNode(Node):
             "site_map": (M["site_map"], "std_msgs/String JSON site map and static labels (latched)"),
             "instruction": (M["instruction"], "std_msgs/String task instruction (latched)"),
             "sensor_profile": (M["sensor_profile"], "std_msgs/String JSON sensor model (latched)"),
+            "score_service": ("/mnemobot/sim/score", "std_srvs/Trigger: whether the task holds on simulator "
+                              "truth (scoring only; message: JSON task, instruction, success)"),
             "arm_command": (DRIVER_TOPICS["arm"], "trajectory_msgs/JointTrajectory arm targets (subscribed)"),
             "base_command": (DRIVER_TOPICS["base"], "geometry_msgs/Twist base velocity (subscribed)"),
             "gripper_command": (DRIVER_TOPICS["gripper"], "std_msgs/Float64 finger opening, m (subscribed)"),
@@ -306,6 +315,15 @@ class SimRobotNode(Node):
         self._twist = v
         self._got("base")
 
+    def _on_score(self, request: Any, response: Any) -> Any:
+        """Task success on simulator truth, for the orchestrator's result in simulation (scoring only)."""
+        task = self.env.task
+        response.success = bool(task.success(self.env.backend)) if task is not None else False
+        response.message = json.dumps({"task": self.get_parameter("task").value,
+                                       "instruction": task.instruction if task is not None else "",
+                                       "success": response.success})
+        return response
+
     # -- stepping --------------------------------------------------------------------------------------
     def spin(self) -> None:
         """Lockstep loop: step on a complete command set, after ``gather_s`` or after ``idle_step_s``."""
@@ -341,8 +359,11 @@ class SimRobotNode(Node):
         env = self.env
         layout = env.config.layout
         static = sorted({f.name for f in layout.furniture} | set(layout.place_names))  # as recorded episodes
-        self._pub_site.publish(String(data=json.dumps({"site_map": env.site_map.to_dict(), "static_labels": static},
-                                                      separators=(",", ":"))))
+        # object_classes: what the simulated detector can name (its class list, as a real detector's
+        # is known); never where anything is
+        classes = sorted({o.label for o in layout.objects})
+        self._pub_site.publish(String(data=json.dumps({"site_map": env.site_map.to_dict(), "static_labels": static,
+                                                       "object_classes": classes}, separators=(",", ":"))))
         self._pub_instruction.publish(String(data=env.task.instruction if env.task else ""))
         self._pub_sensor.publish(String(data=json.dumps(env.sensor_model.to_dict(), separators=(",", ":"))))
         f = self.frames

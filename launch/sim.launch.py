@@ -40,6 +40,6 @@ def generate_launch_description() -> LaunchDescription:
         Node(package="mnemobot", executable="mnemobot-memory", name="memory", output="screen",
              parameters=[params, sim_time, {"memory_db": memory_db}]),
         Node(package="mnemobot", executable="mnemobot-orchestrator", name="orchestrator", output="screen",
-             parameters=[params, sim_time]),
+             parameters=[params]),  # robot time comes from the joint states' stamps
     ]
     return LaunchDescription([*args, *nodes])

@@ -62,7 +62,7 @@ NODES = (
     NodeProcess("sim_robot", "sim_robot", sim_only=True, sim_time=False),
     NodeProcess("robot_bridge", "robot_bridge"),
     NodeProcess("memory", "memory_node"),
-    NodeProcess("orchestrator", "orchestrator_node"),
+    NodeProcess("orchestrator", "orchestrator_node", sim_time=False),  # it keeps the robot's time itself
 )
 """The node graph, in start order."""
 

@@ -112,11 +112,14 @@ class RosRobot:
 
     ``node`` is the caller's rclpy node; with ``spin=True`` (default) it is spun by an executor in a
     daemon thread of this object (``close()`` stops it), otherwise the caller must spin it.
-    ``timeout_s`` bounds every wait for the robot (wall seconds).
+    ``timeout_s`` bounds every wait for the robot (wall seconds). ``camera=False`` subscribes the
+    camera topics only on the first :meth:`observe` (a process whose memory perceives elsewhere then
+    does not deserialize every image).
     """
 
     def __init__(self, node: Node, spec: RobotSpec | None = None, topics: RosRobotTopics | None = None, *,
-                 timeout_s: float = 5.0, sensor_best_effort: bool = False, spin: bool = True) -> None:
+                 timeout_s: float = 5.0, sensor_best_effort: bool = False, spin: bool = True,
+                 camera: bool = True) -> None:
         self.node = node
         self.spec = spec or mobile_panda_spec()
         self.topics = T = topics or RosRobotTopics()
@@ -148,16 +151,13 @@ class RosRobot:
             sub(JointState, T.joint_states, self._on_joint_states, sq),
             sub(Odometry, T.odom, self._on_odom, command_qos()),
             sub(TFMessage, T.tf, lambda m: self._on_tf(m, False), tf_qos()),
-            sub(Image, T.rgb, self._on_rgb, sq),
-            sub(Image, T.depth, lambda m: self._on_frame_part("depth", m), sq),
-            sub(CameraInfo, T.camera_info, lambda m: self._on_frame_part("camera_info", m), sq),
         ]
         if T.tf_static:
             self._subs.append(sub(TFMessage, T.tf_static, lambda m: self._on_tf(m, True), latched_qos(depth=10)))
-        if T.instances:
-            self._subs.append(sub(Image, T.instances, lambda m: self._on_frame_part("instances", m), sq))
-        if T.labels:
-            self._subs.append(sub(String, T.labels, self._on_labels, latched_qos()))
+        self._sq = sq
+        self._camera_subscribed = False
+        if camera:
+            self._subscribe_camera()
         if T.status:
             self._subs.append(sub(String, T.status, self._on_status, latched_qos()))
         self._executor: SingleThreadedExecutor | None = None
@@ -167,6 +167,21 @@ class RosRobot:
             self._executor.add_node(node)
             self._thread = threading.Thread(target=self._spin, name="ros_robot_spin", daemon=True)
             self._thread.start()
+
+    def _subscribe_camera(self) -> None:
+        if self._camera_subscribed:
+            return
+        self._camera_subscribed = True
+        T, sq, sub = self.topics, self._sq, self.node.create_subscription
+        self._subs += [
+            sub(Image, T.rgb, self._on_rgb, sq),
+            sub(Image, T.depth, lambda m: self._on_frame_part("depth", m), sq),
+            sub(CameraInfo, T.camera_info, lambda m: self._on_frame_part("camera_info", m), sq),
+        ]
+        if T.instances:
+            self._subs.append(sub(Image, T.instances, lambda m: self._on_frame_part("instances", m), sq))
+        if T.labels:
+            self._subs.append(sub(String, T.labels, self._on_labels, latched_qos()))
 
     # -- executor --------------------------------------------------------------------------------------
     def _spin(self) -> None:
@@ -360,6 +375,7 @@ class RosRobot:
         publishes masks, instances and a label for each id) of the same stamp, the camera pose from
         TF at that stamp and the state at (or just after) it."""
         T = self.topics
+        self._subscribe_camera()
         with self._cond:
             self._wait(lambda: self._rgb is not None, T.rgb)
             rgb = self._rgb

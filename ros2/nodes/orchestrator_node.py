@@ -36,8 +36,10 @@ name for openai), ``base_url`` (openai-compatible endpoint), ``mode`` (tree | pe
 ``max_replans``, ``perceive_hz`` (frames memory must have integrated per second of robot time while
 skills run), ``steps_limit`` (control ticks per task, 0 = none), ``robot_timeout_s``,
 ``ready_timeout_s``, ``memory_timeout_s``, ``frame_age_s``, ``object_classes`` (comma list),
-``score_service`` ('' = none), ``site_map_topic``, ``action_name``, ``rejections_topic``, and the
-memory node's ``memory_ops_topic``, ``sync_topic``, ``body_topic``, ``query_service``.
+``score_service`` ('' = none), ``site_map_topic``, ``site_map_file``, ``action_name``,
+``rejections_topic``, the robot's ``joint_states_topic``, ``odom_topic``, ``world_frame`` (the command
+topics are ``robot_bridge``'s), and the memory node's ``memory_ops_topic``, ``sync_topic``,
+``body_topic``, ``query_service``.
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class OrchestratorNode(Node):
             "sync_topic": d(self, "sync_topic", "/mnemobot/memory_sync", "memory node's sync"),
             "body_topic": d(self, "body_topic", "/mnemobot/body", "body facts to the memory node"),
             "query_service": d(self, "query_service", "/mnemobot/query_memory", "memory node's QueryMemory"),
+            "joint_states_topic": d(self, "joint_states_topic", "/joint_states", "the robot's joint states"),
+            "odom_topic": d(self, "odom_topic", "/odom", "the robot's odometry (nav_msgs/Odometry)"),
+            "world_frame": d(self, "world_frame", "map", "the fixed frame (TF world -> odom puts odometry in it)"),
         }
         from mnemobot.agent.orchestrator import MODES
         from mnemobot.agent.planner import PLANNERS
@@ -127,9 +132,18 @@ class OrchestratorNode(Node):
             raise NodeConfigError("orchestrator: max_replans >= 0, steps_limit >= 0, perceive_hz > 0 and positive "
                                   "timeouts are required")
 
-        from mnemobot.ros2.ros_robot import RosRobot
+        from mnemobot.ros2.ros_robot import RosRobot, RosRobotTopics
 
-        self.robot = RosRobot(self, timeout_s=p["robot_timeout_s"], spin=False)
+        # The robot's and memory's traffic (a state per control tick) has a node and a single-threaded
+        # executor of its own: through the action server's multi-threaded executor every tick paid
+        # that executor's bookkeeping (measured: most of this process's CPU time). Command-line
+        # remaps are not applied to it (its topics are this node's parameters), so the
+        # ``__node:=orchestrator`` remap of a launcher leaves its name alone.
+        self.io = rclpy.create_node(f"{self.get_name()}_io", namespace=self.get_namespace(), context=self.context,
+                                    use_global_arguments=False, start_parameter_services=False)
+        topics = RosRobotTopics(joint_states=p["joint_states_topic"], odom=p["odom_topic"], world_frame=p["world_frame"])
+        self.robot = RosRobot(self.io, topics=topics, timeout_s=p["robot_timeout_s"], spin=True,
+                              camera=False)
         self.mirror: Any = None
         self.site: Any = None
         self.static_labels: frozenset[str] = frozenset()
@@ -187,7 +201,7 @@ class OrchestratorNode(Node):
         from mnemobot.ros2.memory_mirror import MemoryMirror
 
         p = self.p
-        self.mirror = MemoryMirror(self, self.site, self.static_labels, ops_topic=p["memory_ops_topic"],
+        self.mirror = MemoryMirror(self.io, self.site, self.static_labels, ops_topic=p["memory_ops_topic"],
                                    sync_topic=p["sync_topic"], body_topic=p["body_topic"],
                                    query_service=p["query_service"], timeout_s=p["memory_timeout_s"],
                                    frame_age_s=p["frame_age_s"])
@@ -368,6 +382,7 @@ class OrchestratorNode(Node):
         if self.mirror is not None:
             self.mirror.close()
         self.robot.close()
+        self.io.destroy_node()
         super().destroy_node()
 
 

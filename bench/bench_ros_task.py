@@ -119,7 +119,7 @@ def main() -> None:
             print(f"seed {seed}: in-process {a['wall_s']:.1f} s ({a['steps']} ticks, success {a['success']}); "
                   f"ROS 2 {b['wall_s']:.1f} s ({b['steps']} ticks, success {b['success']}, "
                   f"memory waits {b['memory']['wait_s']:.1f} s over {b['memory']['frames_waited']} frames, "
-                  f"client {b['client_s']:.1f} s)", flush=True)
+                  f"client {b['client_s']:.1f} s; simulator {b.get('simulator')})", flush=True)
             for name, r in (("in-process", a), ("ROS 2", b)):
                 print(f"  {name:10s} ticks per skill: "
                       + ", ".join(f"{k['skill']} {k.get('ticks', '?')}" for k in r["skills"]), flush=True)

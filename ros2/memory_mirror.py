@@ -242,6 +242,20 @@ class MemoryMirror(Memory):
             self._reload()  # lost or unappliable ops
         raise MemoryUnavailable("the memory mirror could not follow the memory node's ops (reloaded 3 times)")
 
+    def follow(self) -> None:
+        """Apply what has arrived, without waiting (a reload only when the node restarted): the
+        control loop's periodic look, which must not pause the robot while memory integrates."""
+        with self._cond:
+            s = dict(self._sync or {})
+        if not s or s.get("session") != self.session:
+            self.sync(None)
+            return
+        with self._cond:
+            self._set_clock(s)
+            ok = self._apply_queued(int(s["seq"]))
+        if not ok:  # an op lost or not applicable
+            self._reload()
+
     def _has_ops(self, upto: int) -> bool:
         """Whether the queue holds every op up to ``upto``, or shows a gap (then waiting is pointless)."""
         expected = self.graph.seq + 1

@@ -295,22 +295,31 @@ class OrchestratorNode(Node):
                                         locator=mirror, perceive=lambda: None)
             ctx = self.ctx
 
-            def perceive() -> None:
+            def perceive() -> None:  # a skill's look (look_at, the end): a frame as new as now
                 mirror.set_body(ctx.held, ctx.opened, ctx.at_place, t=ctx.state.t if ctx.state else None)
                 mirror.sync(float(ctx.state.t) if ctx.state is not None else None)
 
             ctx.perceive = perceive
-            executor = SkillExecutor(ctx, ExecutorConfig(perceive_hz=p["perceive_hz"],
-                                                         step_budget=p["steps_limit"] or None))
+            # While skills move, memory integrates frames in its own process: the control loop sends
+            # the body's facts and applies the ops that came, at perceive_hz, without waiting (a
+            # wait there would pause the arm mid-motion, and a paused lift can shake an object loose).
+            executor = SkillExecutor(ctx, ExecutorConfig(perceive_hz=0.0, step_budget=p["steps_limit"] or None))
+            period = 1.0 / p["perceive_hz"]
+            next_look = [-1.0]
 
-            def check_cancel(_cmd: Any, _state: Any) -> None:
+            def on_tick(_cmd: Any, state: Any) -> None:
                 if goal_handle.is_cancel_requested or self._stopping or not rclpy.ok(context=self.context):
                     raise _Cancelled
+                if state.t + 1e-9 >= next_look[0]:
+                    next_look[0] = state.t + period
+                    mirror.set_body(ctx.held, ctx.opened, ctx.at_place, t=state.t)
+                    mirror.follow()
 
-            executor.on_tick.append(check_cancel)
+            executor.on_tick.append(on_tick)
             orch = Orchestrator(planner, executor, pctx, lambda m: self.get_logger().info(m), p["max_replans"],
                                 memory=mirror, on_event=feedback.on_event, mode=p["mode"])
             executor.start()
+            ctx.perceive()  # a first frame, as the executor takes one in a single process
             sim0 = ctx.state.t
             outcome = orch.run(instruction)
             ctx.perceive()  # a last look: memory records what the final skill changed (a release)
@@ -320,6 +329,8 @@ class OrchestratorNode(Node):
                            anomalies=[a.to_dict() for a in outcome.anomalies], memory_questions=orch.memory_questions,
                            planner=getattr(planner, "name", p["planner"]))
             success, scored = self._scored(goal_handle.request.task_id, outcome.completed)
+            if getattr(self, "sim_info", None):
+                summary["simulator"] = self.sim_info
             summary.update(success=success, scored=scored,
                            stop_reason=outcome.stop_reason or ("" if success else "goal not reached"))
             cancelled = False
@@ -368,7 +379,9 @@ class OrchestratorNode(Node):
             return completed, "plan"
         res = future.result()
         try:
-            task = json.loads(res.message).get("task")
+            info = json.loads(res.message)
+            task = info.get("task")
+            self.sim_info = {k: info[k] for k in ("ticks", "idle_steps", "partial_steps") if k in info}
         except (ValueError, AttributeError):
             task = None
         if task != task_id:

@@ -177,6 +177,10 @@ class SimRobotNode(Node):
         self._first_pending = 0.0
         self._last_step_wall = time.monotonic()
         self.ticks = 0
+        self.idle_steps = 0
+        self.partial_steps = 0
+        """Steps taken after ``gather_s`` with part of a command set (a sender of fewer kinds, or a late one)."""
+        """Steps taken with no command for ``idle_step_s`` (the orchestrator paused or is gone)."""
         self.refused = dict.fromkeys(sorted(_KINDS), 0)
         self._labels: dict[int, str] = {}
 
@@ -231,7 +235,7 @@ class SimRobotNode(Node):
                                          "render a camera frame every N control periods of sim time"))
         self.idle_step_s = float(d(self, "idle_step_s", 0.1,
                                    "wall seconds without a command after which the sim steps anyway"))
-        self.gather_s = float(d(self, "gather_s", 0.02,
+        self.gather_s = float(d(self, "gather_s", 0.1,
                                 "wall seconds to wait for the rest of a command set after its first message"))
         if self.camera_period_ticks < 1 or self.idle_step_s <= 0 or self.gather_s < 0 or p["seed"] < 0:
             raise NodeConfigError("sim_robot: camera_period_ticks >= 1, idle_step_s > 0, gather_s >= 0 "
@@ -319,7 +323,9 @@ class SimRobotNode(Node):
         """Task success on simulator truth, for the orchestrator's result in simulation (scoring only)."""
         task = self.env.task
         response.success = bool(task.success(self.env.backend)) if task is not None else False
-        response.message = json.dumps({"task": self.get_parameter("task").value,
+        response.message = json.dumps({"task": self.get_parameter("task").value, "ticks": self.ticks,
+                                       "idle_steps": self.idle_steps,
+                                       "partial_steps": self.partial_steps,
                                        "instruction": task.instruction if task is not None else "",
                                        "success": response.success})
         return response
@@ -334,11 +340,14 @@ class SimRobotNode(Node):
             if self._pending:
                 due = self._first_pending + self.gather_s
                 if self._pending >= _KINDS or now >= due:
+                    if not self._pending >= _KINDS:
+                        self.partial_steps += 1
                     self.step()
                     continue
             else:
                 due = self._last_step_wall + self.idle_step_s
                 if now >= due:
+                    self.idle_steps += 1
                     self.step()
                     continue
             executor.spin_once(timeout_sec=max(0.0, due - now))

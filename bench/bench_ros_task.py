@@ -119,7 +119,8 @@ def main() -> None:
             print(f"seed {seed}: in-process {a['wall_s']:.1f} s ({a['steps']} ticks, success {a['success']}); "
                   f"ROS 2 {b['wall_s']:.1f} s ({b['steps']} ticks, success {b['success']}, "
                   f"memory waits {b['memory']['wait_s']:.1f} s over {b['memory']['frames_waited']} frames, "
-                  f"client {b['client_s']:.1f} s; simulator {b.get('simulator')})", flush=True)
+                  f"client {b['client_s']:.1f} s; simulator {b.get('simulator')}; command round trip "
+                  f"{b['robot']['round_trip_ms']} ms over {b['robot']['commands']} commands)", flush=True)
             for name, r in (("in-process", a), ("ROS 2", b)):
                 print(f"  {name:10s} ticks per skill: "
                       + ", ".join(f"{k['skill']} {k.get('ticks', '?')}" for k in r["skills"]), flush=True)
@@ -134,6 +135,11 @@ def main() -> None:
         ok = sum(bool(r[key]["success"]) for r in rows)
         print(f"{name:22s}{wall:9.1f}{ticks:8d}{ticks / wall:9.1f}{calls:7d}{ok:6d}/{len(rows)}")
     print(f"\nROS 2 / in-process wall time: {ros / base:.2f}x (target <= 1.25)")
+    ticks_a = sum(a["steps"] for _, a, _ in rows)
+    ticks_b = sum(b["steps"] for _, _, b in rows)
+    print(f"per control tick: {1000 * base / ticks_a:.1f} ms in-process, {1000 * ros / ticks_b:.1f} ms over ROS 2 "
+          f"({(ros / ticks_b) / (base / ticks_a):.2f}x); ROS 2 command round trip (publish -> robot_bridge -> "
+          f"sim_robot step -> state back) {1000 * sum(b['robot']['round_trip_s'] for _, _, b in rows) / ticks_b:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -190,6 +190,14 @@ def _grasp_yaw(est: ObjectEstimate, base_yaw: float) -> float:
     return wrap_angle(est.yaw + k * step)
 
 
+def _grasp_data(est: ObjectEstimate, grasp: Pose, quat: np.ndarray) -> dict[str, object]:
+    """What a grasp was planned from (for diagnosing a failed one)."""
+    return {"estimate": {"position": [round(float(v), 4) for v in est.position], "top_z": round(float(est.top_z), 4),
+                         "extent": [round(float(v), 4) for v in est.extent], "yaw": round(float(est.yaw), 4)},
+            "grasp": [round(float(v), 4) for v in grasp.position],
+            "grasp_yaw": round(float(2 * math.atan2(float(quat[2]), float(quat[3]))), 4) if len(quat) == 4 else None}
+
+
 def _surface_z(ctx: SkillContext, place_name: str | None, default: float) -> float:
     if place_name is None:
         return default
@@ -237,8 +245,10 @@ def pick(ctx: SkillContext, object: str) -> SkillGen:  # noqa: A002 - the skill 
     yield _stow(ctx)
     if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
         ctx.held = None
-        return _fail("pick", args, "dropped", f"the {object} slipped out of the hand")
-    return _ok("pick", args, width=round(float(ctx.state.gripper_width), 4))
+        res = _fail("pick", args, "dropped", f"the {object} slipped out of the hand")
+        res.data = _grasp_data(est, grasp, quat)
+        return res
+    return _ok("pick", args, width=round(float(ctx.state.gripper_width), 4), **_grasp_data(est, grasp, quat))
 
 
 def _spots(ctx: SkillContext, place: Place, centre: np.ndarray, size: np.ndarray) -> list[np.ndarray]:

@@ -202,4 +202,4 @@ class SkillResult:
             "message": self.message,
             "duration_s": round(self.duration, 3),
             "ticks": self.ticks,
-        }
+        } | ({"data": self.data} if self.data and not self.success else {})

@@ -139,6 +139,9 @@ class RosRobot:
         self.bridge_status: dict[str, Any] = {}
         """The latest status of ``robot_bridge`` (counts, ``estop``), ``{}`` before the first."""
         self._odom_in_world_warned = False
+        self.steps = 0
+        self.step_wait_s = 0.0
+        """Commands sent by :meth:`step` and the wall time spent waiting for the state after them."""
 
         cq = command_qos()
         self._pub_arm = node.create_publisher(JointTrajectory, T.arm, cq)
@@ -359,12 +362,16 @@ class RosRobot:
         as new); raises :class:`RosRobotTimeout` after ``timeout_s``."""
         with self._cond:
             before = self._js_t
+        t0 = time.perf_counter()
         self.publish(cmd)
         T = self.topics
         with self._cond:
             self._wait(lambda: self._js_t > before and self._odom_t >= self._js_t - 1e-9,
                        f"new {T.joint_states} and {T.odom} after a command on {T.arm}")
-            return self._state()
+            state = self._state()
+        self.steps += 1
+        self.step_wait_s += time.perf_counter() - t0
+        return state
 
     def hold(self) -> RobotState:
         """Stop the base and hold arm, gripper and head where they are measured, for one step."""

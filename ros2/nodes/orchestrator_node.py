@@ -282,6 +282,7 @@ class OrchestratorNode(Node):
                                    "planner_calls": 0, "skills_executed": 0, "skills": [], "anomalies": []}
         executor = None
         mirror = self.mirror
+        steps0, waited0 = self.robot.steps, self.robot.step_wait_s
         try:
             self.robot.wait_ready(timeout_s=p["ready_timeout_s"])
             mirror.sync(None, timeout_s=p["ready_timeout_s"])
@@ -354,6 +355,9 @@ class OrchestratorNode(Node):
         if executor is not None:
             summary["steps"] = executor.ticks
         summary["wall_s"] = round(time.perf_counter() - wall0, 3)
+        steps, waited = self.robot.steps - steps0, self.robot.step_wait_s - waited0
+        summary["robot"] = {"commands": steps, "round_trip_ms": round(1000 * waited / steps, 2) if steps else None,
+                            "round_trip_s": round(waited, 3)}
         summary["memory"] = {"objects": len(mirror.graph.by_layer("object")), "reloads": mirror.reloads,
                              "frames_waited": mirror.waits["frames"], "wait_s": round(mirror.waits["wait_s"], 3)}
         return summary, cancelled

@@ -303,8 +303,13 @@ def _score(env, instruction: str, goals: list[Goal], custom: bool, initial: dict
 
 
 def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, env=None,  # noqa: ANN001
-                frame_hook: Callable[[Observation, SkillContext], None] | None = None) -> EpisodeSummary:
+                frame_hook: Callable[[Observation, SkillContext], None] | None = None,
+                event_hook: Callable[[str, float, dict[str, object]], None] | None = None) -> EpisodeSummary:
     """Run one episode; bad input raises :class:`UserError`.
+
+    ``event_hook(kind, robot time, data)`` receives the orchestrator's events (plan, skill_start,
+    skill, anomaly, decision) as they happen (a suite generator changes the world behind the
+    robot's back on one).
 
     ``frame_hook(observation, skill context)`` sees every camera frame before memory does (task
     suite generators use it to log what the camera saw); with it, the expert perceives too.
@@ -359,6 +364,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
                 if kind in ("anomaly", "decision"):
                     memory.log_event(kind, data, object=(data.get("args") or {}).get("object"), t=t)  # type: ignore[union-attr]
             sinks.append(remember)
+        if event_hook is not None:
+            sinks.append(event_hook)
 
         def on_event(kind: str, t: float, data: dict[str, object]) -> None:
             for sink in sinks:

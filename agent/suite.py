@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_HORIZON",
     "TASK_FAMILY",
+    "VARIANTS",
+    "HiddenMove",
     "EpisodeStep",
     "SuiteConfig",
     "add_suite_parser",
@@ -66,6 +68,7 @@ __all__ = [
     "generate_suite",
     "make_questions",
     "plan_episode",
+    "plan_hidden_move",
     "question_times",
     "step_end_times",
 ]
@@ -84,6 +87,11 @@ ORDER_GAP_S = 1.0
 LAST_SEEN_SLACK_S = 0.8
 """A ``last_seen`` question is asked only when no view of the object (a glimpse, or the object in
 the hand) follows its last sighting by more than this (s): memory may count such a view as seen."""
+VARIANTS = ("behind", "clutter")
+"""Harder suite variants (see :class:`SuiteConfig`)."""
+CLUTTER_GAP_M = 0.085
+"""Spawn gap (m, centre to centre) of the ``clutter`` variant, against the household's 0.13: the
+objects (4-8 cm across) stand nearly touching, so one often hides part of another."""
 PLACE_AREA_PER_OBJECT = 0.03
 """Surface area (m^2) each object needs: a place takes at most area / this objects."""
 
@@ -110,6 +118,9 @@ class SuiteConfig:
     height: int = 240
     agent: str = "expert"
     sensor_profile: str = "ideal"
+    variants: tuple[str, ...] = ()
+    """Harder episodes: ``behind`` (an object is moved while the robot is in another room, then the
+    robot looks at both places), ``clutter`` (objects spawn closer together: partial occlusion)."""
 
     def check(self) -> None:
         """Raise :class:`UserError` naming the first bad setting."""
@@ -137,6 +148,9 @@ class SuiteConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 16:
                 raise UserError(f"{name} must be a whole number of pixels >= 16, got {v!r}")
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise UserError(f"unknown suite variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
         from mnemobot.agent.episode import resolve_sensor
 
         resolve_sensor(self.sensor_profile)
@@ -268,6 +282,87 @@ def plan_episode(horizon: int, rng: np.random.Generator, layout: HouseLayout,
     return steps
 
 
+@dataclass(frozen=True)
+class HiddenMove:
+    """An object moved by the world, not the robot: from place ``source`` to ``target`` while the
+    robot stands at ``away`` (a place in another room), just before the steps that look again."""
+
+    object: str
+    source: str
+    target: str
+    away: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"object": self.object, "source": self.source, "target": self.target, "away": self.away}
+
+
+def plan_hidden_move(steps: list[EpisodeStep], rng: np.random.Generator, layout: HouseLayout,
+                     placements: dict[str, str | None]) -> HiddenMove | None:
+    """Choose an object the robot did not move, a place to move it to behind the robot's back and a
+    place in a third room to stand at meanwhile; insert the visits (away, then the new place, then
+    the old one) before the delay steps of ``steps`` (in place). None when the household allows none."""
+    room_of = layout.room_of_place
+    spawn = [p.name for p in layout.places if p.spawn]
+    where = dict(placements)
+    moved = {st.object for st in steps if st.kind == "move"}
+    for st in steps:
+        if st.kind == "move":
+            where[st.object] = st.target
+    capacity = {p.name: max(1, int(p.surface_size[0] * p.surface_size[1] / PLACE_AREA_PER_OBJECT))
+                for p in layout.places}
+    load = {p: sum(1 for v in where.values() if v == p) for p in layout.place_names}
+    seen_places = {st.target for st in steps if st.kind in ("move", "visit")} | {st.source for st in steps if st.source}
+    last_move = max((i for i, st in enumerate(steps) if st.kind == "move"), default=-1)
+    after = {st.target for st in steps[last_move + 1:] if st.kind == "visit"}
+    options = []
+    for obj in sorted(where):
+        a = where[obj]
+        if obj in moved or a not in spawn:
+            continue
+        for b in spawn:
+            if b == a or load[b] >= capacity[b]:
+                continue
+            for c in spawn:
+                if room_of(c) in (room_of(a), room_of(b)) or c in after:
+                    continue
+                # the object's place was seen before (memory knew it there), the new place in the same
+                # room (one visit shows the absence and the presence) ranks first
+                options.append((a not in seen_places, room_of(a) != room_of(b), obj, a, b, c))
+    if not options:
+        return None
+    best = min(o[:2] for o in options)
+    pool = [o for o in options if o[:2] == best]
+    _, _, obj, a, b, c = pool[int(rng.integers(len(pool)))]
+    at = next((i for i, st in enumerate(steps) if st.kind == "delay"), len(steps))
+    steps[at:at] = [EpisodeStep("visit", f"go to the {_words(p)}", target=p) for p in (c, b, a)]
+    return HiddenMove(obj, a, b, c)
+
+
+class _HiddenMover:
+    """Carries out a :class:`HiddenMove` when the robot has arrived at ``away`` once every move of
+    the episode rests at its target (the world's script: ground truth is allowed here)."""
+
+    def __init__(self, env: Any, move: HiddenMove, steps: Sequence[EpisodeStep], rng: np.random.Generator) -> None:
+        self.env, self.move, self.steps, self.rng = env, move, steps, rng
+        self.done: dict[str, Any] | None = None
+
+    def __call__(self, kind: str, t: float, data: dict[str, Any]) -> None:
+        if self.done is not None or kind != "skill" or data.get("skill") != "navigate_to" or not data.get("success"):
+            return
+        if (data.get("args") or {}).get("place") != self.move.away:
+            return
+        backend = self.env.backend
+        if backend.is_held(self.move.object) or not _placed(backend, self.steps):
+            return
+        spot = backend.free_spot(self.move.target, self.rng)
+        if spot is None:
+            self.done = {"skipped": "no free spot", **self.move.to_dict()}
+            return
+        yaw = float(self.rng.uniform(-math.pi, math.pi))
+        backend.put_object(self.move.object, self.move.target, xy_offset=spot, yaw=yaw)
+        self.done = dict(self.move.to_dict(), t=round(float(t), 3))
+
+
 def step_end_times(steps: Sequence[EpisodeStep], skills: Iterable[dict[str, Any]], start: float = 0.0
                    ) -> list[float | None]:
     """Sim time at which each step's last skill ended (None: never), from the executed skills
@@ -377,6 +472,13 @@ def _changed(log: SightingLog, t1: float, t2: float) -> list[str] | None:
         if abs(sd - MOVE_M) < MARGIN_M or (sd > MOVE_M) != (gd > MOVE_M):
             return None
         if sd > MOVE_M:
+            # seen elsewhere: the camera tells a move from a second object that looks the same only
+            # when the robot carried it, or once it showed the old spot empty
+            last_there = log.last_sighting(label, t1)
+            since = last_there[0] if last_there is not None else t1
+            carried = any(label in f.held for f in log.frames_between(since, t2))
+            if not carried and not log.vacated_between(label, s1, since, t2):
+                return None
             moved.append(label)
     return sorted(moved)
 
@@ -544,22 +646,32 @@ def _write_episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path,
     from mnemobot.sim.sightings import SightingLog
 
     wall0 = time.perf_counter()
-    env = HouseholdEnv(EnvConfig(task=TASK_FAMILY, width=cfg.width, height=cfg.height,
+    from dataclasses import replace
+
+    from mnemobot.sim.layout import DEFAULT_LAYOUT
+
+    layout = replace(DEFAULT_LAYOUT, spawn_gap=CLUTTER_GAP_M) if "clutter" in cfg.variants else DEFAULT_LAYOUT
+    env = HouseholdEnv(EnvConfig(task=TASK_FAMILY, width=cfg.width, height=cfg.height, layout=layout,
                                  sensor_profile=resolve_sensor(cfg.sensor_profile)))
     try:
         env.reset(seed=seed)
         rng = np.random.default_rng([seed, horizon, zlib.crc32(b"mnemobot-suite")])
-        steps = plan_episode(horizon, rng, env.config.layout, _placements(env.backend))
+        placements = _placements(env.backend)
+        steps = plan_episode(horizon, rng, env.config.layout, placements)
+        hidden = plan_hidden_move(steps, rng, env.config.layout, placements) if "behind" in cfg.variants else None
         instruction = ", then ".join(s.clause for s in steps)
-        say(f"{folder.name[1:-len('.partial')]}: {instruction}")
+        say(f"{folder.name[1:-len('.partial')]}: {instruction}"
+            + (f" (behind the robot's back: the {_words(hidden.object)} from the {_words(hidden.source)} to the "
+               f"{_words(hidden.target)})" if hidden is not None else ""))
         log = SightingLog(env.backend)
+        mover = _HiddenMover(env, hidden, steps, np.random.default_rng([seed, horizon, 7])) if hidden else None
         folder.mkdir(parents=True)
         summary = run_episode(
             RunConfig(task_id=TASK_FAMILY, task_text=instruction, seed=seed, agent=cfg.agent,
                       task_objects=tuple(s.object for s in steps if s.object),
                       record=str(folder / "bag"), width=cfg.width, height=cfg.height,
                       sensor_profile=cfg.sensor_profile),
-            progress=None, env=env, frame_hook=log,
+            progress=None, env=env, frame_hook=log, event_hook=mover,
         )
         failed = [s for s in summary.skills if not s["success"]]
         # the episode's own verdict also wants every visit's place at the end, which a later visit
@@ -579,6 +691,8 @@ def _write_episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path,
         "seed": seed,
         "agent": cfg.agent,
         "sensor_profile": env.sensor_model.name,
+        "variants": list(cfg.variants),
+        "hidden_moves": [mover.done] if mover is not None and mover.done is not None else [],
         "task_family": TASK_FAMILY,
         "instruction": instruction,
         "steps": [dict(s.to_dict(), end_s=None if e is None else round(e, 3)) for s, e in zip(steps, ends, strict=True)],
@@ -676,6 +790,9 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="at most this many questions of each type at each question time (default: 3)")
     p.add_argument("--agent", choices=("expert", "planner"), default="expert",
                    help="who acts: 'expert' (scripted, default) or 'planner' (perception and memory)")
+    p.add_argument("--variant", default="", metavar="V,...",
+                   help="harder episodes: 'behind' (an object moved while the robot is in another room, then "
+                        "looked at again), 'clutter' (objects spawned nearly touching); comma list")
     p.add_argument("--width", type=int, default=320, help="camera width in pixels (default: 320)")
     p.add_argument("--height", type=int, default=240, help="camera height in pixels (default: 240)")
     from mnemobot.agent.cli import add_sensor_profile_option
@@ -696,6 +813,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         height=getattr(args, "height", 240),
         agent=args.agent,
         sensor_profile=getattr(args, "sensor_profile", "ideal"),
+        variants=tuple(v.strip() for v in getattr(args, "variant", "").split(",") if v.strip()),
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     rows = generate_suite(cfg, progress)

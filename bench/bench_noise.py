@@ -103,15 +103,17 @@ def _replay(old: Any | None, **kw: Any) -> Any:
 
 
 # -- 1. memory questions -------------------------------------------------------------------------------
-def suites(out: Path, profiles: list[str], horizons: list[int], seeds: list[int]) -> dict[str, list[Path]]:
+def suites(out: Path, profiles: list[str], horizons: list[int], seeds: list[int],
+           variants: tuple[str, ...] = ()) -> dict[str, list[Path]]:
     from mnemobot.agent.suite import SuiteConfig, generate_suite
 
     made: dict[str, list[Path]] = {}
     for p in profiles:
-        folder = out / f"suite-{p}"
+        folder = out / (f"suite-{p}" + "".join(f"-{v}" for v in variants))
         if not (folder / "suite.json").exists():
             t0 = time.perf_counter()
-            generate_suite(SuiteConfig(folder, horizons=tuple(horizons), seeds=tuple(seeds), sensor_profile=p))
+            generate_suite(SuiteConfig(folder, horizons=tuple(horizons), seeds=tuple(seeds), sensor_profile=p,
+                                       variants=variants))
             print(f"  suite {p}: {time.perf_counter() - t0:.0f} s", flush=True)
         rows = json.loads((folder / "suite.json").read_text())
         rows = rows.get("episodes", rows) if isinstance(rows, dict) else rows
@@ -274,6 +276,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--families", nargs="+", default=["place", "fetch", "memory", "recall"])
     ap.add_argument("--task-seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--variant", default="", help="harder suites: behind, clutter (comma list; see mnemobot suite)")
     ap.add_argument("--skip-suites", action="store_true")
     ap.add_argument("--skip-static", action="store_true")
     ap.add_argument("--skip-tasks", action="store_true")
@@ -284,7 +287,8 @@ def main() -> None:
     print(f"work folder: {out}; baseline memory: {BASELINE}", flush=True)
     old = _baseline_graph_module()
     if not args.skip_suites:
-        question_table(suites(out, args.profiles, args.horizons, args.seeds), old)
+        question_table(suites(out, args.profiles, args.horizons, args.seeds,
+                                      tuple(v.strip() for v in args.variant.split(",") if v.strip())), old)
     real = real_bag(out) if not (args.skip_static and args.skip_throughput) else None
     if not args.skip_static:
         bags = {"real kinect room": real} if real is not None else {}

@@ -47,6 +47,12 @@ some 60-200 pixels, so a stricter threshold would leave most objects unseen)."""
 REFERENCE_AREA = 320 * 240
 """Image area (pixels) ``min_pixels`` refers to; other sizes scale it by their area."""
 GLIMPSE_PIXELS = 20
+VACANT_FRAMES = 2
+"""Frames that must show a spot empty before the camera has established it (one frame at the edge
+of a view is a glimpse, not a look)."""
+VACANT_TOLERANCE_M = 0.05
+"""A spot counts as seen (not hidden) when the depth there is at most this much nearer than the
+spot (the old box centre lies a few cm above the surface the camera then sees)."""
 """Fewer pixels than a sighting, yet enough for perception to extract an object (its default)."""
 DRAWER_OPEN_M = 0.02
 """The drawer counts as open beyond this opening (m)."""
@@ -85,6 +91,10 @@ class FrameRecord:
     drawer_opening: float
     drawer_visible: bool
     base_pose: Vec3 | None = None
+    vacated: frozenset[tuple[str, Vec3]] = frozenset()
+    """``(object, spot)``: a spot where the object was seen before, in view and unhidden in this
+    frame while the object is elsewhere: the camera sees that spot empty (what tells a moved
+    object from a second one that looks the same)."""
 
 
 def _vec(v: Iterable[float]) -> Vec3:
@@ -114,6 +124,8 @@ class SightingLog:
         self._labels: tuple[str, ...] = ()
         self._drawer_place: str | None = None
         self._drawer_iid: int | None = None
+        self._spots: dict[str, list[Vec3]] = {}
+        self._extent: dict[str, tuple[float, ...]] = {}
 
     # -- recording ----------------------------------------------------------------------------------
     def _bind(self, obs: Any, ctx: Any) -> None:
@@ -131,6 +143,10 @@ class SightingLog:
         for label in self._labels:
             self.sightings.setdefault(label, [])
             self._sight_times.setdefault(label, [])
+            try:
+                self._extent[label] = tuple(float(v) for v in b.object_extent(label))
+            except (AttributeError, KeyError):
+                pass
 
     def __call__(self, obs: Any, ctx: Any = None) -> None:
         """Record one camera frame (``obs`` with ``instances`` and ``labels``); a frame with the
@@ -169,14 +185,54 @@ class SightingLog:
             s = Sighting(t, label, centres[label], where[0] if where else None, n)
             self.sightings[label].append(s)
             self._sight_times[label].append(t)
+            spots = self._spots.setdefault(label, [])
+            if all(math.dist(s.centre, sp) > MOVE_M for sp in spots):
+                spots.append(s.centre)
         drawer_px = count_of.get(self._drawer_iid, 0) if self._drawer_iid is not None else 0
         base = b.robot_base_pose()
         self.frames.append(FrameRecord(
             t=t, pixels=pixels, centres=centres, held=frozenset(held),
             drawer_opening=float(b.drawer_opening()), drawer_visible=drawer_px >= min_pixels,
-            base_pose=None if base is None else _vec(base),
+            base_pose=None if base is None else _vec(base), vacated=self._vacated(obs, centres, pixels),
         ))
         self._times.append(t)
+
+    def _vacated(self, obs: Any, centres: dict[str, Vec3], pixels: dict[str, int]) -> frozenset[tuple[str, Vec3]]:
+        """Spots where an object was seen (its centre then) that project into this frame with
+        nothing nearer in front, while the object itself is more than :data:`MOVE_M` away."""
+        depth, pose, k = getattr(obs, "depth", None), getattr(obs, "camera_pose", None), getattr(obs, "intrinsics", None)
+        if depth is None or pose is None or k is None:
+            return frozenset()
+        depth = np.asarray(depth, dtype=float)
+        h, w = depth.shape[:2]
+        world_to_cam = pose.inverse()
+        out = set()
+        for label, spots in self._spots.items():
+            for spot in spots:
+                if math.dist(spot, centres[label]) <= MOVE_M:
+                    continue
+                p = world_to_cam.apply(np.asarray(spot, dtype=float))
+                if p[2] <= 0.1:
+                    continue
+                u, v = k.fx * p[0] / p[2] + k.cx, k.fy * p[1] / p[2] + k.cy
+                if not (2 <= u < w - 2 and 2 <= v < h - 2):
+                    continue
+                # large enough at this range for a sighting, had the object been there
+                ext = self._extent.get(label)
+                if ext is not None and k.fx * k.fy * max(ext[0], ext[1]) * ext[2] / p[2] ** 2 < (self.min_pixels or MIN_PIXELS):
+                    continue
+                patch = depth[int(v) - 2:int(v) + 3, int(u) - 2:int(u) + 3]
+                patch = patch[np.isfinite(patch) & (patch > 0)]
+                # the surface the object stood on is seen at (or behind) the spot: nothing hides it
+                if patch.size and float(np.median(patch)) >= p[2] - VACANT_TOLERANCE_M:
+                    out.add((label, spot))
+        return frozenset(out)
+
+    def vacated_between(self, label: str, spot: Vec3, t1: float, t2: float, frames: int = VACANT_FRAMES) -> bool:
+        """Whether ``frames`` frames in ``(t1, t2]`` showed ``spot`` (where ``label`` was seen) empty."""
+        n = sum(1 for f in self.frames_between(t1, t2)
+                if any(lb == label and math.dist(sp, spot) <= MOVE_M for lb, sp in f.vacated))
+        return n >= frames
 
     def _true_frame(self, obs: Any, ctx: Any) -> Any:
         """The simulator's exact render at ``obs``'s time (``obs`` itself when the robot offers none)."""

@@ -431,6 +431,7 @@ class _Feedback:
         self.done = 0
         self.planned = 0
         self.anomalies: list[str] = []
+        self._seen: set[tuple[Any, ...]] = set()
         self.current = ""
 
     def on_event(self, kind: str, _t: float, data: dict[str, Any]) -> None:
@@ -446,8 +447,11 @@ class _Feedback:
             ok = bool(data.get("success"))
             self._send("succeeded" if ok else "failed",
                        "" if ok else f"{data.get('reason', '')}: {data.get('message', '')}".strip(": "))
-        elif kind == "anomaly" and data.get("kind") and (not self.anomalies or data.get("outcome") is None):
-            self.anomalies.append(str(data["kind"]))
+        elif kind == "anomaly" and data.get("kind"):  # each anomaly once (it is re-sent as its outcome changes)
+            key = (data.get("t"), data.get("kind"), data.get("skill"))
+            if key not in self._seen:
+                self._seen.add(key)
+                self.anomalies.append(str(data["kind"]))
 
     def _send(self, event: str, message: str) -> None:
         fb = self.node.ExecuteTask.Feedback()

@@ -493,10 +493,24 @@ def _last_seen(log: SightingLog, label: str, t: float) -> float | None:
     return last[0]
 
 
+def _unresolved_move(log: SightingLog, label: str, t: float) -> bool:
+    """Whether by ``t`` the camera saw ``label`` somewhere new without having seen it carried
+    there or its former spot empty: until then a second object that looks the same is as likely
+    as a move (two red cubes must stay two), so questions that hinge on it have no gold."""
+    seen = [s for s in log.sightings.get(label, []) if s.t <= t]
+    for a, b in zip(seen, seen[1:], strict=False):
+        if math.dist(a.centre, b.centre) <= MOVE_M or (a.place is not None and a.place == b.place == log.drawer):
+            continue  # in the same drawer, which slides
+        carried = any(label in f.held for f in log.frames_between(a.t, b.t))
+        if not carried and not log.vacated_between(label, a.centre, a.t, t):
+            return True
+    return False
+
+
 def _count(log: SightingLog, label: str, t: float) -> int | None:
     first = log.first_seen(label)
     if first is not None and first <= t:
-        return 1
+        return None if _unresolved_move(log, label, t) else 1
     glimpsed = log.first_glimpse(label)
     return None if glimpsed is not None and glimpsed <= t else 0
 

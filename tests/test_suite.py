@@ -18,6 +18,7 @@ from mnemobot.agent.errors import UserError
 from mnemobot.agent.questions import QUESTION_TYPES, load_questions
 from mnemobot.agent.suite import (
     SuiteConfig,
+    _count,  # noqa: PLC2701 - the gold rule itself
     add_suite_parser,
     cmd_suite,
     generate_suite,
@@ -369,6 +370,10 @@ def test_a_hidden_move_is_a_move_only_once_the_camera_saw_the_old_spot_empty() -
         if t2 < 24.4 and t1 < 10.0:
             pytest.fail(f"a window across the unconfirmed move was asked: {q}")
     assert any("duck" in q["answer"]["objects"] for q in changed if q["t"] == 26.1)
+    # "how many ducks": two ducks are as likely as one that moved until the old spot shows empty
+    counts = {q["t"]: q["answer"]["count"] for q in qs if q["type"] == "count" and q["label"] == "duck"}
+    assert 16.1 not in counts and 22.1 not in counts and counts[26.1] == 1, counts
+    assert _count(log, "duck", 5.0) == 1 and _count(log, "duck", 16.0) is None
 
 
 def test_hidden_move_plan_stands_in_a_third_room_and_looks_again() -> None:

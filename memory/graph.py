@@ -443,8 +443,8 @@ class SceneGraph:
     def _local_margin(self, z: float | np.ndarray, fx: float) -> float | np.ndarray:
         """How far (m) two objects seen in the same view may be from touching and still touch:
         3 sigma of depth and lateral noise (pose errors move both alike), at least 1 cm."""
-        d = self.config.sensor.depth
-        return np.maximum(0.01, 3.0 * np.hypot(d.sigma(z), d.lateral_px * np.asarray(z) / max(fx, 1e-6)))
+        sensor = self.config.sensor
+        return np.maximum(0.01, 3.0 * np.hypot(sensor.depth.sigma(z), sensor.lateral_sigma(z, fx)))
 
     def _move_threshold(self, margin: float) -> float:
         """Displacement beyond the noise of two independent sightings (sqrt 2 of one margin)."""

@@ -302,7 +302,7 @@ class Memory:
 def _extractor_for(sensor: SensorModel) -> Callable[[Observation], Sequence[ObjectObservation]]:
     """Perception as the sensor needs it: exact data as it is; a real sensor's flying pixels
     removed (statistical outliers), mask pixels on another surface than the object's dropped
-    (depth gate), masks smaller than its detector finds dropped, and frames
+    (depth gate), masks smaller than its detector finds at the image's focal length dropped, and frames
     wider than 320 px segmented on every second pixel row and column (the segmenter's voxels
     are coarser than that)."""
     if sensor.is_ideal:
@@ -310,13 +310,18 @@ def _extractor_for(sensor: SensorModel) -> Callable[[Observation], Sequence[Obje
     from mnemobot.perception.objects import ObjectExtractorConfig
     from mnemobot.perception.segment import SegmenterConfig
 
-    objects = ObjectExtractorConfig(min_pixels=max(20, sensor.detector.min_pixels), outlier_neighbors=12,
-                                    depth_gate=0.1)
     segmenters: dict[int, SegmenterConfig] = {}
+    extractors: dict[float, ObjectExtractorConfig] = {}
 
     def extract(obs: Observation) -> Sequence[ObjectObservation]:
         stride = max(1, round(obs.intrinsics.width / 320))
         seg = segmenters.setdefault(stride, SegmenterConfig(pixel_stride=stride))
+        fx = float(obs.intrinsics.fx)
+        objects = extractors.get(fx)
+        if objects is None:  # the detector's smallest mask, in pixels of this image
+            smallest = sensor.at_focal(fx).detector.min_pixels
+            objects = extractors[fx] = ObjectExtractorConfig(min_pixels=max(20, smallest), outlier_neighbors=12,
+                                                             depth_gate=0.1)
         return objects_from_observation(obs, config=objects, segmenter=seg)
 
     return extract

@@ -25,6 +25,13 @@ Depth noise (axial, 1 sigma, metres) is ``sigma(z) = sigma0 + k2 * (z - z0)**2``
 * RealSense D435: RMS error ``z^2 * subpixel / (f * b)`` with subpixel 0.08, ``f = 385 px`` at
   640x480, ``b = 0.05 m``: ``0.0042 z^2`` (Intel, "Tuning depth cameras for best performance").
   Range 0.3-6 m.
+
+Pixel amounts (lateral noise, edge bands, hole blobs, misregistration, mask erosion, the
+detector's smallest mask) are measured on a camera: ``reference_fx`` is its focal length in
+pixels (Kinect v1 580 px and D435 385 px at 640x480). On an image with another focal length
+they scale with it (:meth:`SensorModel.at_focal`; areas with its square), so the noise is the
+same angle whether the simulator renders 320x240 or 640x480. ``reference_fx = 0`` means the
+amounts are pixels of whatever image they are applied to.
 """
 
 from __future__ import annotations
@@ -75,8 +82,8 @@ class DepthNoise:
     min_range: float = 0.0
     max_range: float = math.inf
     hole_rate: float = 0.0
-    hole_blob_px: int = 6
-    edge_px: int = 0
+    hole_blob_px: float = 6.0
+    edge_px: float = 0.0
     flying_rate: float = 0.0
     misregistration_px: float = 0.0
 
@@ -141,8 +148,8 @@ class DetectorNoise:
     false_positive_rate: float = 0.0
     confusion_rate: float = 0.0
     confusions: tuple[tuple[str, ...], ...] = ()
-    erode_px: int = 0
-    dilate_px: int = 0
+    erode_px: float = 0.0
+    dilate_px: float = 0.0
     min_pixels: int = 20
     score_mean: float = 1.0
     score_spread: float = 0.0
@@ -160,17 +167,48 @@ class SensorModel:
     depth: DepthNoise = field(default_factory=DepthNoise)
     pose: PoseNoise = field(default_factory=PoseNoise)
     detector: DetectorNoise = field(default_factory=DetectorNoise)
+    reference_fx: float = 0.0
+    """Focal length (px) of the camera the pixel amounts were measured on (0: any image's own)."""
 
     @property
     def is_ideal(self) -> bool:
         return self.depth == DepthNoise() and self.pose == PoseNoise() and self.detector == DetectorNoise()
+
+    def pixel_scale(self, fx: float) -> float:
+        """How many pixels of an image with focal length ``fx`` one pixel of the profile is."""
+        if self.reference_fx <= 0 or not fx > 0:
+            return 1.0
+        return float(fx) / self.reference_fx
+
+    def at_focal(self, fx: float) -> SensorModel:
+        """This model with its pixel amounts in pixels of an image with focal length ``fx`` (px):
+        lengths scale with ``fx / reference_fx``, the detector's smallest mask (an area) with its
+        square. Ideal models and models without a reference are returned as they are."""
+        s = self.pixel_scale(fx)
+        if abs(s - 1.0) < 1e-9:
+            return self
+        d, t = self.depth, self.detector
+        return replace(
+            self,
+            depth=replace(d, lateral_px=d.lateral_px * s, edge_px=d.edge_px * s, hole_blob_px=d.hole_blob_px * s,
+                          misregistration_px=d.misregistration_px * s),
+            detector=replace(t, erode_px=t.erode_px * s, dilate_px=t.dilate_px * s,
+                             min_pixels=max(1, int(round(t.min_pixels * s * s)))),
+            reference_fx=float(fx),
+        )
+
+    def lateral_sigma(self, z: Any, fx: float) -> Any:
+        """1-sigma lateral (image-plane) depth noise in metres at range ``z`` on an image with
+        focal length ``fx`` (px): ``lateral_px`` is an angle, ``lateral_px / reference_fx``."""
+        f = self.reference_fx if self.reference_fx > 0 else float(fx)
+        return self.depth.lateral_px * np.asarray(z, dtype=float) / max(f, 1e-6)
 
     def point_sigma(self, z: Any, fx: float) -> Any:
         """1-sigma 3D error (m) of one back-projected point at range ``z``: axial and lateral
         depth noise, the camera pose's error (translation, and rotation times range) and the
         odometry drift between sightings (:meth:`PoseNoise.drift_sigma`)."""
         zz = np.asarray(z, dtype=float)
-        lateral = self.depth.lateral_px * zz / max(float(fx), 1e-6)
+        lateral = self.lateral_sigma(zz, fx)
         rot = math.radians(self.pose.rotation_sigma_deg) * zz
         drift = self.pose.drift_sigma(zz)
         out = np.sqrt(self.depth.sigma(zz) ** 2 + lateral**2 + self.pose.position_sigma**2 + rot**2 + drift**2)
@@ -193,10 +231,10 @@ class SensorModel:
         """Build from plain data (a YAML file's content); unknown keys and bad values raise."""
         if not isinstance(raw, dict):
             raise SensorError(f"{source}: expected a mapping with name, depth, pose, detector")
-        unknown = set(raw) - {"name", "base", "depth", "pose", "detector"}
+        unknown = set(raw) - {"name", "base", "depth", "pose", "detector", "reference_fx"}
         if unknown:
             raise SensorError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
-                              "known: name, base, depth, pose, detector")
+                              "known: name, base, reference_fx, depth, pose, detector")
         base = sensor_model(str(raw["base"])) if raw.get("base") is not None else cls()
         parts = {}
         for key, part_cls in (("depth", DepthNoise), ("pose", PoseNoise), ("detector", DetectorNoise)):
@@ -217,7 +255,12 @@ class SensorModel:
                 parts[key] = replace(getattr(base, key), **values)
             except TypeError as e:
                 raise SensorError(f"{source}: {key}: {e}") from None
-        model = cls(name=str(raw.get("name", base.name if raw.get("base") else "custom")), **parts)
+        ref = raw.get("reference_fx", base.reference_fx)
+        try:
+            ref = float(ref if ref is not None else 0.0)
+        except (TypeError, ValueError):
+            raise SensorError(f"{source}: reference_fx must be a number, got {ref!r}") from None
+        model = cls(name=str(raw.get("name", base.name if raw.get("base") else "custom")), reference_fx=ref, **parts)
         model.check(source)
         return model
 
@@ -225,7 +268,7 @@ class SensorModel:
         """Raise :class:`SensorError` for values out of range."""
         d, p, t = self.depth, self.pose, self.detector
         numbers = {**{f"depth.{f.name}": getattr(d, f.name) for f in fields(d)},
-                   **{f"pose.{f.name}": getattr(p, f.name) for f in fields(p)}}
+                   **{f"pose.{f.name}": getattr(p, f.name) for f in fields(p)}, "reference_fx": self.reference_fx}
         for f in ("miss_rate", "false_positive_rate", "confusion_rate", "erode_px", "dilate_px", "min_pixels",
                   "score_mean", "score_spread"):
             numbers[f"detector.{f}"] = getattr(t, f)
@@ -260,6 +303,7 @@ PROFILES: dict[str, SensorModel] = {
     "ideal": SensorModel(),
     "kinect": SensorModel(
         name="kinect",
+        reference_fx=580.0,
         depth=DepthNoise(sigma0=0.0012, k2=0.0019, z0=0.4, quant_k2=0.00287, lateral_px=0.8, min_range=0.5,
                          max_range=4.5, hole_rate=0.02, hole_blob_px=6, edge_px=2, flying_rate=0.3,
                          misregistration_px=1.0),
@@ -268,6 +312,7 @@ PROFILES: dict[str, SensorModel] = {
     ),
     "realsense": SensorModel(
         name="realsense",
+        reference_fx=385.0,
         depth=DepthNoise(sigma0=0.001, k2=0.0042, z0=0.0, quant_k2=0.0, lateral_px=0.6, min_range=0.3,
                          max_range=6.0, hole_rate=0.03, hole_blob_px=8, edge_px=2, flying_rate=0.5,
                          misregistration_px=0.5),
@@ -276,6 +321,7 @@ PROFILES: dict[str, SensorModel] = {
     ),
     "heavy": SensorModel(
         name="heavy",
+        reference_fx=580.0,
         depth=DepthNoise(sigma0=0.003, k2=0.005, z0=0.0, quant_k2=0.004, lateral_px=1.5, min_range=0.5,
                          max_range=4.0, hole_rate=0.08, hole_blob_px=10, edge_px=3, flying_rate=0.5,
                          misregistration_px=2.0),

@@ -8,7 +8,9 @@ integrated from noisy odometry. Everything is vectorised numpy and deterministic
 Frames and units: depth images hold metres along the optical axis (0 = no return); poses follow
 :mod:`mnemobot.perception.types` (world frame z up; camera optical frame z forward, x right, y
 down; planar base pose ``(x, y, yaw)`` in metres and radians). Pixel amounts (``edge_px``,
-``hole_blob_px``, ...) are pixels of the rendered image.
+``hole_blob_px``, ...) are pixels of the profile's camera (``reference_fx``); each frame applies
+them at the render's focal length (:meth:`~mnemobot.perception.sensor.SensorModel.at_focal`), so
+a Kinect profile is as noisy, in angle, at 320x240 as at 640x480.
 
 What is simulated, per frame (see :class:`~mnemobot.perception.sensor.DepthNoise`,
 :class:`~mnemobot.perception.sensor.DetectorNoise`, :class:`~mnemobot.perception.sensor.PoseNoise`):
@@ -109,14 +111,14 @@ def _filter3x3(a: np.ndarray, op: np.ufunc) -> np.ndarray:
     return op(op(r[:, :-2], r[:, 1:-1]), r[:, 2:])
 
 
-def blob_mask(shape: tuple[int, int], rate: float, blob_px: int, rng: np.random.Generator) -> np.ndarray:
+def blob_mask(shape: tuple[int, int], rate: float, blob_px: float, rng: np.random.Generator) -> np.ndarray:
     """A boolean ``(H, W)`` mask covering ``rate`` of the pixels in blobs about ``blob_px`` wide:
     a coarse Gaussian field (one value per ``blob_px`` cell, randomly offset), bilinearly upsampled
     and thresholded at its ``1 - rate`` quantile."""
     h, w = shape
     if rate <= 0:
         return np.zeros(shape, dtype=bool)
-    cell = max(1, int(blob_px))
+    cell = max(1, int(round(blob_px)))
     gh, gw = h // cell + 3, w // cell + 3
     field = rng.standard_normal((gh, gw)).astype(np.float32)
     oy, ox = rng.random(2) * cell
@@ -223,6 +225,18 @@ class DepthSimulator:
 # detector
 
 
+def _grow_amounts(erode: float, dilate: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-mask growth in whole pixels, from ``-erode`` to ``dilate``: uniform over the integers
+    when both are whole, otherwise a uniform amount rounded up or down at random (so a 0.4 px
+    erosion erodes one pixel 40% of the time at most)."""
+    if n == 0:
+        return np.zeros(0, np.int64)
+    if float(erode).is_integer() and float(dilate).is_integer():
+        return rng.integers(-int(erode), int(dilate) + 1, size=n)
+    a = rng.uniform(-erode, dilate, size=n)
+    return np.floor(a + rng.random(n)).astype(np.int64)
+
+
 class DetectorSimulator:
     """An object detector's output in place of the perfect masks (see the module docstring).
 
@@ -263,7 +277,7 @@ class DetectorSimulator:
         n = len(present)
         u_miss, u_conf, u_pick = rng.random(n), rng.random(n), rng.random(n)
         scores_raw = self._score(rng, n)
-        amounts = rng.integers(-t.erode_px, t.dilate_px + 1, size=n) if n else np.zeros(0, np.int64)
+        amounts = _grow_amounts(t.erode_px, t.dilate_px, n, rng)
         lut = np.zeros(max(len(counts), FALSE_POSITIVE_ID_BASE), dtype=np.int32)
         grow = np.zeros(len(lut), dtype=np.int32)
         out_labels: dict[int, str] = {}
@@ -451,28 +465,43 @@ class SensorSimulator:
     def __init__(self, model: SensorModel, known_labels: Sequence[str] = (), seed: int = 0) -> None:
         model.check(f"sensor profile {model.name!r}")
         self.model = model
+        self.known_labels = tuple(known_labels)
         self.depth = DepthSimulator(model.depth)
         self.detector = DetectorSimulator(model.detector, known_labels)
         self.odometry = OdometrySimulator(model.pose)
         self.offset = (0, 0)
+        self._fx: float | None = None
+        self._direction = (0.0, 0.0, 0.0, 0.0)
         self.reset(seed, np.zeros(3))
+
+    def _at_focal(self, fx: float) -> None:
+        """Depth and detector simulators (and the misregistration offset) in pixels of an image
+        with focal length ``fx``; rebuilt only when the focal length changes."""
+        if self._fx == fx:
+            return
+        scaled = self.model.at_focal(fx)
+        self.depth = DepthSimulator(scaled.depth)
+        self.detector = DetectorSimulator(scaled.detector, self.known_labels)
+        self._fx = fx
+        self.offset = self._offset(scaled.depth.misregistration_px)
 
     def reset(self, seed: int, true_pose: np.ndarray) -> None:
         """A new episode: random streams from ``seed``, the odometry at ``true_pose``
         ``(x, y, yaw)``, a new colour/depth misregistration offset (pixels)."""
         self._rng = {name: np.random.default_rng([int(seed), k]) for name, k in _STREAMS.items()}
         self.odometry.reset(true_pose)
-        self.offset = self._misregistration(self._rng["registration"])
-
-    def _misregistration(self, rng: np.random.Generator) -> tuple[int, int]:
-        """Colour/mask offset ``(rows, columns)`` against depth for an episode: ``misregistration_px``
-        in a random direction, each component rounded up or down at random so that its mean is
-        the fractional offset (0.5 px shifts by one pixel half of the time)."""
-        m = self.model.depth.misregistration_px
+        rng = self._rng["registration"]
         theta = float(rng.uniform(0, 2 * math.pi))
-        dy, dx = m * math.sin(theta), m * math.cos(theta)
         u = rng.random(2)
-        return int(math.floor(dy + u[0])), int(math.floor(dx + u[1]))
+        self._direction = (math.sin(theta), math.cos(theta), float(u[0]), float(u[1]))
+        self.offset = self._offset(self.depth.noise.misregistration_px)
+
+    def _offset(self, m: float) -> tuple[int, int]:
+        """Colour/mask offset ``(rows, columns)`` against depth for the episode: ``m`` pixels in
+        the episode's random direction, each component rounded up or down at random so that its
+        mean is the fractional offset (0.5 px shifts by one pixel half of the time)."""
+        sy, sx, uy, ux = self._direction
+        return int(math.floor(m * sy + uy)), int(math.floor(m * sx + ux))
 
     def base_pose(self, true_pose: np.ndarray, odometer: np.ndarray) -> np.ndarray:
         """The believed base pose ``(x, y, yaw)`` for the true one and the odometer reading
@@ -495,6 +524,7 @@ class SensorSimulator:
         if truth.proprio is None:
             raise ValueError("perceive needs the true frame's proprioception (its base pose)")
         believed = self.base_pose(truth.proprio.base_pose, odometer)
+        self._at_focal(float(truth.intrinsics.fx))
         depth = self.depth.apply(truth.depth, self._rng["depth"])
         dy, dx = self.offset
         rgb = _shift(truth.rgb, dy, dx)

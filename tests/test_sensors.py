@@ -385,3 +385,46 @@ def test_gold_sightings_read_the_exact_render_under_noise() -> None:
         assert log.frames[-1].pixels == expected
     finally:
         env.close()
+
+
+# -- pixel amounts at another resolution -------------------------------------------------------------
+def test_pixel_amounts_scale_with_the_focal_length() -> None:
+    kinect = PROFILES["kinect"]
+    assert kinect.reference_fx == 580.0 and kinect.at_focal(580.0) is kinect
+    half = kinect.at_focal(290.0)  # a 320x240 Kinect image
+    assert half.depth.lateral_px == pytest.approx(kinect.depth.lateral_px / 2)
+    assert half.depth.edge_px == pytest.approx(kinect.depth.edge_px / 2)
+    assert half.depth.misregistration_px == pytest.approx(kinect.depth.misregistration_px / 2)
+    assert half.detector.erode_px == pytest.approx(0.5) and half.detector.min_pixels == round(30 / 4)
+    assert half.depth.sigma0 == kinect.depth.sigma0 and half.detector.miss_rate == kinect.detector.miss_rate
+    # lateral noise is an angle: the same metres at a range whatever the image's focal length
+    assert kinect.lateral_sigma(2.0, 290.0) == pytest.approx(kinect.lateral_sigma(2.0, 580.0))
+    assert kinect.point_sigma(2.0, 290.0) == pytest.approx(half.point_sigma(2.0, 290.0))
+    # no reference: amounts are pixels of whatever image
+    plain = SensorModel(depth=DepthNoise(lateral_px=1.0))
+    assert plain.at_focal(290.0) is plain and plain.lateral_sigma(2.0, 200.0) == pytest.approx(0.01)
+    # a bag declares its rig with the reference; a profile file may set one
+    assert SensorModel.from_dict(kinect.to_dict()) == kinect
+    with pytest.raises(ValueError, match="reference_fx"):
+        SensorModel.from_dict({"base": "kinect", "reference_fx": "wide"})
+    with pytest.raises(ValueError, match="reference_fx"):
+        SensorModel.from_dict({"base": "kinect", "reference_fx": -5})
+
+
+def test_the_simulator_applies_the_profile_at_the_render_focal_length(house_frame) -> None:  # noqa: ANN001
+    truth, env = house_frame
+    fx = truth.intrinsics.fx
+    model = replace(PROFILES["kinect"], depth=replace(PROFILES["kinect"].depth, misregistration_px=6.0))
+    sim = SensorSimulator(model, known_labels=env.backend.object_labels())
+    sim.reset(0, truth.proprio.base_pose)
+    sim.perceive(truth, env.robot.camera_in_base(), np.zeros(2))
+    s = fx / 580.0
+    assert sim.depth.noise.edge_px == pytest.approx(2 * s) and sim.detector.noise.min_pixels == round(30 * s * s)
+    assert math.hypot(*sim.offset) <= 6.0 * s + 1.5  # misregistration in pixels of this image
+    # the same rig measured on this very camera keeps its amounts
+    native = replace(model, reference_fx=fx)
+    sim2 = SensorSimulator(native, known_labels=env.backend.object_labels())
+    sim2.reset(0, truth.proprio.base_pose)
+    sim2.perceive(truth, env.robot.camera_in_base(), np.zeros(2))
+    assert sim2.depth.noise.edge_px == 2 and sim2.detector.noise.min_pixels == 30
+    assert math.hypot(*sim2.offset) >= 6.0 - 1.5

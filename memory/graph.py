@@ -1063,7 +1063,8 @@ class SceneGraph:
             return
         before = float(d.get("opening", 0.0))
         self.emit(OpKind.UPDATE, "node", key, "opened" if state == "open" else "closed", t,
-                  {"state": state, "opening": float(opening)})
+                  {"state": state, "opening": float(opening), "last_changed": t,
+                   "max_opening": max(float(d.get("max_opening", 0.0)), float(opening), before)})
         spec = self._places.get(place)
         if spec is None or spec.open_direction is None:
             return

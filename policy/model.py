@@ -1,0 +1,489 @@
+"""A small memory-conditioned policy (MemoryVLA-style) that also reads the symbolic memory.
+
+One call sees the current camera image, the proprioception, the task text and tokens of the
+scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (executed
+``n_action_steps`` at a time). Inside:
+
+* **encoders**: a small convolutional image encoder (a ``H x W`` image to a grid of tokens,
+  pooled by learned queries to ``perceptual_tokens`` perceptual tokens), a hashed bag-of-words
+  task encoder, a proprioception MLP, and a **symbolic memory encoder**: one token per object
+  or place the scene graph holds (its id, label, pose now and when first seen, size, state;
+  :mod:`mnemobot.policy.tokens`). Those are the ids the planner sees.
+* **cognition**: a transformer over ``[cognitive query, task, proprio, perceptual, symbolic]``
+  whose first output is the step's cognitive token.
+* **latent memory banks** (per episode): a perceptual bank (the perceptual tokens of each call)
+  and a cognitive bank (each call's cognitive token), ``bank_capacity`` entries each. When a
+  bank is full, the most similar pair of adjacent entries (cosine) is merged into their mean
+  (time included), as MemoryVLA consolidates; ``bank_merge="fifo"`` drops the oldest instead.
+* **retrieval and gated fusion**: the current tokens cross-attend to the bank entries plus a
+  sinusoidal encoding of how long ago each was written; a sigmoid gate mixes what was retrieved
+  into the current tokens.
+* **action head**: flow matching. A transformer denoiser over the ``chunk_size`` action tokens
+  (with the flow time) cross-attends to the fused tokens; sampling integrates the velocity field
+  from Gaussian noise in ``flow_steps`` Euler steps (a seeded generator: the same inputs and seed
+  give the same chunk).
+
+Actions and proprioception are normalised with the dataset's mean and std, kept in the model's
+buffers (they travel with the checkpoint).
+
+The interface mirrors lerobot's policies (``reset``, ``select_action``, ``predict_action_chunk``,
+``forward`` returning ``(loss, info)``, a config dataclass), so a ``lerobot_policy_*`` plugin can
+wrap it thinly. Batches use lerobot's key names where they exist:
+
+* ``observation.images.head``: ``(B, 3, H, W)`` float in [0, 1];
+* ``observation.state``: ``(B, state_dim)``;
+* ``observation.memory``: ``(B, M, token_dim)`` symbolic tokens, ``observation.memory_mask``
+  ``(B, M)`` (True: a real object);
+* ``task``: ``B`` strings;
+* training only: ``action`` ``(B, chunk_size, action_dim)``, ``action_is_pad`` ``(B, chunk)``,
+  and the history the banks were built from: ``history.images.head`` ``(B, T, 3, H, W)``,
+  ``history.state``, ``history.memory``, ``history.memory_mask``, ``history.age`` ``(B, T)``
+  (seconds before now), ``history_mask`` ``(B, T)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812 - the usual name
+
+__all__ = ["MemoryBank", "MemoryPolicy", "MemoryPolicyConfig", "PolicyConfigError"]
+
+
+class PolicyConfigError(ValueError):
+    """A configuration (or a checkpoint's) that the policy cannot be built from."""
+
+
+@dataclass(frozen=True)
+class MemoryPolicyConfig:
+    """Sizes and switches of :class:`MemoryPolicy` (defaults: about 16M parameters)."""
+
+    image_size: tuple[int, int] = (96, 128)  # (height, width)
+    state_dim: int = 12
+    action_dim: int = 5
+    token_dim: int = 24  # features of one symbolic memory token (mnemobot.policy.tokens)
+    max_memory_tokens: int = 16
+    chunk_size: int = 16
+    n_action_steps: int = 8
+    d_model: int = 256
+    n_heads: int = 8
+    cognition_layers: int = 6
+    decoder_layers: int = 6
+    perceptual_tokens: int = 8
+    encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
+    vocab_buckets: int = 4096
+    id_buckets: int = 1024
+    max_task_words: int = 24
+    bank_capacity: int = 16
+    bank_merge: str = "similar"  # "similar" (MemoryVLA) or "fifo"
+    latent_memory: bool = True
+    symbolic_memory: bool = True
+    flow_steps: int = 10
+    dropout: float = 0.0
+
+    def check(self) -> None:
+        if self.bank_merge not in ("similar", "fifo"):
+            raise PolicyConfigError(f"bank_merge must be 'similar' or 'fifo', got {self.bank_merge!r}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise PolicyConfigError(f"n_action_steps must be in 1..chunk_size ({self.chunk_size}), "
+                                    f"got {self.n_action_steps}")
+        if self.d_model % self.n_heads:
+            raise PolicyConfigError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.flow_steps < 1 or self.bank_capacity < 2:
+            raise PolicyConfigError("flow_steps must be >= 1 and bank_capacity >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> MemoryPolicyConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise PolicyConfigError(f"unknown policy config key(s) {unknown}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        cfg = cls(**values)
+        cfg.check()
+        return cfg
+
+
+# -- building blocks -----------------------------------------------------------------------------------
+def sinusoid(x: Tensor, dim: int, scale: float = 1.0) -> Tensor:
+    """Sinusoidal encoding of ``x`` (any shape) to ``(*x.shape, dim)``; ``scale`` stretches the
+    longest period (seconds for ages, 1 for flow time)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    arg = x.float()[..., None] * freqs * (2 * math.pi / scale)
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+def hash_words(texts: list[str], buckets: int, max_words: int) -> tuple[Tensor, Tensor]:
+    """Word ids (crc32 buckets, 0 = padding) ``(B, max_words)`` and their mask for task texts."""
+    ids = torch.zeros(len(texts), max_words, dtype=torch.long)
+    for i, t in enumerate(texts):
+        words = re.findall(r"[a-z0-9]+", str(t).lower())[:max_words]
+        for j, w in enumerate(words):
+            ids[i, j] = 1 + zlib.crc32(w.encode()) % (buckets - 1)
+    return ids, ids > 0
+
+
+class ImageEncoder(nn.Module):
+    """Conv stages (stride 2 each, GroupNorm, SiLU) to a grid of ``d_model`` tokens with 2D
+    sinusoidal positions."""
+
+    def __init__(self, channels: tuple[int, ...], d_model: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
+            c_in = c
+        self.net = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in, d_model)
+        self.d_model = d_model
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = self.net(img * 2.0 - 1.0)  # (B, C, h, w)
+        b, _, h, w = x.shape
+        tokens = self.proj(x.flatten(2).transpose(1, 2))  # (B, h*w, d)
+        ys, xs = torch.meshgrid(torch.arange(h, device=img.device), torch.arange(w, device=img.device), indexing="ij")
+        half = self.d_model // 2
+        pos = torch.cat([sinusoid(ys.flatten() / max(h, 1), half), sinusoid(xs.flatten() / max(w, 1), half)], -1)
+        return tokens + pos[None]
+
+
+class AttentionPool(nn.Module):
+    """``n`` learned queries attend to a token set."""
+
+    def __init__(self, n: int, d: int, heads: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        q = self.queries[None].expand(tokens.shape[0], -1, -1)
+        out, _ = self.attn(q, tokens, tokens, need_weights=False)
+        return self.norm(out + q)
+
+
+class SymbolicEncoder(nn.Module):
+    """Tokens of the scene-graph memory: numeric features, a hashed label and a hashed id.
+
+    Token layout (``token_dim`` floats, see :mod:`mnemobot.policy.tokens`): the first two are the
+    label and id hashes (as floats of integers), the rest numeric features."""
+
+    def __init__(self, cfg: MemoryPolicyConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.label = nn.Embedding(cfg.vocab_buckets, d)
+        self.ident = nn.Embedding(cfg.id_buckets, d)
+        self.mlp = nn.Sequential(nn.Linear(cfg.token_dim - 2, d), nn.SiLU(), nn.Linear(d, d))
+        self.vocab, self.ids = cfg.vocab_buckets, cfg.id_buckets
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        label = tokens[..., 0].long().clamp(0, self.vocab - 1)
+        ident = tokens[..., 1].long().clamp(0, self.ids - 1)
+        return self.mlp(tokens[..., 2:]) + self.label(label) + self.ident(ident)
+
+
+def _encoder(d: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout, batch_first=True, norm_first=True,
+                                       activation="gelu")
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def _decoder(d: int, heads: int, layers: int, dropout: float) -> nn.TransformerDecoder:
+    layer = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout, batch_first=True, norm_first=True,
+                                       activation="gelu")
+    return nn.TransformerDecoder(layer, layers)
+
+
+# -- latent memory bank ---------------------------------------------------------------------------------
+class MemoryBank:
+    """One episode's bank of entries (each ``(n_tokens, d)``) with the time each was written.
+
+    ``add`` appends; past ``capacity`` the most similar adjacent pair (mean cosine similarity of
+    their tokens) is merged into their average, time included (``merge="similar"``), or the
+    oldest entry is dropped (``merge="fifo"``). Works on batches: entries are ``(B, n, d)``.
+    """
+
+    def __init__(self, capacity: int, merge: str = "similar") -> None:
+        self.capacity, self.merge = capacity, merge
+        self.entries: list[Tensor] = []
+        self.times: list[Tensor] = []  # (B,) each
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: Tensor, t: Tensor) -> None:
+        self.entries.append(entry)
+        self.times.append(t.float())
+        if len(self.entries) > self.capacity:
+            self._consolidate()
+
+    def _consolidate(self) -> None:
+        if self.merge == "fifo":
+            self.entries.pop(0)
+            self.times.pop(0)
+            return
+        stack = torch.stack(self.entries, 1)  # (B, N, n, d)
+        flat = F.normalize(stack.flatten(2), dim=-1)
+        sim = (flat[:, :-1] * flat[:, 1:]).sum(-1).mean(0)  # (N-1,) adjacent pairs, averaged over the batch
+        i = int(torch.argmax(sim))
+        self.entries[i] = (self.entries[i] + self.entries[i + 1]) / 2
+        self.times[i] = (self.times[i] + self.times[i + 1]) / 2
+        del self.entries[i + 1], self.times[i + 1]
+
+    def tensors(self) -> tuple[Tensor, Tensor] | None:
+        """``(entries (B, N, n, d), times (B, N))`` or None when empty."""
+        if not self.entries:
+            return None
+        return torch.stack(self.entries, 1), torch.stack(self.times, 1)
+
+
+class Retrieval(nn.Module):
+    """Cross-attention from current tokens to bank entries (with their age), then a gate."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.age = nn.Linear(d, d)
+        self.gate = nn.Sequential(nn.Linear(2 * d, d), nn.Sigmoid())
+        self.norm = nn.LayerNorm(d)
+        self.d = d
+
+    def forward(self, current: Tensor, entries: Tensor | None, ages: Tensor | None,
+                mask: Tensor | None = None) -> Tensor:
+        """``current`` ``(B, n, d)``; ``entries`` ``(B, N, n_e, d)``; ``ages`` ``(B, N)`` seconds;
+        ``mask`` ``(B, N)`` True where an entry exists."""
+        if entries is None:
+            return current
+        b, n_entries, n_tok, d = entries.shape
+        keys = entries + self.age(sinusoid(ages, d, scale=60.0))[:, :, None, :]
+        keys = keys.reshape(b, n_entries * n_tok, d)
+        pad = None
+        if mask is not None:
+            pad = ~mask[:, :, None].expand(b, n_entries, n_tok).reshape(b, n_entries * n_tok)
+            empty = pad.all(dim=1)
+            if empty.any():  # rows with nothing to retrieve attend to one zero entry
+                pad = pad.clone()
+                pad[empty, 0] = False
+                keys = keys.clone()
+                keys[empty, 0] = 0.0
+        retrieved, _ = self.attn(current, keys, keys, key_padding_mask=pad, need_weights=False)
+        g = self.gate(torch.cat([current, retrieved], -1))
+        return self.norm(g * retrieved + (1 - g) * current)
+
+
+# -- the policy -----------------------------------------------------------------------------------------
+class MemoryPolicy(nn.Module):
+    """See the module docstring. ``stats``: normalisation (``state_mean``, ``state_std``,
+    ``action_mean``, ``action_std``; tensors or lists), taken from the dataset."""
+
+    name = "mnemobot_memory"
+
+    def __init__(self, config: MemoryPolicyConfig | None = None, stats: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        cfg = config or MemoryPolicyConfig()
+        cfg.check()
+        self.config = cfg
+        d = cfg.d_model
+        self.image = ImageEncoder(cfg.encoder_channels, d)
+        self.pool = AttentionPool(cfg.perceptual_tokens, d, cfg.n_heads)
+        self.words = nn.Embedding(cfg.vocab_buckets, d, padding_idx=0)
+        self.word_pos = nn.Parameter(torch.randn(cfg.max_task_words, d) * 0.02)
+        self.state = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.symbolic = SymbolicEncoder(cfg)
+        self.type_embed = nn.Parameter(torch.randn(5, d) * 0.02)  # cognitive, task, state, perceptual, symbolic
+        self.cog_query = nn.Parameter(torch.randn(1, d) * 0.02)
+        self.cognition = _encoder(d, cfg.n_heads, cfg.cognition_layers, cfg.dropout)
+        self.retrieve_p = Retrieval(d, cfg.n_heads)
+        self.retrieve_c = Retrieval(d, cfg.n_heads)
+        self.action_in = nn.Linear(cfg.action_dim, d)
+        self.action_pos = nn.Parameter(torch.randn(cfg.chunk_size, d) * 0.02)
+        self.flow_time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.decoder = _decoder(d, cfg.n_heads, cfg.decoder_layers, cfg.dropout)
+        self.action_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.action_dim))
+        s = stats or {}
+
+        def buf(key: str, size: int, default: float) -> Tensor:
+            v = s.get(key)
+            t = torch.full((size,), default) if v is None else torch.as_tensor(v, dtype=torch.float32).reshape(size)
+            return t.clone()
+
+        self.register_buffer("state_mean", buf("state_mean", cfg.state_dim, 0.0))
+        self.register_buffer("state_std", buf("state_std", cfg.state_dim, 1.0).clamp_min(1e-3))
+        self.register_buffer("action_mean", buf("action_mean", cfg.action_dim, 0.0))
+        self.register_buffer("action_std", buf("action_std", cfg.action_dim, 1.0).clamp_min(1e-3))
+        self.reset()
+
+    # -- lerobot-style interface -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start an episode: empty banks, no queued actions."""
+        cfg = self.config
+        self._banks = (MemoryBank(cfg.bank_capacity, cfg.bank_merge), MemoryBank(cfg.bank_capacity, cfg.bank_merge))
+        self._queue: deque[Tensor] = deque()
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
+        """The next action ``(B, action_dim)``: a new chunk is predicted every ``n_action_steps``
+        calls (its first ``n_action_steps`` actions are queued)."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(batch, generator=generator)
+            for i in range(self.config.n_action_steps):
+                self._queue.append(chunk[:, i])
+        return self._queue.popleft()
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
+        """A chunk ``(B, chunk_size, action_dim)`` of actions (in the dataset's units) for the
+        current observation; the step's tokens are written into the episode's banks (time:
+        ``batch["time"]`` seconds, default the number of calls so far)."""
+        cond, p, c = self._condition_live(batch)
+        return self._sample(cond, generator) * self.action_std + self.action_mean
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """Flow-matching loss on a training batch (see the module docstring for its keys)."""
+        cond = self._condition_train(batch)
+        target = (batch["action"].float() - self.action_mean) / self.action_std  # (B, T, A)
+        b = target.shape[0]
+        noise = torch.randn_like(target)
+        tau = torch.rand(b, device=target.device)
+        x_tau = (1 - tau)[:, None, None] * noise + tau[:, None, None] * target
+        v = self._velocity(x_tau, tau, cond)
+        err = (v - (target - noise)) ** 2
+        pad = batch.get("action_is_pad")
+        keep = (~pad.bool()).float()[..., None] if pad is not None else torch.ones_like(err[..., :1])
+        loss = (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
+        return loss, {"loss": float(loss.detach())}
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _step_tokens(self, img: Tensor, state: Tensor, memory: Tensor | None, memory_mask: Tensor | None,
+                     words: Tensor, word_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One step's ``(perceptual (B, P, d), cognitive (B, 1, d), context tokens, their padding)``."""
+        cfg = self.config
+        te = self.type_embed
+        p = self.pool(self.image(img))
+        s = self.state((state.float() - self.state_mean) / self.state_std)[:, None]
+        w = self.words(words) + self.word_pos[None, : words.shape[1]]
+        parts = [self.cog_query[None].expand(img.shape[0], -1, -1) + te[0], w + te[1], s + te[2], p + te[3]]
+        pads = [torch.zeros(img.shape[0], 1, dtype=torch.bool, device=img.device), ~word_mask,
+                torch.zeros(img.shape[0], 1, dtype=torch.bool, device=img.device),
+                torch.zeros(img.shape[0], p.shape[1], dtype=torch.bool, device=img.device)]
+        if cfg.symbolic_memory and memory is not None and memory.shape[1] > 0:
+            m = memory[:, : cfg.max_memory_tokens]
+            mm = memory_mask[:, : cfg.max_memory_tokens].bool() if memory_mask is not None else \
+                torch.ones(m.shape[:2], dtype=torch.bool, device=m.device)
+            parts.append(self.symbolic(m) + te[4])
+            pads.append(~mm)
+        x = torch.cat(parts, 1)
+        pad = torch.cat(pads, 1)
+        out = self.cognition(x, src_key_padding_mask=pad)
+        return p, out[:, :1], out, pad
+
+    def _fuse(self, p: Tensor, c: Tensor, context: Tensor, pad: Tensor,
+              banks: tuple[tuple[Tensor, Tensor, Tensor] | None, tuple[Tensor, Tensor, Tensor] | None]
+              ) -> tuple[Tensor, Tensor]:
+        """Condition tokens for the action head (and their padding) after retrieval."""
+        if self.config.latent_memory:
+            bp, bc = banks
+            p = self.retrieve_p(p, *(bp if bp is not None else (None, None, None)))
+            c = self.retrieve_c(c, *(bc if bc is not None else (None, None, None)))
+        cond = torch.cat([c, p, context[:, 1:]], 1)
+        cpad = torch.cat([torch.zeros(p.shape[0], 1 + p.shape[1], dtype=torch.bool, device=p.device), pad[:, 1:]], 1)
+        return cond, cpad
+
+    def _condition_live(self, batch: dict[str, Any]) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
+        cfg = self.config
+        img = batch["observation.images.head"].float()
+        words, wmask = hash_words(list(batch["task"]), cfg.vocab_buckets, cfg.max_task_words)
+        p, c, context, pad = self._step_tokens(img, batch["observation.state"], batch.get("observation.memory"),
+                                               batch.get("observation.memory_mask"), words, wmask)
+        bank_p, bank_c = self._banks
+        b = img.shape[0]
+        now = torch.as_tensor(batch.get("time", float(len(bank_c))), dtype=torch.float32).expand(b)
+        banks: list[tuple[Tensor, Tensor, Tensor] | None] = []
+        for bank in (bank_p, bank_c):
+            got = bank.tensors()
+            banks.append(None if got is None else (got[0], now[:, None] - got[1], None))
+        cond = self._fuse(p, c, context, pad, (banks[0], banks[1]))
+        if cfg.latent_memory:
+            bank_p.add(p.detach(), now)
+            bank_c.add(c.detach(), now)
+        return cond, p, c
+
+    def _condition_train(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Condition tokens for a training batch: the banks are rebuilt from ``history.*`` (no
+        gradient through them, as at run time they hold stored values), consolidated the same way."""
+        cfg = self.config
+        img = batch["observation.images.head"].float()
+        b = img.shape[0]
+        words, wmask = hash_words(list(batch["task"]), cfg.vocab_buckets, cfg.max_task_words)
+        p, c, context, pad = self._step_tokens(img, batch["observation.state"], batch.get("observation.memory"),
+                                               batch.get("observation.memory_mask"), words, wmask)
+        banks: tuple[Any, Any] = (None, None)
+        hist = batch.get("history.images.head")
+        if cfg.latent_memory and hist is not None and hist.shape[1] > 0:
+            t_hist = hist.shape[1]
+            hmask = batch["history_mask"].bool()
+            with torch.no_grad():
+                hw = words.repeat_interleave(t_hist, 0)
+                hwm = wmask.repeat_interleave(t_hist, 0)
+                mem = batch.get("history.memory")
+                mmask = batch.get("history.memory_mask")
+                hp, hc, _, _ = self._step_tokens(
+                    hist.flatten(0, 1).float(), batch["history.state"].flatten(0, 1),
+                    None if mem is None else mem.flatten(0, 1), None if mmask is None else mmask.flatten(0, 1),
+                    hw, hwm)
+            hp = hp.reshape(b, t_hist, *hp.shape[1:])
+            hc = hc.reshape(b, t_hist, *hc.shape[1:])
+            ages = batch["history.age"].float()
+            banks = (self._train_bank(hp, ages, hmask), self._train_bank(hc, ages, hmask))
+        return self._fuse(p, c, context, pad, banks)
+
+    def _train_bank(self, entries: Tensor, ages: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Consolidate each sample's history to at most ``bank_capacity`` entries, as the live
+        bank would have (oldest first); returns ``(entries, ages, mask)``."""
+        cap = self.config.bank_capacity
+        if entries.shape[1] <= cap:
+            return entries, ages, mask
+        out_e, out_a, out_m = [], [], []
+        for i in range(entries.shape[0]):
+            bank = MemoryBank(cap, self.config.bank_merge)
+            for j in torch.flatten(torch.nonzero(mask[i])).tolist():
+                bank.add(entries[i : i + 1, j], -ages[i : i + 1, j])
+            e, t = bank.tensors() if len(bank) else (entries[i : i + 1, :0], ages[i : i + 1, :0])
+            n = e.shape[1]
+            out_e.append(F.pad(e[0], (0, 0, 0, 0, 0, cap - n)))
+            out_a.append(F.pad(-t[0], (0, cap - n)))
+            out_m.append(torch.arange(cap) < n)
+        return torch.stack(out_e), torch.stack(out_a), torch.stack(out_m)
+
+    def _velocity(self, x: Tensor, tau: Tensor, cond: tuple[Tensor, Tensor]) -> Tensor:
+        tokens, pad = cond
+        h = self.action_in(x) + self.action_pos[None, : x.shape[1]]
+        h = h + self.flow_time(sinusoid(tau, self.config.d_model))[:, None]
+        h = self.decoder(h, tokens, memory_key_padding_mask=pad)
+        return self.action_out(h)
+
+    def _sample(self, cond: tuple[Tensor, Tensor], generator: torch.Generator | None) -> Tensor:
+        cfg = self.config
+        b = cond[0].shape[0]
+        x = torch.randn(b, cfg.chunk_size, cfg.action_dim, generator=generator, device=cond[0].device)
+        dt = 1.0 / cfg.flow_steps
+        for k in range(cfg.flow_steps):
+            tau = torch.full((b,), k * dt, device=x.device)
+            x = x + dt * self._velocity(x, tau, cond)
+        return x
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

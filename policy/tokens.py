@@ -1,0 +1,93 @@
+"""Symbolic memory tokens: what the scene graph holds, as fixed-size vectors for the policy.
+
+One token per object and per articulated place (a drawer), ``TOKEN_DIM`` floats::
+
+    0      label hash (crc32 of the label, ``vocab_buckets``)      - an integer, embedded
+    1      id hash (crc32 of the scene-graph node id, ``id_buckets``) - the planner's ids
+    2-3    kind: object, place
+    4-6    position now, in the robot's base frame (m)
+    7-9    position when first seen, base frame (m)
+    10-12  size (m): extent, or a place's surface
+    13-14  cos, sin of the yaw relative to the base
+    15-18  state: present, missing, held, open
+    19     opening now (m; places)
+    20     largest opening seen (m; places)
+    21     seconds since last seen / last changed (places), divided by 60
+    22     seconds since first seen, divided by 60
+    23     confidence
+
+Tokens are ordered by relevance: objects and places the task text names first, then the most
+recently seen; at most ``max_tokens``. The same function builds tokens when recording
+demonstrations and when the policy runs, from the memory the agent keeps (never the simulator).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TOKEN_DIM", "memory_tokens"]
+
+TOKEN_DIM = 24
+
+
+def _hash(text: str, buckets: int) -> float:
+    return float(1 + zlib.crc32(text.encode()) % (buckets - 1))
+
+
+def memory_tokens(graph: Any, base_pose: np.ndarray, t: float, task: str = "", max_tokens: int = 16,
+                  vocab_buckets: int = 4096, id_buckets: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens (max_tokens, TOKEN_DIM) float32, mask (max_tokens,) bool)`` of the scene graph
+    ``graph`` (:class:`~mnemobot.memory.graph.SceneGraph`) seen from the base pose ``(x, y, yaw)``
+    at time ``t`` (s); see the module docstring."""
+    x, y, yaw = (float(v) for v in base_pose)
+    c, s = math.cos(yaw), math.sin(yaw)
+
+    def to_base(p: Any) -> list[float]:
+        px, py, pz = (float(v) for v in p)
+        dx, dy = px - x, py - y
+        return [c * dx + s * dy, -s * dx + c * dy, pz]
+
+    words = set(re.findall(r"[a-z0-9]+", task.lower()))
+    rows: list[tuple[tuple[float, ...], list[float]]] = []
+    g = graph.g
+    for key in graph.by_layer("object"):
+        d = g.nodes[key]
+        label = str(d.get("label", ""))
+        hist = d.get("history") or []
+        first = hist[0][1:4] if hist else d["position"]
+        ext = list(d.get("extent", [0.0, 0.0, 0.0]))[:3]
+        state = d.get("state", "present")
+        rel_yaw = float(d.get("yaw", 0.0)) - yaw
+        tok = [_hash(label, vocab_buckets), _hash(str(key), id_buckets), 1.0, 0.0, *to_base(d["position"]),
+               *to_base(first), *ext, math.cos(rel_yaw), math.sin(rel_yaw),
+               float(state == "present"), float(state == "missing"), float(state == "held"), 0.0, 0.0, 0.0,
+               (t - float(d.get("last_seen", t))) / 60.0, (t - float(d.get("first_seen", t))) / 60.0,
+               float(d.get("confidence", 1.0))]
+        named = bool(set(label.split("_")) & words)
+        rows.append(((0.0 if named else 1.0, -float(d.get("last_seen", 0.0)), len(rows)), tok))
+    for key in graph.by_layer("place"):
+        d = g.nodes[key]
+        if "opening" not in d:  # only articulated places carry a state worth a token
+            continue
+        name = str(d.get("name", key))
+        centre = d.get("center", [0.0, 0.0, 0.0])
+        opening = float(d.get("opening", 0.0))
+        tok = [_hash(name, vocab_buckets), _hash(str(key), id_buckets), 0.0, 1.0, *to_base(centre), *to_base(centre),
+               0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, float(d.get("state") == "open"), opening,
+               float(d.get("max_opening", opening)), (t - float(d.get("last_changed", t))) / 60.0, 0.0, 1.0]
+        named = bool(set(name.split("_")) & words)
+        rows.append(((0.0 if named else 1.0, -float(d.get("last_changed", 0.0)), len(rows)), tok))
+    rows.sort(key=lambda r: r[0])
+    out = np.zeros((max_tokens, TOKEN_DIM), dtype=np.float32)
+    mask = np.zeros(max_tokens, dtype=bool)
+    for i, (_, tok) in enumerate(rows[:max_tokens]):
+        out[i] = np.asarray(tok, dtype=np.float32)
+        mask[i] = True
+    if not np.all(np.isfinite(out)):
+        raise ValueError("memory tokens hold NaN or inf (a corrupt scene graph?)")
+    return out, mask

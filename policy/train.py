@@ -1,0 +1,380 @@
+"""Training :class:`~mnemobot.policy.model.MemoryPolicy` on recorded demonstrations, and checkpoints.
+
+A checkpoint is a folder::
+
+    CKPT/
+      config.json          format, policy config, training config, dataset summary, tasks, step
+      model.safetensors    weights and normalisation buffers
+      training_state/      optimizer.safetensors, state.json (step, random generators): resuming
+      train_log.jsonl      one line per logged step (step, loss, seconds)
+
+Training is deterministic for a seed (single process, seeded generators; the same thread count).
+Running the same command again resumes from the last saved step; a folder that holds anything
+but a checkpoint of the same policy and dataset is never written to.
+
+Batches (see :mod:`mnemobot.policy.model`): a frame drawn at random, the next ``chunk_size``
+actions (padded at the episode's end), and the history the latent banks would hold at that frame
+at run time - the frames of the earlier calls, one every ``n_action_steps`` frames, at most
+``history`` of them (evenly spaced from the episode's start when there were more).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnemobot.policy.dataset import Dataset, DatasetError
+from mnemobot.policy.tokens import TOKEN_DIM
+
+__all__ = ["CheckpointError", "TrainConfig", "TrainData", "load_policy", "train"]
+
+FORMAT = "mnemobot-policy"
+FORMAT_VERSION = 1
+IMAGE_KEY = "observation.images.head"
+REQUIRED = (IMAGE_KEY, "observation.state", "action")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be read, or written without losing someone's files."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``steps`` optimizer steps of ``batch_size``; ``history``: most frames the banks are rebuilt
+    from per sample; ``save_every``/``log_every`` in steps; ``threads``: torch CPU threads (0:
+    torch's default)."""
+
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    history: int = 16
+    save_every: int = 500
+    log_every: int = 25
+    threads: int = 0
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.history < 0 or self.save_every < 1:
+            raise ValueError("steps, batch_size and save_every must be >= 1 and history >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+# -- data ---------------------------------------------------------------------------------------------
+class TrainData:
+    """All frames of a dataset in memory, with episode boundaries, ready to sample batches from."""
+
+    def __init__(self, root: str | Path) -> None:
+        ds = Dataset(root)
+        missing = [k for k in REQUIRED if k not in ds.features]
+        if missing:
+            raise DatasetError(f"{root}: the dataset lacks {missing}; record it with 'mnemobot record-demos'")
+        self.root, self.fps = Path(root), ds.fps
+        self.features = ds.features
+        self.has_memory = "observation.memory" in ds.features
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("img", "state", "action", "memory", "mask")}
+        self.starts, self.ends, self.tasks = [], [], []
+        at = 0
+        for i in range(ds.num_episodes):
+            keys = list(REQUIRED) + (["observation.memory", "observation.memory_mask"] if self.has_memory else [])
+            ep = ds.episode(i, keys)
+            n = len(ep["action"])
+            cols["img"].append(ep[IMAGE_KEY])
+            cols["state"].append(ep["observation.state"].reshape(n, -1))
+            cols["action"].append(ep["action"].reshape(n, -1))
+            if self.has_memory:
+                cols["memory"].append(ep["observation.memory"].reshape(n, -1, TOKEN_DIM))
+                cols["mask"].append(ep["observation.memory_mask"].reshape(n, -1).astype(bool))
+            self.starts.append(at)
+            self.ends.append(at + n)
+            self.tasks.append(ds.task_of(i))
+            at += n
+        if at == 0:
+            raise DatasetError(f"{root}: the dataset has no frames")
+        self.img = np.concatenate(cols["img"])
+        self.state = np.concatenate(cols["state"]).astype(np.float32)
+        self.action = np.concatenate(cols["action"]).astype(np.float32)
+        self.memory = np.concatenate(cols["memory"]).astype(np.float32) if self.has_memory else None
+        self.mask = np.concatenate(cols["mask"]) if self.has_memory else None
+        self.episode_of = np.repeat(np.arange(len(self.starts)), np.diff([0, *self.ends]))
+        self.image_size = tuple(self.img.shape[1:3])
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    def stats(self) -> dict[str, list[float]]:
+        return {"state_mean": self.state.mean(0).tolist(), "state_std": self.state.std(0).tolist(),
+                "action_mean": self.action.mean(0).tolist(), "action_std": self.action.std(0).tolist()}
+
+    def summary(self) -> dict[str, Any]:
+        return {"path": str(self.root.resolve()), "frames": len(self), "episodes": len(self.starts), "fps": self.fps,
+                "tasks": sorted(set(self.tasks)), "state_dim": int(self.state.shape[1]),
+                "action_dim": int(self.action.shape[1]), "image_size": list(self.image_size),
+                "memory_tokens": int(self.memory.shape[1]) if self.memory is not None else 0}
+
+    def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int) -> dict[str, Any]:
+        import torch
+
+        idx = rng.integers(0, len(self), size=size)
+        acts, pads, hist = [], [], []
+        for i in idx:
+            e = self.episode_of[i]
+            s, end = self.starts[e], self.ends[e]
+            j = np.minimum(np.arange(i, i + chunk), end - 1)
+            acts.append(self.action[j])
+            pads.append(np.arange(i, i + chunk) >= end)
+            calls = np.arange(i - period, s - 1, -period)[::-1] if history > 0 else np.zeros(0, int)
+            if len(calls) > history:
+                calls = calls[np.round(np.linspace(0, len(calls) - 1, history)).astype(int)]
+            hist.append(calls)
+        t_max = max((len(h) for h in hist), default=0)
+        b: dict[str, Any] = {
+            IMAGE_KEY: torch.from_numpy(self.img[idx]).permute(0, 3, 1, 2).float() / 255.0,
+            "observation.state": torch.from_numpy(self.state[idx]),
+            "action": torch.from_numpy(np.stack(acts)),
+            "action_is_pad": torch.from_numpy(np.stack(pads)),
+            "task": [self.tasks[self.episode_of[i]] for i in idx],
+        }
+        if self.memory is not None:
+            b["observation.memory"] = torch.from_numpy(self.memory[idx])
+            b["observation.memory_mask"] = torch.from_numpy(self.mask[idx])
+        if t_max > 0:
+            h_idx = np.zeros((size, t_max), dtype=int)
+            h_mask = np.zeros((size, t_max), dtype=bool)
+            for k, h in enumerate(hist):
+                h_idx[k, : len(h)] = h
+                h_mask[k, : len(h)] = True
+                h_idx[k, len(h):] = idx[k]
+            b["history.images.head"] = torch.from_numpy(self.img[h_idx]).permute(0, 1, 4, 2, 3).float() / 255.0
+            b["history.state"] = torch.from_numpy(self.state[h_idx])
+            b["history.age"] = torch.from_numpy((idx[:, None] - h_idx) / self.fps).float()
+            b["history_mask"] = torch.from_numpy(h_mask)
+            if self.memory is not None:
+                b["history.memory"] = torch.from_numpy(self.memory[h_idx])
+                b["history.memory_mask"] = torch.from_numpy(self.mask[h_idx])
+        return b
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+def _read_config(path: Path) -> dict[str, Any]:
+    f = path / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no config.json (not a mnemobot policy checkpoint)") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: config.json cannot be read: {e}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: config.json is not a mnemobot policy checkpoint")
+    if cfg.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {cfg.get('version')}; this build reads "
+                              f"{FORMAT_VERSION}")
+    return cfg
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_policy(path: str | Path, task: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The policy of checkpoint ``path`` in eval mode, and its config.json. ``task``: a task family
+    the caller will run; a checkpoint trained on others is refused. Raises
+    :class:`CheckpointError` with the problem named."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mnemobot.policy.model import MemoryPolicy, MemoryPolicyConfig, PolicyConfigError
+
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint folder {p} not found")
+    cfg = _read_config(p)
+    families = cfg.get("families") or []
+    if task is not None and families and task not in families:
+        raise CheckpointError(f"{p} was trained on {', '.join(families)}, not {task}")
+    try:
+        pcfg = MemoryPolicyConfig.from_dict(cfg["policy"])
+    except (KeyError, TypeError, PolicyConfigError) as e:
+        raise CheckpointError(f"{p}: its policy config is not valid: {e}") from None
+    weights = p / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{p}: model.safetensors is missing")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: model.safetensors cannot be read (truncated or corrupt?): {e}") from None
+    model = MemoryPolicy(pcfg)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or wrong:
+        raise CheckpointError(f"{p}: weights do not fit its config (missing {missing[:3]}, unexpected {extra[:3]}, "
+                              f"wrong shape {wrong[:3]})")
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(v.isfinite().all()):
+            raise CheckpointError(f"{p}: weight {k} holds NaN or inf")
+    model.load_state_dict(state)
+    model.eval()
+    return model, cfg
+
+
+def _save(out: Path, model: Any, opt: Any, step: int, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, out / "model.safetensors")
+    ts = out / "training_state"
+    ts.mkdir(exist_ok=True)
+    flat: dict[str, Any] = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for name, value in st.items():
+            flat[f"{pid}.{name}"] = value.detach().contiguous() if torch.is_tensor(value) else torch.tensor(value)
+    save_file(flat, str(ts / "optimizer.safetensors.tmp"))
+    os.replace(ts / "optimizer.safetensors.tmp", ts / "optimizer.safetensors")
+    _write_json(ts / "state.json", {"step": step, "numpy_rng": rng.bit_generator.state,
+                                    "torch_rng": torch.get_rng_state().tolist()})
+    _write_json(out / "config.json", {**meta, "step": step})
+
+
+def _resume(out: Path, model: Any, opt: Any, rng: np.random.Generator) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    ts = out / "training_state"
+    state = json.loads((ts / "state.json").read_text(encoding="utf-8"))
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    flat = load_file(str(ts / "optimizer.safetensors"))
+    sd = opt.state_dict()
+    per: dict[int, dict[str, Any]] = {}
+    for key, value in flat.items():
+        pid, name = key.split(".", 1)
+        per.setdefault(int(pid), {})[name] = value
+    sd["state"] = per
+    opt.load_state_dict(sd)
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return int(state["step"])
+
+
+# -- training -----------------------------------------------------------------------------------------
+def train(data_dir: str | Path, out: str | Path, policy_overrides: dict[str, Any] | None = None,
+          config: TrainConfig | None = None, families: list[str] | None = None,
+          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) into ``out``; returns the final config.json content. ``policy_overrides``:
+    fields of :class:`~mnemobot.policy.model.MemoryPolicyConfig` (ablations: ``latent_memory``,
+    ``symbolic_memory``; sizes); the data's own dimensions are filled in."""
+    import torch
+
+    from mnemobot.policy.model import MemoryPolicyConfig
+
+    tc = config or TrainConfig()
+    tc.check()
+    say = progress or (lambda m: print(m, file=sys.stderr, flush=True))
+    data = TrainData(data_dir)
+    base = {f.name for f in fields(MemoryPolicyConfig)}
+    over = dict(policy_overrides or {})
+    unknown = sorted(set(over) - base)
+    if unknown:
+        raise ValueError(f"unknown policy setting(s) {unknown}")
+    pcfg = MemoryPolicyConfig(**{**over, "image_size": data.image_size, "state_dim": data.state.shape[1],
+                                 "action_dim": data.action.shape[1],
+                                 "max_memory_tokens": data.memory.shape[1] if data.memory is not None else 16,
+                                 "symbolic_memory": bool(over.get("symbolic_memory", True)) and data.memory is not None})
+    meta = json.loads(json.dumps({  # as config.json will hold it (tuples as lists)
+        "format": FORMAT, "version": FORMAT_VERSION, "policy": pcfg.to_dict(), "train": asdict(tc),
+        "dataset": data.summary(), "families": sorted(set(families or [])), "stats": data.stats()}))
+    outp = Path(out)
+    if outp.exists() and not outp.is_dir():
+        raise CheckpointError(f"{outp} is a file, not a checkpoint folder")
+    resuming = False
+    if outp.is_dir() and any(outp.iterdir()):
+        old = _read_config(outp)  # raises for a folder that is not a checkpoint
+        same = old.get("policy") == meta["policy"] and old.get("dataset", {}).get("path") == meta["dataset"]["path"] \
+            and old.get("dataset", {}).get("frames") == meta["dataset"]["frames"]
+        if not same:
+            raise CheckpointError(f"{outp} holds a checkpoint of another policy or dataset; choose a new folder")
+        if not (outp / "training_state" / "state.json").is_file():
+            raise CheckpointError(f"{outp} holds a checkpoint without its training state; it cannot be resumed")
+        resuming = True
+    outp.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    try:
+        return _train_loop(outp, data, pcfg, tc, meta, resuming, say)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_loop(outp: Path, data: TrainData, pcfg: Any, tc: TrainConfig, meta: dict[str, Any], resuming: bool,
+                say: Callable[[str], None]) -> dict[str, Any]:
+    import torch
+
+    from mnemobot.policy.model import MemoryPolicy
+
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    model = MemoryPolicy(pcfg, stats=data.stats())
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    step = _resume(outp, model, opt, rng) if resuming else 0
+    if resuming:
+        say(f"resuming {outp} at step {step}")
+    if step >= tc.steps:
+        say(f"{outp} is trained already ({step} steps)")
+        return {**meta, "step": step}
+
+    def lr_at(k: int) -> float:
+        warm = min(1.0, (k + 1) / max(tc.warmup, 1))
+        return tc.lr * warm * 0.5 * (1 + math.cos(math.pi * min(k / tc.steps, 1.0)))
+
+    log = (outp / "train_log.jsonl").open("a", encoding="utf-8")
+    model.train()
+    t0, losses = time.perf_counter(), []
+    try:
+        while step < tc.steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            batch = data.batch(rng, tc.batch_size, pcfg.chunk_size, pcfg.n_action_steps, tc.history)
+            loss, _ = model(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {float(loss)} at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if step % tc.log_every == 0 or step == tc.steps:
+                dt = time.perf_counter() - t0
+                rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(step - 1), "s": round(dt, 2)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                say(f"step {step}/{tc.steps}  loss {rec['loss']:.4f}  {dt / len(losses):.2f} s/step")
+                losses, t0 = [], time.perf_counter()
+            if step % tc.save_every == 0 or step == tc.steps:
+                _save(outp, model, opt, step, meta, rng)
+    except KeyboardInterrupt:  # Ctrl-C: keep what was trained; the same command resumes
+        _save(outp, model, opt, step, meta, rng)
+        say(f"interrupted: saved {outp} at step {step}")
+        raise
+    finally:
+        log.close()
+    return {**meta, "step": step}

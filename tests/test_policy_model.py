@@ -1,0 +1,233 @@
+"""The memory-conditioned policy (``mnemobot.policy.model``) and its training (``policy.train``):
+banks, ablation switches, determinism, checkpoints, resuming, and bad checkpoints named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+pytest.importorskip("pyarrow")
+
+from mnemobot.policy.dataset import DatasetWriter, Feature  # noqa: E402
+from mnemobot.policy.model import MemoryBank, MemoryPolicy, MemoryPolicyConfig, PolicyConfigError  # noqa: E402
+from mnemobot.policy.tokens import TOKEN_DIM  # noqa: E402
+from mnemobot.policy.train import CheckpointError, TrainConfig, load_policy, train  # noqa: E402
+
+TINY = {"d_model": 32, "n_heads": 4, "cognition_layers": 1, "decoder_layers": 1, "perceptual_tokens": 2,
+        "encoder_channels": (8, 16), "vocab_buckets": 64, "id_buckets": 32, "bank_capacity": 4, "chunk_size": 4,
+        "n_action_steps": 2, "flow_steps": 3}
+H, W, M = 16, 20, 3
+
+
+def tiny(**kw) -> MemoryPolicyConfig:
+    return MemoryPolicyConfig(**{**TINY, "image_size": (H, W), "state_dim": 4, "action_dim": 3,
+                                 "max_memory_tokens": M, **kw})
+
+
+def live_batch(seed: int = 0, b: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mem = torch.cat([torch.randint(1, 30, (b, M, 2), generator=g).float(), torch.randn(b, M, TOKEN_DIM - 2, generator=g)], -1)
+    return {"observation.images.head": torch.rand(b, 3, H, W, generator=g), "observation.state": torch.randn(b, 4, generator=g),
+            "observation.memory": mem, "observation.memory_mask": torch.ones(b, M, dtype=torch.bool),
+            "task": ["put the block back"] * b}
+
+
+def test_default_size_and_config_checks() -> None:
+    n = MemoryPolicy().num_parameters()
+    assert 15e6 <= n <= 30e6, n
+    with pytest.raises(PolicyConfigError, match="bank_merge"):
+        MemoryPolicyConfig(bank_merge="lru").check()
+    with pytest.raises(PolicyConfigError, match="n_action_steps"):
+        MemoryPolicyConfig(n_action_steps=17).check()
+    with pytest.raises(PolicyConfigError, match="unknown"):
+        MemoryPolicyConfig.from_dict({"width": 3})
+    assert MemoryPolicyConfig.from_dict(tiny().to_dict()) == tiny()
+
+
+def test_bank_merges_the_most_similar_adjacent_pair_or_drops_the_oldest() -> None:
+    e = [torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 1.0]]]), torch.tensor([[[0.1, 1.0]]]),
+         torch.tensor([[[-1.0, 0.0]]])]
+    bank = MemoryBank(3, "similar")
+    for i, x in enumerate(e):
+        bank.add(x, torch.tensor([float(i)]))
+    entries, times = bank.tensors()
+    assert len(bank) == 3 and times.tolist() == [[0.0, 1.5, 3.0]]  # entries 1 and 2 merged, time averaged
+    assert torch.allclose(entries[0, 1, 0], torch.tensor([0.05, 1.0]))
+    fifo = MemoryBank(3, "fifo")
+    for i, x in enumerate(e):
+        fifo.add(x, torch.tensor([float(i)]))
+    assert fifo.tensors()[1].tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_chunks_are_deterministic_and_the_banks_and_tokens_matter() -> None:
+    torch.manual_seed(0)
+    model = MemoryPolicy(tiny()).eval()
+    b = live_batch()
+    model.reset()
+    a1 = model.predict_action_chunk(b, generator=torch.Generator().manual_seed(1))
+    model.reset()
+    a2 = model.predict_action_chunk(b, generator=torch.Generator().manual_seed(1))
+    assert a1.shape == (1, 4, 3) and torch.equal(a1, a2)
+    # with something in the banks, the same frame gives another chunk
+    model.reset()
+    model.predict_action_chunk(live_batch(5), generator=torch.Generator().manual_seed(1))
+    a3 = model.predict_action_chunk({**b, "time": 5.0}, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(a1, a3)
+    assert len(model._banks[0]) == 2
+    # symbolic tokens change the chunk; masked-out tokens do not count
+    model.reset()
+    other = {**b, "observation.memory": b["observation.memory"] + 1.0}
+    a4 = model.predict_action_chunk(other, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(a1, a4)
+    # ablations: bank off ignores history; symbolic off ignores the tokens
+    off = MemoryPolicy(tiny(latent_memory=False, symbolic_memory=False)).eval()
+    off.load_state_dict(model.state_dict())
+    off.reset()
+    x1 = off.predict_action_chunk(b, generator=torch.Generator().manual_seed(1))
+    off.predict_action_chunk(live_batch(5), generator=torch.Generator().manual_seed(1))
+    x2 = off.predict_action_chunk({**other, "time": 5.0}, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(x1, x2) and len(off._banks[0]) == 0
+    # select_action predicts every n_action_steps calls
+    model.reset()
+    acts = [model.select_action(b, generator=torch.Generator().manual_seed(1)) for _ in range(4)]
+    assert len(model._banks[0]) == 2 and acts[0].shape == (1, 3)
+
+
+def _dataset(root: Path, episodes: int = 4, n: int = 14) -> None:
+    rng = np.random.default_rng(0)
+    feats = {"observation.images.head": Feature("image", (H, W, 3)), "observation.state": Feature("float32", (4,)),
+             "observation.memory": Feature("float32", (M * TOKEN_DIM,)), "observation.memory_mask": Feature("bool", (M,)),
+             "action": Feature("float32", (3,))}
+    with DatasetWriter(root, fps=10, features=feats) as w:
+        for ep in range(episodes):
+            colour = np.array([200, 40, 40] if ep % 2 else [40, 40, 200], np.uint8)
+            for i in range(n):
+                img = np.full((H, W, 3), colour if i < 3 else 128, np.uint8)  # the cue shows only at the start
+                w.add_frame({"observation.images.head": img, "observation.state": rng.normal(size=4),
+                             "observation.memory": rng.normal(size=M * TOKEN_DIM), "observation.memory_mask": [1, 1, 0],
+                             "action": [i / n, (ep % 2) * (i > 8), 0.5]})
+            w.save_episode("put the block back")
+
+
+def test_training_writes_a_checkpoint_resumes_and_loads(tmp_path: Path) -> None:
+    data = tmp_path / "demos"
+    _dataset(data)
+    out = tmp_path / "ckpt"
+    cfg = TrainConfig(steps=6, batch_size=4, save_every=3, log_every=3, history=4, seed=3, warmup=2)
+    meta = train(data, out, TINY, cfg, families=["put_block_back"], progress=lambda m: None)
+    assert meta["step"] == 6 and (out / "model.safetensors").is_file()
+    assert (out / "training_state" / "optimizer.safetensors").is_file()
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6] and all(np.isfinite(r["loss"]) for r in log)
+    model, conf = load_policy(out, task="put_block_back")
+    assert conf["families"] == ["put_block_back"] and model.config.image_size == (H, W)
+    assert torch.allclose(model.action_mean, torch.tensor(conf["stats"]["action_mean"]))
+    with pytest.raises(CheckpointError, match="trained on put_block_back, not reopen_drawer"):
+        load_policy(out, task="reopen_drawer")
+
+    # the same command again: nothing to do
+    assert train(data, out, TINY, cfg, progress=lambda m: None)["step"] == 6
+
+    # interrupted (Ctrl-C at step 6 of 9), then the same command: resumes, and ends with the
+    # weights of an uninterrupted run
+    longer = TrainConfig(**{**cfg.__dict__, "steps": 9})
+    cut = tmp_path / "cut"
+
+    def interrupt(message: str) -> None:
+        if message.startswith("step 6/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, cut, TINY, longer, progress=interrupt)
+    assert json.loads((cut / "config.json").read_text())["step"] == 6
+    said: list[str] = []
+    assert train(data, cut, TINY, longer, progress=said.append)["step"] == 9
+    assert any("resuming" in s and "step 6" in s for s in said)
+    straight = tmp_path / "straight"
+    train(data, straight, TINY, longer, progress=lambda m: None)
+    a, _ = load_policy(cut)
+    b, _ = load_policy(straight)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.allclose(va, vb, atol=1e-6), ka
+
+
+def test_training_never_writes_into_someone_elses_folder_and_bad_checkpoints_are_named(tmp_path: Path) -> None:
+    data = tmp_path / "demos"
+    _dataset(data, episodes=2, n=6)
+    cfg = TrainConfig(steps=2, batch_size=2, save_every=2, log_every=1, history=2)
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not a mnemobot policy checkpoint"):
+        train(data, mine, TINY, cfg, progress=lambda m: None)
+    assert (mine / "todo.txt").read_text() == "keep me"
+    out = tmp_path / "ckpt"
+    train(data, out, TINY, cfg, progress=lambda m: None)
+    with pytest.raises(CheckpointError, match="another policy"):
+        train(data, out, {**TINY, "d_model": 64}, cfg, progress=lambda m: None)
+
+    def broken(name: str) -> Path:
+        p = tmp_path / name
+        shutil.copytree(out, p)
+        return p
+
+    p = broken("trunc")
+    w = p / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_policy(p)
+    p = broken("config")
+    conf = json.loads((p / "config.json").read_text())
+    conf["policy"]["d_model"] = 64
+    (p / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_policy(p)
+    p = broken("version")
+    (p / "config.json").write_text(json.dumps({**conf, "version": 99}))
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_policy(p)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_policy(tmp_path / "nothing")
+
+
+GOLDEN = Path(__file__).parent / "golden" / "policy_first_chunk.json"
+"""Regenerate (only after a deliberate change to the model, the training or the sampler):
+``python tests/test_policy_model.py --regenerate``."""
+
+
+def _golden_chunk(tmp: Path) -> list:
+    data = tmp / "demos"
+    _dataset(data)
+    out = tmp / "ckpt"
+    train(data, out, TINY, TrainConfig(steps=4, batch_size=4, save_every=4, log_every=4, history=4, seed=11,
+                                       warmup=1, threads=1), progress=lambda m: None)
+    model, _ = load_policy(out)
+    model.reset()
+    chunk = model.predict_action_chunk(live_batch(7), generator=torch.Generator().manual_seed(0))
+    return chunk[0].tolist()
+
+
+def test_a_tiny_checkpoint_gives_the_golden_first_chunk(tmp_path: Path) -> None:
+    want = json.loads(GOLDEN.read_text())
+    got = _golden_chunk(tmp_path)
+    assert np.allclose(got, want["chunk"], atol=1e-4), (got, want["chunk"])
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    if "--regenerate" not in sys.argv:
+        sys.exit("usage: python tests/test_policy_model.py --regenerate")
+    with tempfile.TemporaryDirectory() as d:
+        chunk = _golden_chunk(Path(d))
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps({"regenerate": "python tests/test_policy_model.py --regenerate",
+                                  "chunk": chunk}, indent=1) + "\n")
+    print(f"wrote {GOLDEN}")

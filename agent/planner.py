@@ -32,6 +32,7 @@ __all__ = [
     "PlannerConfig",
     "PlanningContext",
     "RulePlanner",
+    "ScriptedPlanner",
     "SkillCall",
     "make_planner",
     "object_vocabulary",
@@ -263,6 +264,34 @@ def _compile(instruction: str, goals: list[Goal], context: PlanningContext) -> P
         if c.skill not in SKILLS:
             raise InstructionError(f"plan names unknown skill {c.skill!r}")
     return Plan(instruction, goals, steps, goal_of)
+
+
+class ScriptedPlanner:
+    """Plays a fixed list of skill calls: the plan of a scripted expert (``mnemobot run --agent
+    expert`` on a family that has one, :data:`~mnemobot.sim.expert.EXPERT_SCRIPTS`).
+
+    The plan has no parsed goals: it is done when its last step has run, and the task's own
+    ground-truth check scores it. Steps are checked against the skill schema; a step that fails
+    is not re-planned (run it with ``max_replans=0``).
+    """
+
+    name = "scripted"
+
+    def __init__(self, steps: Iterable[SkillCall]) -> None:
+        self.steps = list(steps)
+        if not self.steps:
+            raise InstructionError("the scripted plan is empty")
+        for call in self.steps:
+            spec = SKILLS.get(call.skill)
+            if spec is None:
+                raise InstructionError(f"scripted plan names unknown skill {call.skill!r}")
+            extra = set(call.args) - set(spec.params)
+            if extra:
+                raise InstructionError(f"scripted {call.skill} takes ({', '.join(spec.params)}), not "
+                                       f"{', '.join(sorted(extra))}")
+
+    def plan(self, instruction: str, context: PlanningContext) -> Plan:
+        return Plan(instruction, [], list(self.steps), [0] * len(self.steps))
 
 
 PLANNERS: dict[str, type] = {"rule": RulePlanner}

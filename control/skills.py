@@ -50,6 +50,10 @@ LIFT_HEIGHT = 0.15  # m
 HANDLE_STANDOFF = 0.12  # m before the handle along the approach axis
 SLIDE_TOLERANCE = 0.04  # m: a drawer that stops this close to its goal opening got there
 HEAD_DEFAULT = np.array([0.0, 0.55])  # pan, tilt (rad): looking ahead and down while driving
+PRESS_ABOVE = 0.08  # m above a button's top where the closed hand lines up before pushing
+PRESS_REACH = 0.0  # m: grasp target height above the button's top at the bottom of the push; the
+# closed fingertips reach about 1.2 cm below the grasp target, so the cap goes down about 1.2 cm
+PRESS_HOLD_TICKS = 6  # control ticks the button is held down
 
 
 @dataclass
@@ -460,6 +464,38 @@ def close(ctx: SkillContext, container: str) -> SkillGen:
     if result.success or ctx.opened.get(target.name, 0.0) < 0.03:
         ctx.opened.pop(target.name, None)
     return result
+
+
+@skill("press", ("button",), 30.0, "Push a button down with the closed gripper and let it spring back.")
+def press(ctx: SkillContext, button: str) -> SkillGen:
+    """Close the hand, line it up above the button's top, push straight down, hold, lift, stow.
+
+    The button is a place of the site map whose label is ``"button"`` (its surface is the cap's
+    top); the robot must stand where the arm reaches it (``navigate_to(button)``).
+    """
+    args = {"button": button}
+    target = ctx.site.place(button)
+    if target.label != "button":
+        return _fail("press", args, "not_pressable", f"the {target.words} is not a button")
+    if ctx.held is not None:
+        return _fail("press", args, "hand_full", f"holding the {ctx.held}")
+    top = target.surface.position
+    quat = top_down_orientation(float(ctx.state.base_pose[2]))
+    above = Pose(top + [0.0, 0.0, PRESS_ABOVE], quat)
+    down = Pose(top + [0.0, 0.0, PRESS_REACH], quat)
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_min, settle_ticks=2)
+    moved = yield from _move_joints_to_pose(ctx, above)
+    if not moved.success:
+        return _fail("press", args, moved.reason, moved.message)
+    moved = yield from _line(ctx, down, speed=0.05)
+    if not moved.success:
+        yield _stow(ctx)
+        return _fail("press", args, moved.reason, moved.message)
+    yield hold(PRESS_HOLD_TICKS)
+    yield from _line(ctx, above, speed=0.1)
+    yield _stow(ctx)
+    yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
+    return _ok("press", args)
 
 
 # ---------------------------------------------------------------------------- base and head

@@ -7,7 +7,9 @@ making an environment raises ImportError naming the extra: ``pip install 'mnemob
 Environments (``gymnasium.make(id, **EnvConfig fields)``):
 
 * ``mnemobot/Household-v0``: task family chosen by the ``task`` keyword (default ``"place"``);
-* ``mnemobot/HouseholdPlace-v0``, ``mnemobot/HouseholdFetch-v0``, ``mnemobot/HouseholdMemory-v0``, ``mnemobot/HouseholdRecall-v0``.
+* ``mnemobot/HouseholdPlace-v0``, ``mnemobot/HouseholdFetch-v0``, ``mnemobot/HouseholdMemory-v0``, ``mnemobot/HouseholdRecall-v0``;
+* in the one-room workcell (memory-dependent manipulation, MemoryBench-style):
+  ``mnemobot/WorkcellReopenDrawer-v0``, ``mnemobot/WorkcellPutBlockBack-v0``, ``mnemobot/WorkcellRearrange-v0``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ ENV_IDS: dict[str, dict[str, str]] = {
     "mnemobot/HouseholdFetch-v0": {"task": "fetch"},
     "mnemobot/HouseholdMemory-v0": {"task": "memory"},
     "mnemobot/HouseholdRecall-v0": {"task": "recall"},
+    "mnemobot/WorkcellReopenDrawer-v0": {"task": "reopen_drawer"},
+    "mnemobot/WorkcellPutBlockBack-v0": {"task": "put_block_back"},
+    "mnemobot/WorkcellRearrange-v0": {"task": "rearrange"},
 }
 """Registered environment ids and their fixed keyword arguments."""
 

@@ -12,12 +12,19 @@ Usage::
 Frames: world frame z up, metres; camera poses are optical frames (z forward, x right, y down;
 see :mod:`mnemobot.perception.types`). Instance ids are deterministic: graspable objects are
 ``1..N`` in layout order, furniture ``100, 101, ...`` in layout order, and everything else
-(floor, walls, the robot) is ``0`` = background.
+(floor, walls, the robot) is ``0`` = background. An object is labelled with its detector class
+(:attr:`~mnemobot.sim.layout.ObjectSpec.detected_as`), which look-alike objects share.
+
+Drawers: every place with relation ``"in"`` on a ``drawer_cabinet`` is a drawer, named by its
+place; the house has one (``drawer``), the workcell three. The drawer methods take the place name
+and default to the layout's first drawer, so one-drawer code need not name it. A layout may have
+a button (furniture kind ``"button"``): a cap on a prismatic joint held up by a weak motor.
 
 **Ground truth.** ``object_pose``, ``object_aabb``, ``object_labels``, ``drawer_opening``,
-``place_of``, ``is_held``, ``teleport_object`` and ``set_drawer`` read or change the simulator's
-true state. They exist for task scoring, scripted world events and scripted experts only: memory
-and perception must never call them.
+``place_of``, ``is_held``, ``teleport_object``, ``set_drawer``, ``button_depth``,
+``button_pressed`` and ``button_presses`` read or change the simulator's true state. They exist
+for task scoring, scripted world events and scripted experts only: memory and perception must
+never call them.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from mnemobot.sim.layout import (
     PlaceSpec,
     furniture_boxes,
 )
+from mnemobot.sim.workcell import BUTTON_PRESS_DEPTH
 
 if TYPE_CHECKING:
     from mnemobot.sim.robot import SimRobot
@@ -79,6 +87,9 @@ StepHook = Callable[[float], None]
 
 FURNITURE_ID_BASE = 100
 PARK_Z = -5.0  # objects wait below the floor before the first spawn
+DRAWER_JOINT = 0  # the drawer's prismatic joint in drawer_cabinet.urdf
+BUTTON_JOINT = 0  # the cap's prismatic joint in button.urdf
+BUTTON_SPRING_N = 8.0  # force (N) of the motor that holds the button's cap up
 
 
 @dataclass(frozen=True)
@@ -235,6 +246,11 @@ class PyBulletBackend:
         self.robot: SimRobot | None = None
         self._instance_of_body: dict[int, int] = {}
         self._labels: dict[int, str] = {}
+        self._names: dict[int, str] = {}
+        self._drawers: dict[str, tuple[int, FurnitureSpec]] = {}
+        self._button: int | None = None
+        self._button_down = False
+        self._presses = 0
         self._objects: dict[str, int] = {}
         self._furniture: dict[str, int] = {}
         self._extents: dict[str, np.ndarray] = {}
@@ -317,16 +333,23 @@ class PyBulletBackend:
             uid = self._build_furniture(furn)
             self._register(uid, FURNITURE_ID_BASE + index, furn.name)
             self._furniture[furn.name] = uid
-        self._cabinet_spec = next((f for f in lay.furniture if f.kind == "drawer_cabinet"), None)
-        self._cabinet = None if self._cabinet_spec is None else self._furniture[self._cabinet_spec.name]
-        self._drawer_joint = 0
-        if self._cabinet is not None:
-            self.client.setJointMotorControl2(self._cabinet, 0, p.VELOCITY_CONTROL, targetVelocity=0.0, force=3.0)
+        for spec in lay.places:
+            furn = lay.furniture_by_name(spec.furniture)
+            if furn.kind == "drawer_cabinet" and spec.relation == "in":
+                self._drawers[spec.name] = (self._furniture[furn.name], furn)
+        for uid in {uid for uid, _ in self._drawers.values()}:
+            self.client.setJointMotorControl2(uid, DRAWER_JOINT, p.VELOCITY_CONTROL, targetVelocity=0.0, force=3.0)
+        button = next((f for f in lay.furniture if f.kind == "button"), None)
+        if button is not None:
+            self._button = self._furniture[button.name]
+            self.client.setJointMotorControl2(self._button, BUTTON_JOINT, p.POSITION_CONTROL, targetPosition=0.0,
+                                              force=BUTTON_SPRING_N)
 
     def _build_furniture(self, furn: FurnitureSpec) -> int:
         builders: dict[str, Callable[[FurnitureSpec], int]] = {
             "drawer_cabinet": self._load_cabinet,
             "tray": self._load_tray,
+            "button": self._load_button,
         }
         return builders.get(furn.kind, self._build_primitive_furniture)(furn)
 
@@ -350,6 +373,13 @@ class PyBulletBackend:
         return self.client.loadURDF(str(ASSET_DIR / "drawer_cabinet.urdf"), pose.position.tolist(),
                                     pose.quaternion.tolist(), useFixedBase=True)
 
+    def _load_button(self, furn: FurnitureSpec) -> int:
+        pose = furn.pose()
+        uid = self.client.loadURDF(str(ASSET_DIR / "button.urdf"), pose.position.tolist(), pose.quaternion.tolist(),
+                                   useFixedBase=True)
+        self.client.changeVisualShape(uid, BUTTON_JOINT, rgbaColor=furn.rgba)
+        return uid
+
     def _load_tray(self, furn: FurnitureSpec) -> int:
         pose = furn.pose()
         path = os.path.join(pybullet_data.getDataPath(), "tray", "traybox.urdf")
@@ -362,7 +392,7 @@ class PyBulletBackend:
         for index, spec in enumerate(self.layout.objects):
             uid = self._load_object(spec, index)
             self._objects[spec.label] = uid
-            self._register(uid, index + 1, spec.label)
+            self._register(uid, index + 1, spec.detected_as, name=spec.label)
 
     def _load_object(self, spec: ObjectSpec, index: int) -> int:
         pb = self.client
@@ -379,9 +409,12 @@ class PyBulletBackend:
                           rollingFriction=0.001, localInertiaDiagonal=_box_inertia(spec.mass, extent))
         return uid
 
-    def _register(self, uid: int, instance_id: int, label: str) -> None:
+    def _register(self, uid: int, instance_id: int, label: str, name: str | None = None) -> None:
+        """Instance ``instance_id`` of body ``uid``, rendered as ``label``; ``name`` (default the
+        label) is its unique name (an object label or furniture name)."""
         self._instance_of_body[uid] = instance_id
         self._labels[instance_id] = label
+        self._names[instance_id] = name or label
 
     def _build_lut(self) -> np.ndarray:
         """Lookup table body uid + 1 -> instance id (index 0 is pybullet's background -1)."""
@@ -396,6 +429,10 @@ class PyBulletBackend:
         """Advance physics by one step (``config.dt`` s) and call the step hooks with the new time."""
         self.client.stepSimulation()
         self._steps += 1
+        if self._button is not None:
+            down = self.button_pressed()
+            self._presses += int(down and not self._button_down)
+            self._button_down = down
         now = self.time
         for hook in list(self._hooks.values()):
             hook(now)
@@ -446,6 +483,7 @@ class PyBulletBackend:
         else:
             pb.restoreState(stateId=self._snapshot)
         self._steps = 0
+        self._presses, self._button_down = 0, False
 
     def spawn_objects(self, rng: np.random.Generator) -> dict[str, str]:
         """Put every object on a random spawnable surface (seeded), let them settle, zero the clock.
@@ -554,8 +592,8 @@ class PyBulletBackend:
 
     def instance_id(self, name: str) -> int:
         """Instance id of an object label or a furniture name."""
-        for iid, label in self._labels.items():
-            if label == name:
+        for iid, own in self._names.items():
+            if own == name:
                 return iid
         raise KeyError(f"no instance named {name!r}")
 
@@ -566,19 +604,24 @@ class PyBulletBackend:
         return self._objects[label]
 
     def is_graspable(self, body: int, link: int) -> bool:
-        """Whether the grasp assist may attach to ``(body, link)``: an object or the drawer."""
+        """Whether the grasp assist may attach to ``(body, link)``: an object or a drawer."""
         if body in self._objects.values():
             return True
-        return body == self._cabinet and link == self._drawer_joint
+        return link == DRAWER_JOINT and any(body == uid for uid, _ in self._drawers.values())
 
     def label_of_body(self, body: int) -> str | None:
+        """The unique name (object label or furniture name) of a body, None for the background."""
         iid = self._instance_of_body.get(body)
-        return None if iid is None else self._labels[iid]
+        return None if iid is None else self._names[iid]
 
     # -- ground truth (task scoring, world events, scripted experts only) --------------------------
     def object_labels(self) -> tuple[str, ...]:
         """Ground truth: labels of the graspable objects, in instance-id order."""
         return self.layout.object_labels
+
+    def object_categories(self) -> tuple[str, ...]:
+        """The labels the renderer reports for objects (a detector's vocabulary), without repeats."""
+        return tuple(dict.fromkeys(o.detected_as for o in self.layout.objects))
 
     def object_pose(self, label: str) -> Pose:
         """Ground truth: pose of the object's base (centre-of-mass frame) in the world."""
@@ -605,19 +648,42 @@ class PyBulletBackend:
         return float(np.linalg.norm(lin))
 
     def drawer_place(self) -> str | None:
-        """Name of the place inside the drawer, or None if the layout has no drawer."""
-        if self._cabinet_spec is None:
-            return None
-        for spec in self.layout.places:
-            if spec.furniture == self._cabinet_spec.name and spec.relation == "in":
-                return spec.name
-        return None
+        """Name of the (first) drawer's place, or None if the layout has no drawer."""
+        return next(iter(self._drawers), None)
 
-    def drawer_opening(self) -> float:
-        """Ground truth: how far the drawer is pulled out, metres (0 = closed)."""
-        if self._cabinet is None:
+    def drawer_places(self) -> tuple[str, ...]:
+        """Names of every drawer's place, in layout order."""
+        return tuple(self._drawers)
+
+    def _drawer(self, name: str | None) -> tuple[int, FurnitureSpec] | None:
+        """``(cabinet body, cabinet spec)`` of drawer ``name`` (None: the first), None without drawers."""
+        if name is None:
+            return next(iter(self._drawers.values()), None)
+        if name not in self._drawers:
+            known = ", ".join(self._drawers) or "none"
+            raise KeyError(f"{name!r} is not a drawer; drawers: {known}")
+        return self._drawers[name]
+
+    def drawer_opening(self, name: str | None = None) -> float:
+        """Ground truth: how far drawer ``name`` (default: the first) is pulled out, metres (0 = closed)."""
+        drawer = self._drawer(name)
+        if drawer is None:
             return 0.0
-        return float(self.client.getJointState(self._cabinet, self._drawer_joint)[0])
+        return float(self.client.getJointState(drawer[0], DRAWER_JOINT)[0])
+
+    def button_depth(self) -> float:
+        """Ground truth: how far the button's cap is pushed down, metres (0 released; 0 without a button)."""
+        if self._button is None:
+            return 0.0
+        return max(0.0, -float(self.client.getJointState(self._button, BUTTON_JOINT)[0]))
+
+    def button_pressed(self) -> bool:
+        """Ground truth: whether the button is pushed down now (deeper than ``BUTTON_PRESS_DEPTH``)."""
+        return self.button_depth() > BUTTON_PRESS_DEPTH
+
+    def button_presses(self) -> int:
+        """Ground truth: how many times the button went down since the episode started."""
+        return self._presses
 
     def place_surface(self, name: str) -> Pose:
         """Ground truth: current pose of a place's surface (the drawer's moves with its opening)."""
@@ -626,7 +692,7 @@ class PyBulletBackend:
         direction = self.layout.open_direction(spec)
         if direction is None or spec.relation != "in":
             return surface
-        return Pose(surface.position + direction * self.drawer_opening(), surface.quaternion)
+        return Pose(surface.position + direction * self.drawer_opening(name), surface.quaternion)
 
     def place_of(self, label: str) -> tuple[str, str] | None:
         """Ground truth: ``(place name, relation)`` the object rests on or in, or None.
@@ -677,19 +743,21 @@ class PyBulletBackend:
         xy = surface.apply(np.array([xy_offset[0], xy_offset[1], 0.0]))[:2]
         self._drop(label, xy, float(surface.position[2]), yaw)
 
-    def set_drawer(self, opening: float) -> None:
-        """Ground truth: set the drawer opening (m, clipped to its travel); its contents move along."""
-        if self._cabinet is None or self._cabinet_spec is None:
+    def set_drawer(self, opening: float, name: str | None = None) -> None:
+        """Ground truth: set the opening (m, clipped to its travel) of drawer ``name`` (default:
+        the first); its contents move along."""
+        drawer = self._drawer(name)
+        if drawer is None:
             raise RuntimeError("this layout has no drawer")
+        uid, furn = drawer
+        place = name if name is not None else self.drawer_place()
         pb = self.client
-        lo, hi = pb.getJointInfo(self._cabinet, self._drawer_joint)[8:10]
+        lo, hi = pb.getJointInfo(uid, DRAWER_JOINT)[8:10]
         target = float(np.clip(opening, lo, hi))
-        drawer = self.drawer_place()
-        inside = [label for label in self.object_labels() if self.place_of(label) == (drawer, "in")]
-        delta = target - self.drawer_opening()
-        furn = self._cabinet_spec
+        inside = [label for label in self.object_labels() if self.place_of(label) == (place, "in")]
+        delta = target - self.drawer_opening(place)
         shift = np.array([math.cos(furn.yaw), math.sin(furn.yaw), 0.0]) * delta
-        pb.resetJointState(self._cabinet, self._drawer_joint, target, 0.0)
+        pb.resetJointState(uid, DRAWER_JOINT, target, 0.0)
         for label in inside:
             pose = self.object_pose(label)
             self.teleport_object(label, Pose(pose.position + shift, pose.quaternion))

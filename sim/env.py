@@ -25,9 +25,9 @@ from mnemobot.control.types import JointLimitError, RobotCommand, SafetyError, V
 from mnemobot.perception.sensor import SensorModel, sensor_model
 from mnemobot.perception.types import Observation
 from mnemobot.sim.backend import BackendConfig, make_backend
-from mnemobot.sim.layout import DEFAULT_LAYOUT, HouseLayout
+from mnemobot.sim.layout import HouseLayout
 from mnemobot.sim.robot import SimRobot
-from mnemobot.sim.tasks import TASK_FAMILIES, Task, make_task
+from mnemobot.sim.tasks import TASK_FAMILIES, Task, layout_for, make_task
 
 __all__ = ["MAX_INSTANCE_ID", "EnvConfig", "HouseholdEnv"]
 
@@ -43,7 +43,9 @@ class EnvConfig:
     camera image size (pixels); ``camera_hz``: camera refresh rate (frames per simulated second);
     ``max_episode_s``: simulated seconds before truncation; ``sensor_profile``: what the robot
     perceives, a profile name (``ideal``: the exact render, ``kinect``, ``realsense``, ``heavy``),
-    a YAML file or a :class:`~mnemobot.perception.sensor.SensorModel` (see :mod:`mnemobot.sim.sensors`).
+    a YAML file or a :class:`~mnemobot.perception.sensor.SensorModel` (see :mod:`mnemobot.sim.sensors`);
+    ``layout``: the world, default (None) the task family's (:func:`~mnemobot.sim.tasks.layout_for`:
+    the house, or the workcell for the memory-dependent manipulation families).
     """
 
     task: str = "place"
@@ -53,7 +55,7 @@ class EnvConfig:
     gui: bool = False
     max_episode_s: float = 600.0
     physics_hz: float = 240.0
-    layout: HouseLayout = DEFAULT_LAYOUT
+    layout: HouseLayout | None = None
     sensor_profile: str | SensorModel = "ideal"
 
     def backend_config(self) -> BackendConfig:
@@ -61,7 +63,7 @@ class EnvConfig:
 
 
 class HouseholdEnv(gym.Env):
-    """A mobile Panda in a three-room house, doing one task family's tasks.
+    """A mobile Panda in a three-room house (or the one-room workcell), doing one task family's tasks.
 
     **Action** (``Box``, float32, length 13): the flat :class:`~mnemobot.control.types.RobotCommand`
     (``RobotCommand.to_array`` order), held for one control period (``spec.control_dt`` = 0.05 s):
@@ -98,6 +100,8 @@ class HouseholdEnv(gym.Env):
         config = replace(config or EnvConfig(), **_known_overrides(overrides))
         if config.task not in TASK_FAMILIES:
             raise ValueError(f"unknown task family {config.task!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
+        if config.layout is None:
+            config = replace(config, layout=layout_for(config.task))
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unsupported render_mode {render_mode!r}")
         self.config = config

@@ -98,7 +98,7 @@ class FurnitureSpec:
     """One piece of furniture.
 
     * ``kind`` selects the builder (:data:`FURNITURE_BUILDERS`), or ``"drawer_cabinet"`` /
-      ``"tray"`` for the URDF-backed pieces;
+      ``"tray"`` / ``"button"`` for the URDF-backed pieces;
     * ``position``: footprint centre ``(x, y)`` in the world; ``elevation``: height of the floor
       it stands on (0 on the floor, a table height for a tray); ``yaw``: front direction;
     * ``size``: ``(depth along local x, width along local y, height)`` in metres.
@@ -148,7 +148,10 @@ class ObjectSpec:
 
     ``urdf`` is relative to ``pybullet_data``; ``scale`` is pybullet's ``globalScaling``;
     ``rgba`` recolours every visual shape (``None`` keeps the file's colour); ``mass`` in kg;
-    ``friction`` the lateral friction coefficient.
+    ``friction`` the lateral friction coefficient; ``category`` the class a detector reports
+    for it in the instance labels (default: ``label``). Objects that look alike share one
+    category, so the camera cannot tell them apart while their ``label`` stays unique (the
+    simulator's and the task's name for each).
     """
 
     label: str
@@ -157,6 +160,12 @@ class ObjectSpec:
     rgba: RGBA | None = None
     mass: float = 0.1
     friction: float = 1.0
+    category: str = ""
+
+    @property
+    def detected_as(self) -> str:
+        """The label the renderer reports for this object: its category, else its label."""
+        return self.category or self.label
 
     @property
     def words(self) -> str:

@@ -115,7 +115,7 @@ class SimRobot:
         self._odometer = np.zeros(2)  # metres driven, radians turned since the reset
         self.sensor: SensorSimulator | None = None
         if sensor is not None and not sensor.is_ideal:
-            self.sensor = SensorSimulator(sensor, known_labels=backend.object_labels())
+            self.sensor = SensorSimulator(sensor, known_labels=backend.object_categories())
         with quiet_native_output():
             self._build()
         backend.attach_robot(self)

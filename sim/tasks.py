@@ -1,7 +1,8 @@
 """Household task families: seeded generators of instructions, world events and success checks.
 
-A task family is picked by id from :data:`TASK_FAMILIES` (``"place"``, ``"fetch"``, ``"memory"``)
-and generated with :func:`make_task`, deterministically from a seed::
+A task family is picked by id from :data:`TASK_FAMILIES` (``"place"``, ``"fetch"``, ``"memory"``,
+...) and generated with :func:`make_task`, deterministically from a seed, in the world
+:func:`layout_for` gives it (the house unless :data:`FAMILY_LAYOUT` says otherwise)::
 
     task = make_task("fetch", seed=3, layout=DEFAULT_LAYOUT, placements={"duck": "shelf", ...})
     task.instruction  # "bring the duck from the bedroom to the kitchen table"
@@ -17,6 +18,20 @@ Families:
 * ``recall``: move an object to another place, then put it back where it was. The instruction
   never names the original place: only memory of what the camera saw can answer it.
 
+Memory-dependent families in the workcell (:mod:`mnemobot.sim.workcell`), after MemoryBench: the
+scene at the moment of the last decision does not show the answer, and the instruction is the
+same for every seed, so only memory of the episode can beat chance.
+
+* ``reopen_drawer``: one of three drawers starts open; close it, press the button, then open
+  the drawer that was closed (chance 1/3: the drawers look alike once closed);
+* ``put_block_back``: a block starts on one of four coloured patches; move it to the centre
+  patch, press the button, then put it back on its patch (chance 1/4);
+* ``rearrange``: two look-alike blocks, one on a coloured patch, one on the centre patch; move
+  the centre one to a named free patch, press the button, then move the other block to the
+  centre (chance 1/2; see :func:`_make_rearrange`).
+
+Their initial state is set by ``"start"`` world events, applied when the task is attached.
+
 Scoring reads simulator ground truth through the backend; it never feeds memory or perception.
 This module needs no simulator: ``success`` and the hooks take any object with the backend's
 ground-truth methods.
@@ -31,14 +46,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnemobot.sim.layout import HouseLayout
+from mnemobot.sim.layout import DEFAULT_LAYOUT, HouseLayout
+from mnemobot.sim.workcell import (
+    CENTRE_PATCH,
+    COLOUR_PATCHES,
+    ONE_BLOCK_WORKCELL,
+    TWO_BLOCK_WORKCELL,
+    WORKCELL_LAYOUT,
+)
 
 if TYPE_CHECKING:
     from mnemobot.sim.backend import PyBulletBackend
 
 __all__ = [
     "DRAWER_CLOSED_TOL",
+    "DRAWER_OPEN_MIN",
     "EVENT_ACTIONS",
+    "FAMILY_LAYOUT",
     "MILESTONES",
     "TASK_FAMILIES",
     "TRIGGERS",
@@ -46,11 +70,14 @@ __all__ = [
     "Task",
     "TaskProgress",
     "WorldEvent",
+    "layout_for",
     "make_task",
 ]
 
 DRAWER_CLOSED_TOL = 0.02
 """The drawer counts as closed below this opening (m)."""
+DRAWER_OPEN_MIN = 0.15
+"""The drawer counts as open beyond this opening (m; the ``open`` skill pulls it 0.30 m)."""
 REST_SPEED = 0.05
 """An object counts as resting below this speed (m/s)."""
 CHECK_HZ = 20.0
@@ -61,10 +88,13 @@ CHECK_HZ = 20.0
 class WorldEvent:
     """A scripted change of the world, fired once when its trigger first holds.
 
-    * ``trigger``: ``"time"`` (sim time >= ``at_s`` seconds) or ``"robot_in_room"`` (the robot's
-      base is in ``room``); see :data:`TRIGGERS`;
+    * ``trigger``: ``"time"`` (sim time >= ``at_s`` seconds), ``"robot_in_room"`` (the robot's
+      base is in ``room``) or ``"start"`` (when the task is attached, before the first frame: the
+      task's initial state); see :data:`TRIGGERS`;
     * ``action``: ``"move_object"`` (put ``object`` on a free spot of ``place``; skipped while the
-      object is held) or ``"set_drawer"`` (drawer opening ``opening`` m); see :data:`EVENT_ACTIONS`;
+      object is held), ``"put_object"`` (rest ``object`` at the centre of ``place``) or
+      ``"set_drawer"`` (opening ``opening`` m of the drawer ``place``, default the first drawer);
+      see :data:`EVENT_ACTIONS`;
     * ``after``: how many of the task's milestones must have been reached before it can fire.
     """
 
@@ -79,9 +109,10 @@ class WorldEvent:
     seed: int = 0
 
     def describe(self) -> str:
-        when = f"at t={self.at_s:g} s" if self.trigger == "time" else f"when the robot enters the {self.room}"
-        what = (f"the {self.object} moves to the {self.place}" if self.action == "move_object"
-                else f"the drawer opens to {self.opening:g} m")
+        when = {"time": f"at t={self.at_s:g} s", "start": "at the start"}.get(
+            self.trigger, f"when the robot enters the {self.room}")
+        what = (f"the {self.object} moves to the {self.place}" if self.action in ("move_object", "put_object")
+                else f"the {self.place or 'drawer'} opens to {self.opening:g} m")
         return f"{when}, {what}".replace("_", " ")
 
 
@@ -90,13 +121,17 @@ class Milestone:
     """A condition that must hold at some moment, after the previous milestone, before success.
 
     ``kind``: ``"hidden_in_drawer"`` (``object`` in the drawer and the drawer closed),
-    ``"visit_room"`` (the robot's base in ``room``) or ``"placed_at"`` (``object`` resting on/in
-    the place named by ``room``); see :data:`MILESTONES`.
+    ``"visit_room"`` (the robot's base in ``room``), ``"placed_at"`` (``object`` resting on/in
+    the place named by ``place``, or by ``room`` in tasks made before ``place`` existed),
+    ``"drawer_closed"`` (the drawer ``place`` closed), ``"drawer_open"`` (the drawer ``place``
+    open and every other drawer closed) or ``"button_pressed"`` (the button held down at a
+    check); see :data:`MILESTONES`.
     """
 
     kind: str
     object: str = ""
     room: str = ""
+    place: str = ""
 
 
 @dataclass
@@ -130,8 +165,13 @@ class Task:
 
     # -- episode hooks -----------------------------------------------------------------------------
     def attach(self, backend: PyBulletBackend) -> None:
-        """Register this task's step hook (events, milestones) with the backend."""
+        """Apply the ``"start"`` events (the initial state), then register this task's step hook
+        (events, milestones) with the backend."""
         self.detach(backend)
+        for index, event in enumerate(self.events):
+            if event.trigger == "start" and index not in self.progress.fired:
+                self.progress.fired.append(index)
+                EVENT_ACTIONS[event.action](backend, event)
         self.progress.hook = backend.add_step_hook(lambda t: self._on_step(backend, t))
 
     def detach(self, backend: PyBulletBackend) -> None:
@@ -169,8 +209,13 @@ class Task:
         )
 
     def success(self, backend: PyBulletBackend) -> bool:
-        """Ground truth: every milestone passed in order, then the object placed."""
-        return self.progress.reached >= len(self.milestones) and self.placed(backend)
+        """Ground truth: every milestone passed in order, then the object placed; a task without
+        an object (``reopen_drawer``) instead needs its last milestone to still hold."""
+        if self.progress.reached < len(self.milestones):
+            return False
+        if self.object:
+            return self.placed(backend)
+        return bool(self.milestones) and MILESTONES[self.milestones[-1].kind](backend, self.milestones[-1])
 
 
 # -- triggers, actions and milestones (registries) ---------------------------------------------------
@@ -182,9 +227,14 @@ def _trigger_room(backend: PyBulletBackend, event: WorldEvent, t: float) -> bool
     return backend.robot_room() == event.room
 
 
+def _trigger_start(backend: PyBulletBackend, event: WorldEvent, t: float) -> bool:
+    return True  # applied by Task.attach; a task never attached applies it at the first check
+
+
 TRIGGERS: dict[str, Callable[[PyBulletBackend, WorldEvent, float], bool]] = {
     "time": _trigger_time,
     "robot_in_room": _trigger_room,
+    "start": _trigger_start,
 }
 
 
@@ -199,12 +249,21 @@ def _move_object(backend: PyBulletBackend, event: WorldEvent) -> None:
         backend.put_object(event.object, event.place, xy_offset=xy)
 
 
+def _put_object(backend: PyBulletBackend, event: WorldEvent) -> None:
+    if not backend.is_held(event.object):
+        backend.put_object(event.object, event.place)
+
+
 def _set_drawer(backend: PyBulletBackend, event: WorldEvent) -> None:
-    backend.set_drawer(event.opening)
+    if event.place:
+        backend.set_drawer(event.opening, event.place)
+    else:
+        backend.set_drawer(event.opening)
 
 
 EVENT_ACTIONS: dict[str, Callable[[PyBulletBackend, WorldEvent], None]] = {
     "move_object": _move_object,
+    "put_object": _put_object,
     "set_drawer": _set_drawer,
 }
 
@@ -225,13 +284,31 @@ def _visit_room(backend: PyBulletBackend, milestone: Milestone) -> bool:
 
 def _placed_at(backend: PyBulletBackend, milestone: Milestone) -> bool:
     where = backend.place_of(milestone.object)
-    return where is not None and where[0] == milestone.room and not backend.is_held(milestone.object)
+    place = milestone.place or milestone.room
+    return where is not None and where[0] == place and not backend.is_held(milestone.object)
+
+
+def _drawer_closed(backend: PyBulletBackend, milestone: Milestone) -> bool:
+    return backend.drawer_opening(milestone.place) < DRAWER_CLOSED_TOL
+
+
+def _drawer_open(backend: PyBulletBackend, milestone: Milestone) -> bool:
+    """This drawer open, every other one closed (opening them all is no answer)."""
+    return backend.drawer_opening(milestone.place) > DRAWER_OPEN_MIN and all(
+        backend.drawer_opening(d) < DRAWER_CLOSED_TOL for d in backend.drawer_places() if d != milestone.place)
+
+
+def _button_pressed(backend: PyBulletBackend, milestone: Milestone) -> bool:
+    return backend.button_pressed()
 
 
 MILESTONES: dict[str, Callable[[PyBulletBackend, Milestone], bool]] = {
     "hidden_in_drawer": _hidden_in_drawer,
     "visit_room": _visit_room,
     "placed_at": _placed_at,
+    "drawer_closed": _drawer_closed,
+    "drawer_open": _drawer_open,
+    "button_pressed": _button_pressed,
 }
 
 
@@ -326,6 +403,82 @@ def _distractor_event(rng: np.random.Generator, layout: HouseLayout, placements:
                        seed=int(rng.integers(2**31))),)
 
 
+# -- memory-dependent workcell families ----------------------------------------------------------------
+def _workcell_places(layout: HouseLayout, family: str, names: Sequence[str]) -> None:
+    """Raise ValueError unless ``layout`` has the workcell places ``names``."""
+    missing = [n for n in names if n not in layout.place_names]
+    if missing:
+        raise ValueError(f"task family {family!r} needs the workcell (mnemobot.sim.workcell); "
+                         f"the layout lacks the places {missing}")
+
+
+def _drawers(layout: HouseLayout) -> list[str]:
+    return [spec.name for spec in layout.places
+            if spec.relation == "in" and layout.furniture_by_name(spec.furniture).kind == "drawer_cabinet"]
+
+
+def _button(layout: HouseLayout, family: str) -> str:
+    for spec in layout.places:
+        if layout.furniture_by_name(spec.furniture).kind == "button":
+            return spec.name
+    raise ValueError(f"task family {family!r} needs a layout with a button, such as the workcell")
+
+
+def _make_reopen_drawer(rng: np.random.Generator, seed: int, layout: HouseLayout,
+                        placements: dict[str, str]) -> Task:
+    """Workcell: close the open drawer, press the button, then reopen the drawer that was open."""
+    drawers = _drawers(layout)
+    if len(drawers) < 2:
+        raise ValueError("task family 'reopen_drawer' needs a layout with several drawers, such as the workcell")
+    button = _button(layout, "reopen_drawer")
+    target = _pick(rng, drawers)
+    instruction = "close the open drawer, press the button, then open the drawer you closed"
+    events = (WorldEvent("start", "set_drawer", place=target, opening=layout.drawer_open_distance),)
+    milestones = (Milestone("drawer_closed", place=target), Milestone("button_pressed", place=button),
+                  Milestone("drawer_open", place=target))
+    return Task("reopen_drawer", seed, instruction, "", target, "in", events=events, milestones=milestones)
+
+
+def _make_put_block_back(rng: np.random.Generator, seed: int, layout: HouseLayout,
+                         placements: dict[str, str]) -> Task:
+    """Workcell: move the block to the centre patch, press the button, then put it back on its patch."""
+    _workcell_places(layout, "put_block_back", (CENTRE_PATCH, *COLOUR_PATCHES))
+    button = _button(layout, "put_block_back")
+    obj = _pick(rng, sorted(placements))
+    origin = _pick(rng, COLOUR_PATCHES)
+    name = _words(layout.object_spec(obj).detected_as)
+    instruction = (f"move the {name} to the {_words(CENTRE_PATCH)}, press the button, "
+                   f"then put the {name} back on the patch where it was")
+    events = (WorldEvent("start", "put_object", object=obj, place=origin),)
+    milestones = (Milestone("placed_at", object=obj, place=CENTRE_PATCH), Milestone("button_pressed", place=button))
+    return Task("put_block_back", seed, instruction, obj, origin, "on", events=events, milestones=milestones)
+
+
+def _make_rearrange(rng: np.random.Generator, seed: int, layout: HouseLayout, placements: dict[str, str]) -> Task:
+    """Workcell: move the centre block to a free patch, press the button, then the other block to the centre.
+
+    The two blocks look alike (same shape, colour and detector class), one starts on a coloured
+    patch and one on the centre patch. After the button both stand on coloured patches and the
+    instruction says only "the other block": which one that is, the scene no longer shows, so
+    the answer needs memory of which block was moved (chance 1/2). The free patch is named by its
+    colour, since three coloured patches are free at the start.
+    """
+    _workcell_places(layout, "rearrange", (CENTRE_PATCH, *COLOUR_PATCHES))
+    if len(placements) < 2:
+        raise ValueError("task family 'rearrange' needs a layout with two blocks, such as TWO_BLOCK_WORKCELL")
+    button = _button(layout, "rearrange")
+    first, second = sorted(placements)[:2]
+    start = _pick(rng, COLOUR_PATCHES)
+    free = _pick(rng, [p for p in COLOUR_PATCHES if p != start])
+    name = _words(layout.object_spec(second).detected_as)
+    instruction = (f"move the {name} on the {_words(CENTRE_PATCH)} to the {_words(free)}, press the button, "
+                   f"then move the other {name} to the {_words(CENTRE_PATCH)}")
+    events = (WorldEvent("start", "put_object", object=first, place=start),
+              WorldEvent("start", "put_object", object=second, place=CENTRE_PATCH))
+    milestones = (Milestone("placed_at", object=second, place=free), Milestone("button_pressed", place=button))
+    return Task("rearrange", seed, instruction, first, CENTRE_PATCH, "on", events=events, milestones=milestones)
+
+
 TaskGenerator = Callable[[np.random.Generator, int, HouseLayout, dict[str, str]], Task]
 
 TASK_FAMILIES: dict[str, TaskGenerator] = {
@@ -333,8 +486,25 @@ TASK_FAMILIES: dict[str, TaskGenerator] = {
     "fetch": _make_fetch,
     "memory": _make_memory,
     "recall": _make_recall,
+    "reopen_drawer": _make_reopen_drawer,
+    "put_block_back": _make_put_block_back,
+    "rearrange": _make_rearrange,
 }
 """Task family id -> generator ``(rng, seed, layout, placements) -> Task``."""
+
+FAMILY_LAYOUT: dict[str, HouseLayout] = {
+    "reopen_drawer": WORKCELL_LAYOUT,
+    "put_block_back": ONE_BLOCK_WORKCELL,
+    "rearrange": TWO_BLOCK_WORKCELL,
+}
+"""The world of each family that does not live in the house (:data:`DEFAULT_LAYOUT`)."""
+
+
+def layout_for(family: str) -> HouseLayout:
+    """The layout task family ``family`` is generated in (the house unless :data:`FAMILY_LAYOUT` names one)."""
+    if family not in TASK_FAMILIES:
+        raise ValueError(f"unknown task family {family!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
+    return FAMILY_LAYOUT.get(family, DEFAULT_LAYOUT)
 
 
 def make_task(family: str, seed: int, layout: HouseLayout, placements: dict[str, str]) -> Task:

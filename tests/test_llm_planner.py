@@ -35,7 +35,7 @@ from mnemobot.agent.plantree import SymState, plan_schema, steps_from_json, vali
 from mnemobot.agent.symbolic import SymbolicPlanner
 from mnemobot.control.skills import SKILLS
 from mnemobot.sim.layout import DEFAULT_LAYOUT
-from mnemobot.sim.tasks import TASK_FAMILIES, make_task
+from mnemobot.sim.tasks import TASK_FAMILIES, layout_for, make_task
 
 MUG = "put the mug on the shelf"
 
@@ -130,7 +130,7 @@ def test_goals_render_back_into_words_that_parse_to_the_same_goals() -> None:
     ctx = _ctx()
     spawn = [p.name for p in DEFAULT_LAYOUT.places if p.spawn]
     placements = {label: spawn[i % len(spawn)] for i, label in enumerate(DEFAULT_LAYOUT.object_labels)}
-    for family in TASK_FAMILIES:
+    for family in (f for f in TASK_FAMILIES if layout_for(f) is DEFAULT_LAYOUT):  # the house's families
         for seed in range(4):
             goals = parse_instruction(make_task(family, seed, DEFAULT_LAYOUT, placements).instruction, ctx)
             for first in range(len(goals)):  # what a replan from any goal on asks for

@@ -11,10 +11,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from mnemobot.agent.errors import UserError
 from mnemobot.agent.orchestrator import Orchestrator, RunOutcome
-from mnemobot.agent.planner import Goal, PlanningContext, object_vocabulary, parse_instruction
+from mnemobot.agent.planner import (
+    Goal,
+    InstructionError,
+    PlanningContext,
+    ScriptedPlanner,
+    SkillCall,
+    object_vocabulary,
+    parse_instruction,
+)
 from mnemobot.agent.scoring import goals_satisfied
 from mnemobot.control.controllers import Controller
 from mnemobot.control.executor import ExecutorConfig, SkillExecutor
@@ -295,6 +304,30 @@ def _injector(cfg: RunConfig, env):  # noqa: ANN001, ANN202 - AnomalyInjector | 
     return AnomalyInjector(env.backend, env.robot, InjectionConfig(kind=cfg.inject, seed=cfg.seed), avoid=avoid)
 
 
+def _expert_script(cfg: RunConfig, env) -> list[SkillCall] | None:  # noqa: ANN001
+    """The scripted expert's plan for a generated task of a family that has one (the workcell's
+    memory-dependent families), written from ground truth right after the reset; else None."""
+    if cfg.agent != "expert" or cfg.task_text is not None:
+        return None
+    from mnemobot.sim.expert import expert_script
+
+    script = expert_script(cfg.task_id, env.backend, env.task)
+    return None if script is None else [SkillCall(skill, args) for skill, args in script]
+
+
+def _parse(cfg: RunConfig, instruction: str, pctx: PlanningContext) -> list[Goal]:
+    """Parse the instruction; a generated task the planner cannot read says which agent can run it."""
+    try:
+        return parse_instruction(instruction, pctx)
+    except InstructionError as e:
+        from mnemobot.sim.expert import EXPERT_SCRIPTS
+
+        if cfg.task_text is None and cfg.task_id in EXPERT_SCRIPTS:
+            raise InstructionError(f"{e} (the {cfg.task_id!r} family runs only with the scripted expert so far: "
+                                   "--agent expert)") from None
+        raise
+
+
 def _score(env, instruction: str, goals: list[Goal], custom: bool, initial: dict[str, str]) -> bool:  # noqa: ANN001
     """Task success on simulator ground truth (scoring only)."""
     if not custom:
@@ -304,7 +337,8 @@ def _score(env, instruction: str, goals: list[Goal], custom: bool, initial: dict
 
 def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, env=None,  # noqa: ANN001
                 frame_hook: Callable[[Observation, SkillContext], None] | None = None,
-                event_hook: Callable[[str, float, dict[str, object]], None] | None = None) -> EpisodeSummary:
+                event_hook: Callable[[str, float, dict[str, object]], None] | None = None,
+                tick_hook: Callable[[Any, Any, SkillContext], None] | None = None) -> EpisodeSummary:
     """Run one episode; bad input raises :class:`UserError`.
 
     ``event_hook(kind, robot time, data)`` receives the orchestrator's events (plan, skill_start,
@@ -313,6 +347,9 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
 
     ``frame_hook(observation, skill context)`` sees every camera frame before memory does (task
     suite generators use it to log what the camera saw); with it, the expert perceives too.
+
+    ``tick_hook(command, state, skill context)`` sees every control tick's command and the state
+    read back (demonstration recording).
 
     ``env``: a :class:`~mnemobot.sim.env.HouseholdEnv` to reuse (its task family must be
     ``cfg.task_id``); it is reset with ``cfg.seed`` and left open. Otherwise one is built and
@@ -328,10 +365,14 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         locator = _locator(cfg, env)
         memory = locator if isinstance(locator, Memory) else None
         try:
-            named = (env.task.object,) if cfg.task_text is None else cfg.task_objects
+            named = tuple(o for o in (env.task.object,) if o) if cfg.task_text is None else cfg.task_objects
             pctx = PlanningContext(env.site_map, vocabulary=object_vocabulary(named, locator.known_labels()))
-            goals = parse_instruction(instruction, pctx)  # fail fast on bad text, before moving
-            planner = _make_planner(cfg, pctx, progress)
+            script = _expert_script(cfg, env)
+            if script is None:
+                goals = _parse(cfg, instruction, pctx)  # fail fast on bad text, before moving
+                planner = _make_planner(cfg, pctx, progress)
+            else:  # scored by the task's milestones, not by parsed goals
+                goals, planner = [], ScriptedPlanner(script)
             recorder = _open_recorder(cfg, env, instruction) if cfg.record else None
         except BaseException:
             if memory is not None:
@@ -351,6 +392,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
         perceive_hz = cfg.perceive_hz if cfg.agent != "expert" or watched else 0.0
         executor = SkillExecutor(ctx, ExecutorConfig(perceive_hz=perceive_hz, step_budget=cfg.steps_limit))
         sinks = [_wire_recorder(recorder, executor, memory, env.robot)] if recorder is not None else []
+        if tick_hook is not None:
+            executor.on_tick.append(lambda cmd, state: tick_hook(cmd, state, ctx))
         injector = _injector(cfg, env)
         if injector is not None:
             def inject(kind: str, t: float, data: dict[str, object]) -> None:
@@ -378,8 +421,9 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             if memory.graph.by_layer("object"):
                 say(f"memory: {len(memory.graph.by_layer('object'))} objects remembered from earlier episodes")
         wall0 = time.perf_counter()
-        orchestrator = Orchestrator(planner, executor, pctx, say, cfg.max_replans, memory=memory,
-                                    on_event=on_event, mode=cfg.mode)
+        max_replans = cfg.max_replans if script is None else 0  # a script is not re-planned
+        orchestrator = Orchestrator(planner, executor, pctx, say, max_replans, memory=memory,
+                                    on_event=on_event, mode=cfg.mode if script is None else "tree")
         try:
             executor.start()
             sim0 = ctx.state.t
@@ -437,15 +481,18 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
 
 
 def describe_world() -> str:
-    """Task families, places and objects of the default household."""
+    """Task families, places and objects of the default household, and the workcell's places."""
     from mnemobot.sim.layout import DEFAULT_LAYOUT
-    from mnemobot.sim.tasks import TASK_FAMILIES
+    from mnemobot.sim.tasks import FAMILY_LAYOUT, TASK_FAMILIES
+    from mnemobot.sim.workcell import WORKCELL_LAYOUT
 
     site = DEFAULT_LAYOUT.site_map()
     lines = ["task families (--task-id):"]
-    lines += [f"  {name:8s} {(fam.__doc__ or '').strip().splitlines()[0]}" for name, fam in sorted(TASK_FAMILIES.items())]
+    lines += [f"  {name:14s} {(fam.__doc__ or '').strip().splitlines()[0]}" for name, fam in sorted(TASK_FAMILIES.items())]
     lines.append("rooms: " + ", ".join(sorted(site.rooms)))
     lines.append("places:")
     lines += [f"  {p.words:20s} ({p.label}, {p.room}, {p.relation})" for p in site.places.values()]
     lines.append("objects: " + ", ".join(o.label.replace("_", " ") for o in DEFAULT_LAYOUT.objects))
+    lines.append(f"workcell ({', '.join(sorted(FAMILY_LAYOUT))}; scripted expert only: --agent expert):")
+    lines.append("  places: " + ", ".join(p.words for p in WORKCELL_LAYOUT.site_map().places.values()))
     return "\n".join(lines)

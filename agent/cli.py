@@ -12,6 +12,9 @@ Usage::
     mnemobot serve-model gemma3-270m --port 8080
     mnemobot run --task-id place --planner openai --base-url http://127.0.0.1:8080/v1
     mnemobot tasks
+    mnemobot record-demos --task put_block_back --episodes 25 --out data/pbb
+    mnemobot train --task put_block_back --data data/pbb --out ckpt/pbb
+    mnemobot run --task-id put_block_back --seed 0 --policy learned --checkpoint ckpt/pbb
     mnemobot ros up --sim
     mnemobot ros task "bring the jenga from the bedroom to the kitchen table"
 
@@ -114,6 +117,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "a grasp fail (default: none)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="record the episode as a rosbag2 bag (MCAP) in DIR, which must not exist")
+    p.add_argument("--policy", choices=("skills", "learned"), default="skills",
+                   help="action expert: the planner's 'skills' (default), or the 'learned' policy of --checkpoint "
+                        "doing the whole task as one sub-task, with this run's memory")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
+                   help="checkpoint folder written by 'mnemobot train' (for --policy learned)")
     add_sensor_profile_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
 
@@ -262,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     _add_tasks(sub)
     _add_ros(sub)
+    from mnemobot.policy.cli import add_policy_parsers
+
+    add_policy_parsers(sub)
     return parser
 
 
@@ -289,6 +300,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         inject=args.inject,
         planner_options=dict(args.planner_option),
         sensor_profile=args.sensor_profile,
+        policy=args.policy,
+        checkpoint=str(args.checkpoint) if args.checkpoint is not None else None,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     summary = run_episode(cfg, progress=progress)
@@ -361,6 +374,18 @@ def _cmd_ros(args: argparse.Namespace) -> int:
                               result_timeout_s=args.result_timeout, quiet=args.quiet)
 
 
+def _cmd_record_demos(args: argparse.Namespace) -> int:
+    from mnemobot.policy.cli import cmd_record_demos
+
+    return cmd_record_demos(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mnemobot.policy.cli import cmd_train
+
+    return cmd_train(args)
+
+
 def _cmd_tasks(_args: argparse.Namespace) -> int:
     from mnemobot.agent.episode import describe_world
 
@@ -396,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tasks": _cmd_tasks, "serve-model": _cmd_serve}
     handlers["import-rgbd"] = _cmd_import_rgbd
     handlers["ros"] = _cmd_ros
+    handlers["record-demos"] = _cmd_record_demos
+    handlers["train"] = _cmd_train
     previous = _stop_on_sigterm()
     try:
         return handlers[args.verb](args)

@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,10 @@ class RunConfig:
     sensor_profile: str | SensorModel = "ideal"
     """What the robot perceives: ``ideal`` (exact render), ``kinect``, ``realsense``, ``heavy`` or a
     FILE.yaml (:mod:`mnemobot.perception.sensor`); memory derives its thresholds from it."""
+    policy: str = "skills"
+    """Action expert: ``skills`` (the planner's skills) or ``learned`` (the policy of ``checkpoint``
+    does the whole task as one sub-task, conditioned on this run's memory)."""
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -315,6 +320,31 @@ def _expert_script(cfg: RunConfig, env) -> list[SkillCall] | None:  # noqa: ANN0
     return None if script is None else [SkillCall(skill, args) for skill, args in script]
 
 
+def _learned_skill(cfg: RunConfig):  # noqa: ANN202 - SkillSpec
+    """The learned policy of ``cfg.checkpoint`` as the skill ``act`` (``--policy learned``)."""
+    if cfg.policy != "learned":
+        if cfg.checkpoint is not None:
+            raise UserError("--checkpoint is for --policy learned")
+        return None
+    if cfg.policy == "learned" and cfg.agent != "planner":
+        raise UserError("--policy learned runs with the planner agent, not the expert")
+    if cfg.checkpoint is None:
+        raise UserError("--policy learned needs --checkpoint CKPT (written by 'mnemobot train')")
+    if cfg.task_text is not None:
+        raise UserError("--policy learned runs a task family (--task-id), not free text")
+    from mnemobot.policy.skill import learned_skill
+    from mnemobot.policy.train import CheckpointError, load_policy
+
+    try:
+        policy, meta = load_policy(cfg.checkpoint, task=cfg.task_id)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    data = meta.get("dataset", {})
+    fps = float(data.get("fps", 10.0))
+    mean_s = float(data.get("frames", 0)) / max(int(data.get("episodes", 1)), 1) / fps
+    return learned_skill(policy, fps=fps, max_s=max(30.0, 1.5 * mean_s), seed=cfg.seed)
+
+
 def _parse(cfg: RunConfig, instruction: str, pctx: PlanningContext) -> list[Goal]:
     """Parse the instruction; a generated task the planner cannot read says which agent can run it."""
     try:
@@ -356,8 +386,14 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
     closed.
     """
     say = progress or (lambda _m: None)
+    learned = _learned_skill(cfg)  # bad checkpoints are refused before the world is built
     owned = env is None
     env = (_make_env(cfg) if owned else env).unwrapped
+    stack = contextlib.ExitStack()
+    if learned is not None:
+        from mnemobot.policy.skill import registered
+
+        stack.enter_context(registered(learned))
     try:
         env.reset(seed=cfg.seed)
         instruction = cfg.task_text if cfg.task_text is not None else env.task.instruction
@@ -368,6 +404,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             named = tuple(o for o in (env.task.object,) if o) if cfg.task_text is None else cfg.task_objects
             pctx = PlanningContext(env.site_map, vocabulary=object_vocabulary(named, locator.known_labels()))
             script = _expert_script(cfg, env)
+            if learned is not None:  # the policy does the task as one sub-task
+                script = [SkillCall(learned.name, {"task": instruction})]
             if script is None:
                 goals = _parse(cfg, instruction, pctx)  # fail fast on bad text, before moving
                 planner = _make_planner(cfg, pctx, progress)
@@ -476,6 +514,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             recorded_messages=recorder.messages if recorder is not None else 0,
         )
     finally:
+        stack.close()
         if owned:
             env.close()
 

@@ -55,7 +55,7 @@ def _batch(ctx: SkillContext, policy: Any, task: str, t: float) -> dict[str, Any
     img = image_features(obs.rgb, tuple(cfg.image_size) if cfg.image_size else IMAGE_SIZE)
     state = state_features(ctx.state, ctx.controller.kinematics)
     batch: dict[str, Any] = {
-        "observation.images.head": torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0,
+        "observation.images.head": torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255.0,
         "observation.state": torch.from_numpy(state)[None],
         "task": [task],
         "time": float(t),
@@ -73,10 +73,24 @@ def _batch(ctx: SkillContext, policy: Any, task: str, t: float) -> dict[str, Any
     return batch
 
 
+def _step_towards(pos: np.ndarray, rot: np.ndarray, goal_pos: np.ndarray, goal_rot: np.ndarray,
+                  max_m: float, max_rad: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, rot)`` moved towards the goal by at most ``max_m`` and ``max_rad``."""
+    d = goal_pos - pos
+    n = float(np.linalg.norm(d))
+    new_pos = goal_pos if n <= max_m else pos + d * (max_m / n)
+    rel = rot.T @ goal_rot
+    angle = math.acos(max(-1.0, min(1.0, (np.trace(rel) - 1) / 2)))
+    new_rot = goal_rot if angle <= max_rad else _slerp_matrix(rot, goal_rot, max_rad / angle)
+    return new_pos, new_rot
+
+
 def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2.0, rest_m: float = 0.004,
-                  seed: int = 0, name: str = "act") -> SkillSpec:
+                  seed: int = 0, name: str = "act", max_speed: float = 0.25, max_turn: float = 1.0) -> SkillSpec:
     """The policy as a skill (see the module docstring); ``fps``: the rate its actions were
-    recorded at (one action per recorded frame)."""
+    recorded at (one action per recorded frame). The hand's target moves at most ``max_speed``
+    m/s and turns at most ``max_turn`` rad/s: a jump in the policy's output is spread over ticks
+    (the brainstem would refuse the joint speed it needs) instead of ending the skill."""
     import torch
 
     def act(ctx: SkillContext, task: str) -> Iterator[ActionChunk]:
@@ -94,6 +108,8 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
             grip0 = ctx.commanded_gripper()
             targets: list[ControlTarget] = []
             prev_pos, prev_rot = last.position, last.rotation
+            cur_pos, cur_rot = last.position, last.rotation
+            step_m, step_rad = max_speed * spec.control_dt, max_turn * spec.control_dt
             moved = 0.0
             grip = grip0
             for a in actions:
@@ -104,9 +120,10 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
                 grip = float(np.clip(grip, spec.gripper_min, spec.gripper_max))
                 for k in range(1, ticks + 1):
                     s = k / ticks
-                    pos = prev_pos + s * (pose.position - prev_pos)
-                    rot = _slerp_matrix(prev_rot, pose.rotation, s)
-                    world = ctx.controller.arm_base_pose(ctx.state) @ Pose(pos, quat_from_matrix(rot))
+                    want_pos = prev_pos + s * (pose.position - prev_pos)
+                    want_rot = _slerp_matrix(prev_rot, pose.rotation, s)
+                    cur_pos, cur_rot = _step_towards(cur_pos, cur_rot, want_pos, want_rot, step_m, step_rad)
+                    world = ctx.controller.arm_base_pose(ctx.state) @ Pose(cur_pos, quat_from_matrix(cur_rot))
                     targets.append(ControlTarget(ee_pose=world, gripper_width=grip))
                 moved = max(moved, float(np.linalg.norm(pose.position - last.position)))
                 prev_pos, prev_rot = pose.position, pose.rotation

@@ -1,0 +1,122 @@
+"""``mnemobot record-demos`` and ``mnemobot train`` (the learned action expert's commands)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["add_policy_parsers", "cmd_record_demos", "cmd_train"]
+
+SIZES = {
+    "default": {},
+    "small": {"d_model": 128, "n_heads": 4, "cognition_layers": 2, "decoder_layers": 3, "encoder_channels": (16, 32, 64, 128)},
+    "tiny": {"d_model": 32, "n_heads": 4, "cognition_layers": 1, "decoder_layers": 1, "perceptual_tokens": 2,
+             "encoder_channels": (8, 16), "vocab_buckets": 64, "id_buckets": 32, "flow_steps": 3},
+}
+"""Policy sizes for ``mnemobot train --size``: ``default`` (about 16M parameters), ``small`` and
+``tiny`` (tests and smoke runs)."""
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
+    rec = sub.add_parser(
+        "record-demos",
+        help="record scripted-expert demonstrations as a LeRobot v3.0 dataset",
+        description="Run the scripted expert on a task family and write each successful episode (head camera, "
+                    "proprioception, end-effector actions, scene-graph memory tokens) in the LeRobot v3.0 "
+                    "dataset layout. OUT must be new or empty (or an earlier recording with --append).",
+    )
+    rec.add_argument("--task", required=True, help="task family (see 'mnemobot tasks'), e.g. put_block_back")
+    rec.add_argument("--episodes", type=_count, default=25, help="successful episodes to keep (default: 25)")
+    rec.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    rec.add_argument("--seed", type=int, default=0, help="first seed; failed seeds are skipped (default: 0)")
+    rec.add_argument("--fps", type=float, default=10.0, help="frames per second of robot time (default: 10)")
+    rec.add_argument("--sensor-profile", default="ideal", metavar="NAME|FILE.yaml",
+                     help="what the recorded memory perceives (default: ideal)")
+    rec.add_argument("--append", action="store_true", help="add episodes to an existing recording of the same kind")
+    rec.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+
+    tr = sub.add_parser(
+        "train",
+        help="train the memory-conditioned policy on recorded demonstrations",
+        description="Train the learned action expert (latent memory banks, scene-graph tokens, flow-matching "
+                    "action chunks) on a dataset written by 'mnemobot record-demos'. Running the same command "
+                    "again resumes; OUT is never a folder holding anything else.",
+    )
+    tr.add_argument("--task", required=True,
+                    help="task family (or comma list) the data shows; a checkpoint runs only on these")
+    tr.add_argument("--data", type=Path, required=True, help="dataset folder (LeRobot v3.0 layout)")
+    tr.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    tr.add_argument("--steps", type=_count, default=3000, help="optimizer steps (default: 3000)")
+    tr.add_argument("--batch-size", type=_count, default=8, help="batch size (default: 8)")
+    tr.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    tr.add_argument("--history", type=int, default=16, help="frames the latent banks are rebuilt from (default: 16)")
+    tr.add_argument("--size", choices=sorted(SIZES), default="default", help="policy size (default: about 16M)")
+    tr.add_argument("--no-latent-memory", action="store_true", help="ablation: no perceptual/cognitive banks")
+    tr.add_argument("--no-symbolic-memory", action="store_true", help="ablation: no scene-graph tokens")
+    tr.add_argument("--bank-merge", choices=("similar", "fifo"), default="similar",
+                    help="full bank: merge the most similar adjacent pair (default) or drop the oldest")
+    tr.add_argument("--save-every", type=_count, default=500, help="checkpoint every N steps (default: 500)")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+
+
+def cmd_record_demos(args: argparse.Namespace) -> int:
+    from mnemobot.agent.errors import UserError
+    from mnemobot.policy.dataset import DatasetError
+    from mnemobot.policy.record import RecordConfig, record_demos
+    from mnemobot.sim.tasks import TASK_FAMILIES
+
+    if args.task not in TASK_FAMILIES:
+        raise UserError(f"unknown task family {args.task!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
+    if not args.fps > 0:
+        raise UserError(f"--fps must be > 0, got {args.fps}")
+    say = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
+    try:
+        res = record_demos(RecordConfig(task=args.task, out=args.out, episodes=args.episodes, seed=args.seed,
+                                        fps=args.fps, sensor_profile=args.sensor_profile, append=args.append),
+                           progress=say)
+    except DatasetError as e:
+        raise UserError(str(e)) from None
+    print(f"recorded {len(res['kept'])} episodes, {res['frames']} frames of {args.task} into {args.out}"
+          + (f"; dropped seeds {[s for s, _ in res['dropped']]}" if res["dropped"] else ""))
+    return 0 if len(res["kept"]) >= args.episodes else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnemobot.agent.errors import UserError
+    from mnemobot.policy.dataset import DatasetError
+    from mnemobot.policy.train import CheckpointError, TrainConfig, train
+    from mnemobot.sim.tasks import TASK_FAMILIES
+
+    families = [t.strip() for t in args.task.split(",") if t.strip()]
+    unknown = [t for t in families if t not in TASK_FAMILIES]
+    if unknown or not families:
+        raise UserError(f"unknown task family {unknown or args.task!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
+    overrides = dict(SIZES[args.size])
+    overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_symbolic_memory,
+                     bank_merge=args.bank_merge)
+    try:
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          history=args.history, save_every=args.save_every, threads=args.threads)
+        cfg.check()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        meta = train(args.data, args.out, overrides, cfg, families=families,
+                     progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except (DatasetError, CheckpointError, FloatingPointError) as e:
+        raise UserError(str(e)) from None
+    print(f"checkpoint {args.out}: step {meta['step']}, {meta['dataset']['episodes']} episodes, "
+          f"{meta['dataset']['frames']} frames of {', '.join(meta['families'])}")
+    return 0

@@ -1,0 +1,102 @@
+"""The learned action expert end to end, as a user runs it: ``mnemobot record-demos`` on a
+workcell family, the dataset read back with pyarrow, ``mnemobot train`` (a tiny model), and
+``mnemobot run --policy learned`` through the brainstem; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pybullet")
+pytest.importorskip("torch")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from mnemobot.agent.cli import main  # noqa: E402
+from mnemobot.policy.features import ACTION_NAMES, STATE_NAMES  # noqa: E402
+from mnemobot.policy.tokens import TOKEN_DIM  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demos") / "pbb"
+    assert main(["record-demos", "--task", "put_block_back", "--episodes", "1", "--seed", "3", "--out", str(out),
+                 "-q"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_recorded_demos_are_a_lerobot_dataset(recorded: Path) -> None:
+    info = json.loads((recorded / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 1 and info["fps"] == 10.0
+    feats = info["features"]
+    assert feats["observation.images.head"]["shape"] == [96, 128, 3]
+    assert feats["observation.state"]["names"] == STATE_NAMES and feats["action"]["names"] == ACTION_NAMES
+    assert feats["observation.memory"]["shape"] == [16 * TOKEN_DIM]
+    table = pq.read_table(recorded / "data" / "chunk-000" / "file-000.parquet")
+    n = info["total_frames"]
+    assert table.num_rows == n and 500 < n < 800  # about 63 s of robot time at 10 Hz
+    assert table.column("frame_index").to_pylist() == list(range(n))
+    ts = np.asarray(table.column("timestamp").to_pylist())
+    assert np.all(np.diff(ts) > 0)  # robot time, strictly increasing
+    ep = pq.read_table(recorded / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()[0]
+    assert (ep["dataset_from_index"], ep["dataset_to_index"], ep["length"]) == (0, n, n)
+    assert ep["tasks"][0].startswith("move the block to the centre patch")
+    actions = np.asarray(table.column("action").to_pylist())
+    stats = json.loads((recorded / "meta" / "stats.json").read_text())
+    assert np.allclose(stats["action"]["mean"], actions.mean(0), atol=1e-5)
+    assert np.allclose(stats["action"]["max"], actions.max(0), atol=1e-6)
+    # the gripper closes on the block and opens again; the hand travels across the bench
+    assert actions[:, -1].min() < 0.06 and actions[:, -1].max() > 0.07
+    assert np.ptp(actions[:, 1]) > 0.2
+    # rotation columns are unit vectors
+    assert np.allclose(np.linalg.norm(actions[:, 3:6], axis=1), 1.0, atol=1e-4)
+    # the memory watching the camera held the block from the first frames on
+    mask = np.asarray(table.column("observation.memory_mask").to_pylist())
+    assert mask[:, 0].mean() > 0.9
+
+
+@pytest.mark.slow
+def test_train_then_run_the_learned_policy_through_the_brainstem(recorded: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--task", "put_block_back", "--data", str(recorded), "--out", str(ckpt), "--steps", "3",
+                 "--size", "tiny", "--batch-size", "2", "--history", "4"]) == 0
+    assert "step 3" in capsys.readouterr().out
+    summary = tmp_path / "s.json"
+    code = main(["run", "--task-id", "put_block_back", "--seed", "0", "--policy", "learned", "--checkpoint",
+                 str(ckpt), "--steps-limit", "60", "-q", "--summary-json", str(summary)])
+    assert code == 1  # three training steps do not make a policy: it drives the arm until the budget ends
+    s = json.loads(summary.read_text())
+    assert s["steps"] == 60 and "steps limit" in s["stop_reason"] and s["memory"] == "on", s
+    assert not s["anomalies"]  # every target it gave passed the brainstem's limits
+    # the checkpoint is refused for another family, and for free text
+    capsys.readouterr()
+    assert main(["run", "--task-id", "reopen_drawer", "--policy", "learned", "--checkpoint", str(ckpt)]) == 2
+    assert "trained on put_block_back, not reopen_drawer" in capsys.readouterr().err
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cases = [
+        (["record-demos", "--task", "juggle", "--out", str(tmp_path / "x")], "unknown task family"),
+        (["train", "--task", "put_block_back", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "c")],
+         "not found"),
+        (["train", "--task", "juggle", "--data", str(tmp_path), "--out", str(tmp_path / "c")], "unknown task family"),
+        (["run", "--task-id", "put_block_back", "--policy", "learned"], "needs --checkpoint"),
+        (["run", "--task-id", "put_block_back", "--policy", "learned", "--checkpoint", str(tmp_path / "none")],
+         "not found"),
+        (["run", "--task-id", "fetch", "--checkpoint", str(tmp_path)], "--policy learned"),
+    ]
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("x")
+    cases.append((["record-demos", "--task", "put_block_back", "--episodes", "1", "--out", str(tmp_path / "busy")],
+                  "not empty"))
+    for argv, text in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert text in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "x"

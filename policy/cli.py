@@ -10,11 +10,13 @@ __all__ = ["add_policy_parsers", "cmd_record_demos", "cmd_train"]
 
 SIZES = {
     "default": {},
-    "small": {"d_model": 128, "n_heads": 4, "cognition_layers": 2, "decoder_layers": 3, "encoder_channels": (16, 32, 64, 128)},
+    "small": {"d_model": 128, "n_heads": 4, "cognition_layers": 2, "decoder_layers": 3, "head_width": 256,
+              "encoder_channels": (16, 32, 64, 128)},
     "tiny": {"d_model": 32, "n_heads": 4, "cognition_layers": 1, "decoder_layers": 1, "perceptual_tokens": 2,
-             "encoder_channels": (8, 16), "vocab_buckets": 64, "id_buckets": 32, "flow_steps": 3},
+             "encoder_channels": (8, 16), "vocab_buckets": 64, "id_buckets": 32, "flow_steps": 3, "head_width": 32,
+             "head_queries": 2},
 }
-"""Policy sizes for ``mnemobot train --size``: ``default`` (about 16M parameters), ``small`` and
+"""Policy sizes for ``mnemobot train --size``: ``default`` (about 15M parameters), ``small`` and
 ``tiny`` (tests and smoke runs)."""
 
 
@@ -62,7 +64,7 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     tr.add_argument("--history", type=int, default=16, help="frames the latent banks are rebuilt from (default: 16)")
-    tr.add_argument("--size", choices=sorted(SIZES), default="default", help="policy size (default: about 16M)")
+    tr.add_argument("--size", choices=sorted(SIZES), default="default", help="policy size (default: about 15M)")
     tr.add_argument("--no-latent-memory", action="store_true", help="ablation: no perceptual/cognitive banks")
     tr.add_argument("--no-symbolic-memory", action="store_true", help="ablation: no scene-graph tokens")
     tr.add_argument("--bank-merge", choices=("similar", "fifo"), default="similar",

@@ -18,10 +18,10 @@ scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (ex
 * **retrieval and gated fusion**: the current tokens cross-attend to the bank entries plus a
   sinusoidal encoding of how long ago each was written; a sigmoid gate mixes what was retrieved
   into the current tokens.
-* **action head**: flow matching. A transformer denoiser over the ``chunk_size`` action tokens
-  (with the flow time) cross-attends to the fused tokens; sampling integrates the velocity field
-  from Gaussian noise in ``flow_steps`` Euler steps (a seeded generator: the same inputs and seed
-  give the same chunk).
+* **action head**: flow matching. The fused tokens are pooled once per chunk into the scale and
+  shift of residual MLP blocks over the whole flattened chunk (:class:`FlowHead`); sampling
+  integrates the velocity field from Gaussian noise in ``flow_steps`` Euler steps (a seeded
+  generator: the same inputs and seed give the same chunk).
 
 Actions and proprioception are normalised with the dataset's mean and std, kept in the model's
 buffers (they travel with the checkpoint).
@@ -63,7 +63,7 @@ class PolicyConfigError(ValueError):
 
 @dataclass(frozen=True)
 class MemoryPolicyConfig:
-    """Sizes and switches of :class:`MemoryPolicy` (defaults: about 16M parameters)."""
+    """Sizes and switches of :class:`MemoryPolicy` (defaults: about 15M parameters)."""
 
     image_size: tuple[int, int] = (96, 128)  # (height, width)
     state_dim: int = 12
@@ -75,7 +75,9 @@ class MemoryPolicyConfig:
     d_model: int = 256
     n_heads: int = 8
     cognition_layers: int = 6
-    decoder_layers: int = 6
+    decoder_layers: int = 4  # residual blocks of the flow head
+    head_width: int = 512
+    head_queries: int = 4
     perceptual_tokens: int = 8
     encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
     vocab_buckets: int = 4096
@@ -201,10 +203,40 @@ def _encoder(d: int, heads: int, layers: int, dropout: float) -> nn.TransformerE
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
-def _decoder(d: int, heads: int, layers: int, dropout: float) -> nn.TransformerDecoder:
-    layer = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout, batch_first=True, norm_first=True,
-                                       activation="gelu")
-    return nn.TransformerDecoder(layer, layers)
+class FlowHead(nn.Module):
+    """The velocity field of the action chunk: residual MLP blocks over the whole flattened chunk,
+    each modulated (scale and shift) by the condition.
+
+    The condition tokens are pooled by ``head_queries`` learned queries once per chunk
+    (:meth:`condition`); every flow step then costs only the blocks, which keeps 10 sampling steps
+    cheap on a CPU."""
+
+    def __init__(self, cfg: MemoryPolicyConfig) -> None:
+        super().__init__()
+        d, w = cfg.d_model, cfg.head_width
+        self.pool = AttentionPool(cfg.head_queries, d, cfg.n_heads)
+        self.cond = nn.Sequential(nn.Linear(cfg.head_queries * d, w), nn.SiLU())
+        self.film = nn.ModuleList(nn.Linear(w, 2 * w) for _ in range(cfg.decoder_layers))
+        self.inp = nn.Linear(cfg.chunk_size * cfg.action_dim, w)
+        self.time = nn.Sequential(nn.Linear(d, w), nn.SiLU(), nn.Linear(w, w))
+        self.norms = nn.ModuleList(nn.LayerNorm(w, elementwise_affine=False) for _ in range(cfg.decoder_layers))
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, w))
+                                    for _ in range(cfg.decoder_layers))
+        self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.chunk_size * cfg.action_dim))
+        self.d, self.shape = d, (cfg.chunk_size, cfg.action_dim)
+
+    def condition(self, tokens: Tensor, pad: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per block ``(scale, shift)`` from the condition tokens (padding ignored)."""
+        q = self.pool.queries[None].expand(tokens.shape[0], -1, -1)
+        pooled, _ = self.pool.attn(q, tokens, tokens, key_padding_mask=pad, need_weights=False)
+        c = self.cond(self.pool.norm(pooled + q).flatten(1))
+        return [tuple(f(c).chunk(2, dim=-1)) for f in self.film]  # type: ignore[misc]
+
+    def forward(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]]) -> Tensor:
+        h = self.inp(x.flatten(1)) + self.time(sinusoid(tau, self.d))
+        for norm, block, (scale, shift) in zip(self.norms, self.blocks, film, strict=True):
+            h = h + block(norm(h) * (1 + scale) + shift)
+        return self.out(h).view(x.shape[0], *self.shape)
 
 
 # -- latent memory bank ---------------------------------------------------------------------------------
@@ -308,11 +340,7 @@ class MemoryPolicy(nn.Module):
         self.cognition = _encoder(d, cfg.n_heads, cfg.cognition_layers, cfg.dropout)
         self.retrieve_p = Retrieval(d, cfg.n_heads)
         self.retrieve_c = Retrieval(d, cfg.n_heads)
-        self.action_in = nn.Linear(cfg.action_dim, d)
-        self.action_pos = nn.Parameter(torch.randn(cfg.chunk_size, d) * 0.02)
-        self.flow_time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-        self.decoder = _decoder(d, cfg.n_heads, cfg.decoder_layers, cfg.dropout)
-        self.action_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.action_dim))
+        self.head = FlowHead(cfg)
         s = stats or {}
 
         def buf(key: str, size: int, default: float) -> Tensor:
@@ -359,7 +387,7 @@ class MemoryPolicy(nn.Module):
         noise = torch.randn_like(target)
         tau = torch.rand(b, device=target.device)
         x_tau = (1 - tau)[:, None, None] * noise + tau[:, None, None] * target
-        v = self._velocity(x_tau, tau, cond)
+        v = self._velocity(x_tau, tau, self._cross(cond))
         err = (v - (target - noise)) ** 2
         pad = batch.get("action_is_pad")
         keep = (~pad.bool()).float()[..., None] if pad is not None else torch.ones_like(err[..., :1])
@@ -468,21 +496,21 @@ class MemoryPolicy(nn.Module):
             out_m.append(torch.arange(cap) < n)
         return torch.stack(out_e), torch.stack(out_a), torch.stack(out_m)
 
-    def _velocity(self, x: Tensor, tau: Tensor, cond: tuple[Tensor, Tensor]) -> Tensor:
-        tokens, pad = cond
-        h = self.action_in(x) + self.action_pos[None, : x.shape[1]]
-        h = h + self.flow_time(sinusoid(tau, self.config.d_model))[:, None]
-        h = self.decoder(h, tokens, memory_key_padding_mask=pad)
-        return self.action_out(h)
+    def _cross(self, cond: tuple[Tensor, Tensor]) -> list[tuple[Tensor, Tensor]]:
+        return self.head.condition(*cond)
+
+    def _velocity(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]]) -> Tensor:
+        return self.head(x, tau, film)
 
     def _sample(self, cond: tuple[Tensor, Tensor], generator: torch.Generator | None) -> Tensor:
         cfg = self.config
         b = cond[0].shape[0]
+        cross = self._cross(cond)
         x = torch.randn(b, cfg.chunk_size, cfg.action_dim, generator=generator, device=cond[0].device)
         dt = 1.0 / cfg.flow_steps
         for k in range(cfg.flow_steps):
             tau = torch.full((b,), k * dt, device=x.device)
-            x = x + dt * self._velocity(x, tau, cond)
+            x = x + dt * self._velocity(x, tau, cross)
         return x
 
     def num_parameters(self) -> int:

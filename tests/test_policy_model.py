@@ -21,7 +21,7 @@ from mnemobot.policy.train import CheckpointError, TrainConfig, load_policy, tra
 
 TINY = {"d_model": 32, "n_heads": 4, "cognition_layers": 1, "decoder_layers": 1, "perceptual_tokens": 2,
         "encoder_channels": (8, 16), "vocab_buckets": 64, "id_buckets": 32, "bank_capacity": 4, "chunk_size": 4,
-        "n_action_steps": 2, "flow_steps": 3}
+        "n_action_steps": 2, "flow_steps": 3, "head_width": 32, "head_queries": 2}
 H, W, M = 16, 20, 3
 
 

@@ -353,8 +353,8 @@ def _parse(cfg: RunConfig, instruction: str, pctx: PlanningContext) -> list[Goal
         from mnemobot.sim.expert import EXPERT_SCRIPTS
 
         if cfg.task_text is None and cfg.task_id in EXPERT_SCRIPTS:
-            raise InstructionError(f"{e} (the {cfg.task_id!r} family runs only with the scripted expert so far: "
-                                   "--agent expert)") from None
+            raise InstructionError(f"{e} (the {cfg.task_id!r} family runs with the scripted expert, --agent expert, "
+                                   "or a learned policy, --policy learned --checkpoint CKPT)") from None
         raise
 
 
@@ -532,6 +532,7 @@ def describe_world() -> str:
     lines.append("places:")
     lines += [f"  {p.words:20s} ({p.label}, {p.room}, {p.relation})" for p in site.places.values()]
     lines.append("objects: " + ", ".join(o.label.replace("_", " ") for o in DEFAULT_LAYOUT.objects))
-    lines.append(f"workcell ({', '.join(sorted(FAMILY_LAYOUT))}; scripted expert only: --agent expert):")
+    lines.append(f"workcell ({', '.join(sorted(FAMILY_LAYOUT))}; --agent expert, or --policy learned "
+                 "--checkpoint CKPT):")
     lines.append("  places: " + ", ".join(p.words for p in WORKCELL_LAYOUT.site_map().places.values()))
     return "\n".join(lines)

@@ -182,6 +182,20 @@ def _line(ctx: SkillContext, pose: Pose, speed: float = 0.2) -> SkillGen:
     return _ok("move", {})
 
 
+def _descend(ctx: SkillContext, name: str, args: dict[str, str], above: Pose, target: Pose,
+             speed: float) -> Generator[ActionChunk, None, SkillResult | None]:
+    """Move (in joint space) to ``above``, then straight down to ``target``; the failed skill's
+    result when either move fails (after stowing, once the arm has started down), else None."""
+    moved = yield from _move_joints_to_pose(ctx, above)
+    if not moved.success:
+        return _fail(name, args, moved.reason, moved.message)
+    moved = yield from _line(ctx, target, speed=speed)
+    if not moved.success:
+        yield _stow(ctx)
+        return _fail(name, args, moved.reason, moved.message)
+    return None
+
+
 def _stow(ctx: SkillContext) -> ActionChunk:
     """Fold the arm into the carry posture (out of the camera's view)."""
     return joint_move(ctx.spec, ctx.commanded_q(), ctx.spec.stow)
@@ -229,13 +243,9 @@ def pick(ctx: SkillContext, object: str) -> SkillGen:  # noqa: A002 - the skill 
     above = Pose(np.array([est.position[0], est.position[1], est.top_z + PRE_GRASP_HEIGHT]), quat)
     grasp = Pose(np.array([est.position[0], est.position[1], grasp_z]), quat)
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
-    moved = yield from _move_joints_to_pose(ctx, above)
-    if not moved.success:
-        return _fail("pick", args, moved.reason, moved.message)
-    moved = yield from _line(ctx, grasp, speed=0.15)
-    if not moved.success:
-        yield _stow(ctx)
-        return _fail("pick", args, moved.reason, moved.message)
+    failed = yield from _descend(ctx, "pick", args, above, grasp, speed=0.15)
+    if failed is not None:
+        return failed
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), 0.0, settle_ticks=8)
     if ctx.state.gripper_width < GRASPED_MIN_WIDTH:
         yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_max, settle_ticks=0)
@@ -484,13 +494,9 @@ def press(ctx: SkillContext, button: str) -> SkillGen:
     above = Pose(top + [0.0, 0.0, PRESS_ABOVE], quat)
     down = Pose(top + [0.0, 0.0, PRESS_REACH], quat)
     yield gripper_move(ctx.spec, ctx.commanded_gripper(), ctx.spec.gripper_min, settle_ticks=2)
-    moved = yield from _move_joints_to_pose(ctx, above)
-    if not moved.success:
-        return _fail("press", args, moved.reason, moved.message)
-    moved = yield from _line(ctx, down, speed=0.05)
-    if not moved.success:
-        yield _stow(ctx)
-        return _fail("press", args, moved.reason, moved.message)
+    failed = yield from _descend(ctx, "press", args, above, down, speed=0.05)
+    if failed is not None:
+        return failed
     yield hold(PRESS_HOLD_TICKS)
     yield from _line(ctx, above, speed=0.1)
     yield _stow(ctx)

@@ -20,17 +20,9 @@ SIZES = {
 ``tiny`` (tests and smoke runs)."""
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
-
-
 def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
+    from mnemobot.agent.cli import _positive_int as _count
+
     rec = sub.add_parser(
         "record-demos",
         help="record scripted-expert demonstrations as a LeRobot v3.0 dataset",

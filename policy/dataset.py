@@ -12,8 +12,7 @@ does not use), so this module writes the files its ``LeRobotDataset`` reads, and
       meta/episodes/chunk-000/file-000.parquet    one row per episode: episode_index, tasks,
                                                   length, dataset_from_index/to_index, its data
                                                   file, and the episode's own stats
-      data/chunk-000/file-000.parquet             one row per frame; several episodes per file,
-                                                  a new file past ``file_mb`` megabytes
+      data/chunk-000/file-000.parquet             one row per frame; one file per episode
 
 Images are embedded in the data files as PNG (feature ``dtype: image``, an arrow struct
 ``{bytes, path}`` as Hugging Face ``datasets`` stores images); there is no video. Every frame
@@ -21,9 +20,12 @@ carries ``timestamp`` (s from the episode start), ``frame_index``, ``episode_ind
 (row in the whole dataset) and ``task_index``.
 
 Writing never overwrites: :class:`DatasetWriter` refuses a folder that holds anything but a
-dataset it may append to (``append=True``, same features and fps), and appending starts a new
-data file, leaving the finished ones as they are. Metadata is rewritten after every episode, so
-an interrupted recording keeps every episode saved before the interruption.
+dataset it may append to (``append=True``, same features and fps), and appending adds files,
+leaving the finished ones as they are. Each saved episode is a complete file, moved into place
+when written, and the metadata is rewritten after it: a recording interrupted in any way, a
+killed process included, keeps every episode saved before the interruption. (The layout allows
+several episodes per file; one per episode is what makes that guarantee cheap: nothing is ever
+rewritten.)
 
 Reading (:class:`Dataset`) checks what a trainer relies on and names the problem when it does
 not hold: missing files, a data file whose columns differ from ``info.json``, episodes whose
@@ -234,15 +236,14 @@ class DatasetWriter:
     """Write episodes frame by frame into a new LeRobot v3.0 dataset folder (see the module doc).
 
     ``features``: the columns besides :data:`DEFAULT_FEATURES`; ``fps``: frames per second of the
-    recording; ``file_mb``: a data file is closed and a new one started past this size;
-    ``append``: add episodes to a dataset this writer's format made before (same features, fps).
+    recording; ``append``: add episodes to a dataset this writer's format made before (same
+    features, fps).
 
-    Use as a context manager, or call :meth:`close`: it finishes the open data file and the
-    metadata. An unsaved episode is dropped on close.
+    Use as a context manager, or call :meth:`close`. An unsaved episode is dropped on close.
     """
 
     def __init__(self, root: str | Path, fps: float, features: Mapping[str, Feature], robot_type: str = "mnemobot",
-                 chunks_size: int = 1000, file_mb: float = 100.0, append: bool = False) -> None:
+                 chunks_size: int = 1000, append: bool = False) -> None:
         self.pa, self.pq = _require_arrow()
         if not fps > 0 or not math.isfinite(fps):
             raise DatasetError(f"fps must be a positive number, got {fps!r}")
@@ -254,15 +255,12 @@ class DatasetWriter:
         self.features = {**{k: features[k] for k in features}, **DEFAULT_FEATURES}
         self.robot_type = robot_type
         self.chunks_size = int(chunks_size)
-        self.file_mb = float(file_mb)
         self.episodes: list[dict[str, Any]] = []
         self.tasks: dict[str, int] = {}
         self.stats = {k: _Stats(self._stat_size(f)) for k, f in self.features.items() if f.dtype != "string"}
         self._frames: list[dict[str, Any]] = []
         self._ep_stats: dict[str, _Stats] = {}
-        self._writer: Any = None
         self._file = (0, -1)  # (chunk, file) of the open data file
-        self._rows_in_file = 0
         self._closed = False
         self.schema = self._schema()
         self._open_root(append)
@@ -388,10 +386,11 @@ class DatasetWriter:
         for i, row in enumerate(frames):
             row.update(frame_index=i, episode_index=index, index=start + i, task_index=task_index)
         columns = {k: [row[k] for row in frames] for k in self.features}
-        self._ensure_file()
-        self._writer.write_table(self.pa.table(columns, schema=self.schema))
-        self._rows_in_file += len(frames)
-        chunk, file = self._file
+        chunk, file = self._next_file()
+        path = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_parquet(self.pq, self.pa.table(columns, schema=self.schema), path)
+        self._file = (chunk, file)
         episode: dict[str, Any] = {
             "episode_index": index, "tasks": [task], "length": len(frames),
             "dataset_from_index": start, "dataset_to_index": start + len(frames),
@@ -411,35 +410,19 @@ class DatasetWriter:
         self.episodes.append(episode)
         self._frames = []
         self._ep_stats = {}
-        self._maybe_roll()
         self._write_meta()
         return index
 
-    def _ensure_file(self) -> None:
-        if self._writer is not None:
-            return
+    def _next_file(self) -> tuple[int, int]:
+        """``(chunk, file)`` index of the next episode's data file. An existing file is never
+        overwritten: one left by a process killed between its data and its metadata is skipped."""
         chunk, file = self._file
-        file += 1
-        if file >= self.chunks_size:
-            chunk, file = chunk + 1, 0
-        self._file = (chunk, file)
-        path = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
-        if path.exists():
-            raise DatasetError(f"{path} exists already; refusing to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = self.pq.ParquetWriter(str(path), self.schema)
-        self._rows_in_file = 0
-
-    def _maybe_roll(self) -> None:
-        chunk, file = self._file
-        path = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
-        if path.exists() and path.stat().st_size >= self.file_mb * 1e6:
-            self._close_file()
-
-    def _close_file(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        while True:
+            file += 1
+            if file >= self.chunks_size:
+                chunk, file = chunk + 1, 0
+            if not (self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)).exists():
+                return chunk, file
 
     # -- metadata ------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -451,7 +434,7 @@ class DatasetWriter:
             "total_frames": self.total_frames,
             "total_tasks": len(self.tasks),
             "chunks_size": self.chunks_size,
-            "data_files_size_in_mb": self.file_mb,
+            "data_files_size_in_mb": 100,
             "video_files_size_in_mb": 0,
             "fps": self.fps,
             "splits": {"train": f"0:{n_ep}"},
@@ -494,15 +477,10 @@ class DatasetWriter:
         _atomic_text(meta / "info.json", json.dumps(self.info(), indent=2))
 
     def close(self) -> None:
-        """Finish the data file and the metadata (an unsaved episode is dropped)."""
-        if self._closed:
-            return
+        """Stop writing (an unsaved episode is dropped; everything saved is on disk already)."""
         self._closed = True
         self._frames = []
         self._ep_stats = {}
-        self._close_file()
-        if self.episodes:
-            self._write_meta()
 
     def __enter__(self) -> DatasetWriter:
         return self

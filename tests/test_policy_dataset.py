@@ -65,8 +65,11 @@ def test_layout_schema_stats_and_episode_boundaries(tmp_path: Path) -> None:
     assert info["features"]["observation.state"]["names"] == ["x", "y", "gripper"]
     assert set(info["features"]) == set(FEATURES) | set(DEFAULT_FEATURES)
 
-    # the data file: one row per frame, images as {bytes, path} PNG structs, vectors as fixed lists
-    table = pq.read_table(root / "data" / "chunk-000" / "file-000.parquet")
+    # the data files (one per episode): one row per frame, images as {bytes, path} PNG structs,
+    # vectors as fixed lists
+    files = sorted((root / "data" / "chunk-000").glob("file-*.parquet"))
+    assert [f.name for f in files] == ["file-000.parquet", "file-001.parquet", "file-002.parquet"]
+    table = pa.concat_tables([pq.read_table(f) for f in files])
     assert table.num_rows == 15
     assert table.schema.field("observation.images.head").type == pa.struct([("bytes", pa.binary()),
                                                                             ("path", pa.string())])
@@ -89,7 +92,7 @@ def test_layout_schema_stats_and_episode_boundaries(tmp_path: Path) -> None:
     eps = pq.read_table(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
     assert [(e["dataset_from_index"], e["dataset_to_index"], e["length"]) for e in eps] == [(0, 5, 5), (5, 12, 7),
                                                                                           (12, 15, 3)]
-    assert eps[1]["tasks"] == ["put the block back"] and eps[1]["data/file_index"] == 0
+    assert eps[1]["tasks"] == ["put the block back"] and eps[1]["data/file_index"] == 1
     assert eps[1]["stats/action/max"] == [6.0, -1.0] and eps[1]["stats/action/count"] == [7]
 
     # global stats agree with the frames; images per channel in [0, 1] as (3, 1, 1)
@@ -157,7 +160,7 @@ def test_never_overwrites_and_appends_into_a_new_file(tmp_path: Path) -> None:
     assert (root / "data" / "chunk-000" / "file-000.parquet").read_bytes() == before
     d = Dataset(root)
     assert d.num_episodes == 3 and len(d) == 11
-    assert d.episodes[2]["data/file_index"] == 1 and d.episodes[2]["dataset_from_index"] == 8
+    assert d.episodes[2]["data/file_index"] == 2 and d.episodes[2]["dataset_from_index"] == 8
     assert d.episode(2)["index"].tolist() == [8, 9, 10] and d.episode(2)["episode_index"].tolist() == [2, 2, 2]
     stats = json.loads((root / "meta" / "stats.json").read_text())
     allact = np.concatenate([d.episode(i)["action"] for i in range(3)]).astype(np.float64)
@@ -165,11 +168,37 @@ def test_never_overwrites_and_appends_into_a_new_file(tmp_path: Path) -> None:
     assert np.allclose(stats["action"]["std"], allact.std(0))
 
 
-def test_data_files_roll_over_past_their_size(tmp_path: Path) -> None:
-    _write(tmp_path / "d", lengths=(6, 6, 6), file_mb=0.001)
-    d = Dataset(tmp_path / "d")
-    assert sorted({e["data/file_index"] for e in d.episodes}) == [0, 1, 2]
-    assert [len(d.episode(i)["index"]) for i in range(3)] == [6, 6, 6]
+def test_a_killed_recording_keeps_its_saved_episodes(tmp_path: Path) -> None:
+    """Each episode is complete on disk when save_episode returns: a process killed with an
+    episode half-recorded (no close, no exit handlers) leaves a readable dataset of the others,
+    and appending later skips a data file whose metadata was never written."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "d"
+    script = (
+        "import os, numpy as np\n"
+        "from mnemobot.policy.dataset import DatasetWriter, Feature\n"
+        f"w = DatasetWriter({str(root)!r}, fps=10, features={{'action': Feature('float32', (2,))}})\n"
+        "for ep in range(2):\n"
+        "    for i in range(4): w.add_frame({'action': [i, ep]})\n"
+        "    w.save_episode('t')\n"
+        "w.add_frame({'action': [9, 9]})\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    d = Dataset(root)
+    assert d.num_episodes == 2 and len(d) == 8 and d.episode(1)["action"][:, 1].tolist() == [1, 1, 1, 1]
+    # a data file with no metadata (killed between the two) is left alone, never overwritten
+    orphan = root / "data" / "chunk-000" / "file-002.parquet"
+    orphan.write_bytes(b"not mine to overwrite")
+    with DatasetWriter(root, fps=10, features={"action": Feature("float32", (2,))}, append=True) as w:
+        w.add_frame({"action": [0, 3]})
+        w.save_episode("t")
+    assert orphan.read_bytes() == b"not mine to overwrite"
+    d = Dataset(root)
+    assert d.num_episodes == 3 and d.episodes[2]["data/file_index"] == 3
 
 
 def test_damaged_folders_are_named(tmp_path: Path) -> None:
@@ -215,10 +244,10 @@ def test_damaged_folders_are_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="tasks table"):
         Dataset(p)
     p = broken("nan")
-    f = p / "data" / "chunk-000" / "file-000.parquet"
+    f = p / "data" / "chunk-000" / "file-001.parquet"
     t = pq.read_table(f)
     act = t.column("action").to_pylist()
-    act[4] = [float("nan"), 0.0]
+    act[1] = [float("nan"), 0.0]
     t = t.set_column(t.schema.get_field_index("action"), "action", pa.array(act, pa.list_(pa.float32(), 2)))
     pq.write_table(t, f)
     d = Dataset(p)

@@ -66,8 +66,8 @@ class MemoryPolicyConfig:
     """Sizes and switches of :class:`MemoryPolicy` (defaults: about 15M parameters)."""
 
     image_size: tuple[int, int] = (96, 128)  # (height, width)
-    state_dim: int = 12
-    action_dim: int = 5
+    state_dim: int = 22
+    action_dim: int = 15
     token_dim: int = 24  # features of one symbolic memory token (mnemobot.policy.tokens)
     max_memory_tokens: int = 16
     chunk_size: int = 16

@@ -4,10 +4,13 @@
 ``act`` (one argument, ``task``: the sub-task text). Each call of the policy sees the head
 camera, the proprioception and the scene-graph tokens of the agent's memory (when the agent has
 one), and returns a chunk; its first ``n_action_steps`` actions are executed, each over the
-control ticks of one recorded frame, interpolated from the last commanded pose (linear in
-position, spherical in rotation). Every tick's target goes through the controller's IK, joint,
-velocity and workspace limits: a target the brainstem refuses ends the skill with that safety
-failure, nothing outside the limits is executed.
+control ticks of one recorded frame: the hand's target interpolated from the last commanded pose (linear
+in position, spherical in rotation) and rate-limited, the base twist held, the head's target
+interpolated and rate-limited. The base twist and the head are clipped to the robot's limits;
+every tick's target
+then goes through the controller's IK, joint, velocity and workspace limits: a target the
+brainstem refuses ends the skill with that safety failure, nothing outside the limits is
+executed.
 
 The skill ends when the policy has come to rest (two chunks in a row moving the hand less than
 ``rest_m`` and leaving the fingers alone) after ``min_s``, or fails after ``max_s`` robot seconds.
@@ -25,7 +28,7 @@ import numpy as np
 from mnemobot.control.skills import SKILLS, SkillContext, SkillSpec, _fail, _ok
 from mnemobot.control.types import ActionChunk, ControlTarget
 from mnemobot.perception.types import Pose, quat_from_matrix
-from mnemobot.policy.features import IMAGE_SIZE, action_pose, image_features, state_features
+from mnemobot.policy.features import IMAGE_SIZE, body_action, image_features, state_features
 from mnemobot.policy.tokens import memory_tokens
 
 __all__ = ["learned_skill", "registered"]
@@ -106,29 +109,42 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
             actions = chunk[0, :n_steps].cpu().numpy().astype(float)
             last = ctx.controller.kinematics.fk(ctx.commanded_q())
             grip0 = ctx.commanded_gripper()
+            head0 = ctx.commanded_head()
             targets: list[ControlTarget] = []
-            prev_pos, prev_rot = last.position, last.rotation
+            prev_pos, prev_rot, prev_head = last.position, last.rotation, head0
             cur_pos, cur_rot = last.position, last.rotation
             step_m, step_rad = max_speed * spec.control_dt, max_turn * spec.control_dt
-            moved = 0.0
+            head_step = 0.99 * spec.head_velocity * spec.control_dt
+            cur_head = head0
+            moved, driven = 0.0, 0.0
             grip = grip0
             for a in actions:
                 try:
-                    pose, grip = action_pose(a)
+                    act = body_action(a)
                 except ValueError as e:
                     return _fail("act", {"task": task}, "bad_action", f"the policy gave an unusable action: {e}")
-                grip = float(np.clip(grip, spec.gripper_min, spec.gripper_max))
+                grip = float(np.clip(act.gripper, spec.gripper_min, spec.gripper_max))
+                twist = act.base_twist.copy()
+                speed = float(np.hypot(twist[0], twist[1]))
+                if speed > spec.base_max_linear:
+                    twist[:2] *= spec.base_max_linear / speed
+                twist[2] = float(np.clip(twist[2], -spec.base_max_angular, spec.base_max_angular))
+                head = np.clip(act.head, spec.head_lower, spec.head_upper)
                 for k in range(1, ticks + 1):
                     s = k / ticks
-                    want_pos = prev_pos + s * (pose.position - prev_pos)
-                    want_rot = _slerp_matrix(prev_rot, pose.rotation, s)
+                    want_pos = prev_pos + s * (act.hand.position - prev_pos)
+                    want_rot = _slerp_matrix(prev_rot, act.hand.rotation, s)
                     cur_pos, cur_rot = _step_towards(cur_pos, cur_rot, want_pos, want_rot, step_m, step_rad)
                     world = ctx.controller.arm_base_pose(ctx.state) @ Pose(cur_pos, quat_from_matrix(cur_rot))
-                    targets.append(ControlTarget(ee_pose=world, gripper_width=grip))
-                moved = max(moved, float(np.linalg.norm(pose.position - last.position)))
-                prev_pos, prev_rot = pose.position, pose.rotation
+                    want_head = prev_head + s * (head - prev_head)
+                    cur_head = cur_head + np.clip(want_head - cur_head, -head_step, head_step)
+                    targets.append(ControlTarget(ee_pose=world, gripper_width=grip, base_twist=twist,
+                                                 head=cur_head.copy()))
+                moved = max(moved, float(np.linalg.norm(act.hand.position - last.position)))
+                driven = max(driven, float(np.abs(twist).max()))
+                prev_pos, prev_rot, prev_head = act.hand.position, act.hand.rotation, head
             yield ActionChunk(targets)
-            still = still + 1 if moved < rest_m and abs(grip - grip0) < 1e-3 else 0
+            still = still + 1 if moved < rest_m and driven < 0.02 and abs(grip - grip0) < 1e-3 else 0
             if still >= 2 and ctx.state.t - t0 >= min_s:
                 return _ok("act", {"task": task}, f"the policy came to rest after {ctx.state.t - t0:.1f} s")
         return _fail("act", {"task": task}, "timeout", f"the policy did not come to rest within {max_s:.0f} s")

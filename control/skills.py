@@ -628,6 +628,12 @@ def _search_order(ctx: SkillContext, room_hint: str | None) -> list[Place]:
     return sorted(ctx.site.places.values(), key=key)
 
 
+def _over_place(place: Place, position: np.ndarray, margin: float = 0.15) -> bool:
+    """Whether ``position`` lies over the place's surface (horizontally, within ``margin`` m)."""
+    d = np.asarray(position, dtype=float)[:2] - place.surface.position[:2]
+    return float(np.hypot(*d)) <= 0.5 * float(np.hypot(*place.surface_size)) + margin
+
+
 @skill("find", ("object", "room"), 400.0, "Search places (then containers) until the object is seen.")
 def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A002
     """Find an object and stop at the place it rests on, with a fresh sighting of it.
@@ -678,7 +684,8 @@ def find(ctx: SkillContext, object: str, room: str = "") -> SkillGen:  # noqa: A
         yield from look_at(ctx, p.name)
         searched += 1
         est = fresh(t_visit)
-        if est is not None and est.place in (p.name, None):  # None: a locator that does not know places
+        if est is not None and (est.place == p.name or (est.place is None and _over_place(p, est.position))):
+            # no place: a locator that does not relate objects to places; it must still be seen there
             return _ok("find", args, place=p.name, searched=searched)
         if opened_here:
             yield from close(ctx, p.name)

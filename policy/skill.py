@@ -4,13 +4,15 @@
 ``act`` (one argument, ``task``: the sub-task text). Each call of the policy sees the head
 camera, the proprioception and the scene-graph tokens of the agent's memory (when the agent has
 one), and returns a chunk; its first ``n_action_steps`` actions are executed, each over the
-control ticks of one recorded frame: the hand's target interpolated from the last commanded pose (linear
-in position, spherical in rotation) and rate-limited, the base twist held, the head's target
-interpolated and rate-limited. The base twist and the head are clipped to the robot's limits;
-every tick's target
-then goes through the controller's IK, joint, velocity and workspace limits: a target the
-brainstem refuses ends the skill with that safety failure, nothing outside the limits is
-executed.
+control ticks of one recorded frame: the hand's target interpolated from the last commanded pose
+(linear in position, spherical in rotation) and rate-limited, solved by the brainstem's IK in
+the arm-base frame (as recorded: the target rides with the base) from the previous tick's joints,
+with each joint's step clipped to its speed limit (a jump near a wrist singularity is spread over
+ticks instead of refused); the base twist held and clipped to the base's limits; the head's
+target interpolated and rate-limited. Every tick's command then goes through the controller's
+joint, speed and e-stop checks: a command the brainstem refuses ends the skill with that safety
+failure, and a hand target outside the workspace ends it as ``unreachable``; nothing outside the
+limits is executed.
 
 The skill ends when the policy has come to rest (two chunks in a row moving the hand less than
 ``rest_m`` and leaving the fingers alone) after ``min_s``, or fails after ``max_s`` robot seconds.
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mnemobot.control.skills import SKILLS, SkillContext, SkillSpec, _fail, _ok
-from mnemobot.control.types import ActionChunk, ControlTarget
+from mnemobot.control.types import ActionChunk, ControlTarget, WorkspaceLimitError
 from mnemobot.perception.types import Pose, quat_from_matrix
 from mnemobot.policy.features import IMAGE_SIZE, body_action, image_features, state_features
 from mnemobot.policy.tokens import memory_tokens
@@ -89,7 +91,7 @@ def _step_towards(pos: np.ndarray, rot: np.ndarray, goal_pos: np.ndarray, goal_r
 
 
 def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2.0, rest_m: float = 0.004,
-                  seed: int = 0, name: str = "act", max_speed: float = 0.25, max_turn: float = 1.0) -> SkillSpec:
+                  seed: int = 0, name: str = "act", max_speed: float = 1.0, max_turn: float = 3.0) -> SkillSpec:
     """The policy as a skill (see the module docstring); ``fps``: the rate its actions were
     recorded at (one action per recorded frame). The hand's target moves at most ``max_speed``
     m/s and turns at most ``max_turn`` rad/s: a jump in the policy's output is spread over ticks
@@ -115,6 +117,9 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
             cur_pos, cur_rot = last.position, last.rotation
             step_m, step_rad = max_speed * spec.control_dt, max_turn * spec.control_dt
             head_step = 0.99 * spec.head_velocity * spec.control_dt
+            q_step = 0.95 * np.asarray(spec.arm_velocity, dtype=float) * spec.control_dt
+            cur_q = ctx.commanded_q().copy()
+            ik_q = cur_q.copy()  # the last IK solution seeds the next (the joints may lag behind it)
             cur_head = head0
             moved, driven = 0.0, 0.0
             grip = grip0
@@ -135,10 +140,20 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
                     want_pos = prev_pos + s * (act.hand.position - prev_pos)
                     want_rot = _slerp_matrix(prev_rot, act.hand.rotation, s)
                     cur_pos, cur_rot = _step_towards(cur_pos, cur_rot, want_pos, want_rot, step_m, step_rad)
-                    world = ctx.controller.arm_base_pose(ctx.state) @ Pose(cur_pos, quat_from_matrix(cur_rot))
                     want_head = prev_head + s * (head - prev_head)
                     cur_head = cur_head + np.clip(want_head - cur_head, -head_step, head_step)
-                    targets.append(ControlTarget(ee_pose=world, gripper_width=grip, base_twist=twist,
+                    # IK in the arm-base frame, as recorded (the hand target rides with the base),
+                    # from the joints of the previous tick; a step the joints cannot make in one
+                    # tick is spread over the next ones
+                    try:
+                        local = Pose(cur_pos, quat_from_matrix(cur_rot))
+                        ik_q = ctx.controller.solve_ee(ctx.controller.arm_base_pose(ctx.state) @ local, ctx.state, ik_q)
+                    except WorkspaceLimitError as e:
+                        if targets:
+                            yield ActionChunk(targets)
+                        return _fail("act", {"task": task}, "out_of_reach", str(e))
+                    cur_q = cur_q + np.clip(ik_q - cur_q, -q_step, q_step)
+                    targets.append(ControlTarget(arm_q=cur_q.copy(), gripper_width=grip, base_twist=twist,
                                                  head=cur_head.copy()))
                 moved = max(moved, float(np.linalg.norm(act.hand.position - last.position)))
                 driven = max(driven, float(np.abs(twist).max()))

@@ -77,11 +77,11 @@ def test_train_then_run_the_learned_policy_through_the_brainstem(recorded: Path,
     assert code == 1  # three training steps do not make a policy
     s = json.loads(summary.read_text())
     assert s["steps"] > 0 and s["memory"] == "on", s
-    # it drives the robot until the budget ends, or until the brainstem refuses a target (an
-    # untrained policy may ask the wrist for a jump): refused, reported, never executed
+    # it drives the robot until the budget ends, or until it asks for a hand pose out of reach or
+    # the brainstem refuses a command: refused, reported, never executed
     if s["steps"] < 60:
         (act,) = s["skills"]
-        assert act["skill"] == "act" and act["reason"].startswith("safety:"), act
+        assert act["skill"] == "act" and (act["reason"] == "out_of_reach" or act["reason"].startswith("safety:")), act
     else:
         assert "steps limit" in s["stop_reason"], s
     # the checkpoint is refused for another family, and for free text

@@ -181,6 +181,9 @@ class SceneGraph:
         self._scratch: dict[str, _Scratch] = {}
         self._label_of: dict[str, str] = {}
         self._sighting_noise = 0.0
+        self._place_margin = 0.0
+        """The full noise margin of the sighting being integrated (pose errors included): how far
+        its estimate may lie off the map place it stands on."""
         """The local noise margin of the sighting being integrated (stored with the object: support
         relations compare objects seen in the same views, so pose errors cancel)."""
         self._wide = KeySet()
@@ -409,8 +412,9 @@ class SceneGraph:
         return list(seen)
 
     # -- geometry helpers -------------------------------------------------------------------------
-    def place_at(self, position: Sequence[float]) -> tuple[str | None, str | None]:
-        """``(place name, relation)`` of the map place whose surface holds ``position``."""
+    def place_at(self, position: Sequence[float], margin: float = 0.05) -> tuple[str | None, str | None]:
+        """``(place name, relation)`` of the map place whose surface holds ``position``, within
+        ``margin`` m of its edges (a sighting's noise: where the estimate may be off)."""
         p = np.asarray(position, dtype=float)
         best: tuple[int, float, str, str] | None = None
         for place in self._places.values():
@@ -421,7 +425,7 @@ class SceneGraph:
                 surface = Pose(surface.position + shift, surface.quaternion)
             local = surface.inverse().apply(p[None, :])[0]
             sx, sy = place.surface_size
-            if abs(local[0]) <= sx / 2 + 0.05 and abs(local[1]) <= sy / 2 + 0.05 and -0.06 <= local[2] <= 0.45:
+            if abs(local[0]) <= sx / 2 + margin and abs(local[1]) <= sy / 2 + margin and -0.06 <= local[2] <= 0.45:
                 if best is None or local[2] < best[0]:
                     best = (float(local[2]), place.name, place.relation)
         return (best[1], best[2]) if best is not None else (None, None)
@@ -513,6 +517,7 @@ class SceneGraph:
         for i, o in enumerate(obs):
             key = matched.get(i)
             self._sighting_noise = local[i]
+            self._place_margin = margins[i]
             if key is None:
                 if i not in rest:
                     continue
@@ -645,7 +650,7 @@ class SceneGraph:
         if box is not None:
             centroid = (lo + hi) / 2
             position, top_z = centroid.copy(), float(hi[2])
-        place, relation = self.place_at(position)
+        place, relation = self.place_at(position, max(0.05, self._place_margin))
         room = self.room_at(position[:2])
         extent = np.asarray(o.extent) if box is None else np.sort(hi[:2] - lo[:2])[::-1].tolist() + [hi[2] - lo[2]]
         return {

@@ -326,7 +326,7 @@ def _learned_skill(cfg: RunConfig):  # noqa: ANN202 - SkillSpec
         if cfg.checkpoint is not None:
             raise UserError("--checkpoint is for --policy learned")
         return None
-    if cfg.policy == "learned" and cfg.agent != "planner":
+    if cfg.agent != "planner":
         raise UserError("--policy learned runs with the planner agent, not the expert")
     if cfg.checkpoint is None:
         raise UserError("--policy learned needs --checkpoint CKPT (written by 'mnemobot train')")

@@ -58,11 +58,13 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_HORIZON",
     "TASK_FAMILY",
+    "TWIN_OF",
     "VARIANTS",
     "HiddenMove",
     "EpisodeStep",
     "SuiteConfig",
     "add_suite_parser",
+    "add_twin_visits",
     "cmd_suite",
     "episode_name",
     "generate_suite",
@@ -87,11 +89,13 @@ ORDER_GAP_S = 1.0
 LAST_SEEN_SLACK_S = 0.8
 """A ``last_seen`` question is asked only when no view of the object (a glimpse, or the object in
 the hand) follows its last sighting by more than this (s): memory may count such a view as seen."""
-VARIANTS = ("behind", "clutter")
+VARIANTS = ("behind", "clutter", "twins")
 """Harder suite variants (see :class:`SuiteConfig`)."""
 CLUTTER_GAP_M = 0.085
 """Spawn gap (m, centre to centre) of the ``clutter`` variant, against the household's 0.13: the
 objects (4-8 cm across) stand nearly touching, so one often hides part of another."""
+TWIN_OF = "mug"
+"""The object the ``twins`` variant doubles: same mesh, colour and detector class, another room."""
 PLACE_AREA_PER_OBJECT = 0.03
 """Surface area (m^2) each object needs: a place takes at most area / this objects."""
 
@@ -120,7 +124,9 @@ class SuiteConfig:
     sensor_profile: str = "ideal"
     variants: tuple[str, ...] = ()
     """Harder episodes: ``behind`` (an object is moved while the robot is in another room, then the
-    robot looks at both places), ``clutter`` (objects spawn closer together: partial occlusion)."""
+    robot looks at both places), ``clutter`` (objects spawn closer together: partial occlusion),
+    ``twins`` (a second object that looks exactly like :data:`TWIN_OF` stands in another room; the
+    robot sees one, then the other, then the first again: two must stay two, neither "moved")."""
 
     def check(self) -> None:
         """Raise :class:`UserError` naming the first bad setting."""
@@ -214,9 +220,10 @@ def _start_room(layout: HouseLayout) -> str:
 
 
 def plan_episode(horizon: int, rng: np.random.Generator, layout: HouseLayout,
-                 placements: dict[str, str | None]) -> list[EpisodeStep]:
+                 placements: dict[str, str | None], keep: Iterable[str] = ()) -> list[EpisodeStep]:
     """The steps of a horizon-``horizon`` episode (see the module docstring), from the objects'
-    starting places ``placements`` (label -> place, None when on none)."""
+    starting places ``placements`` (label -> place, None when on none); objects in ``keep`` are
+    never moved."""
     if not 1 <= horizon <= MAX_HORIZON:
         raise UserError(f"a horizon must be from 1 to {MAX_HORIZON}, got {horizon}")
     rooms = list(layout.rooms)
@@ -229,7 +236,7 @@ def plan_episode(horizon: int, rng: np.random.Generator, layout: HouseLayout,
     where = dict(placements)
     load = {p: sum(1 for v in where.values() if v == p) for p in layout.place_names}
     drawer_step = int(rng.integers(horizon)) if horizon >= 2 and drawer is not None else None
-    used: set[str] = set()
+    used: set[str] = set(keep)
     visited: set[str] = set()
     cur = _start_room(layout)
     steps: list[EpisodeStep] = []
@@ -297,14 +304,14 @@ class HiddenMove:
 
 
 def plan_hidden_move(steps: list[EpisodeStep], rng: np.random.Generator, layout: HouseLayout,
-                     placements: dict[str, str | None]) -> HiddenMove | None:
+                     placements: dict[str, str | None], keep: Iterable[str] = ()) -> HiddenMove | None:
     """Choose an object the robot did not move, a place to move it to behind the robot's back and a
     place in a third room to stand at meanwhile; insert the visits (away, then the new place, then
     the old one) before the delay steps of ``steps`` (in place). None when the household allows none."""
     room_of = layout.room_of_place
     spawn = [p.name for p in layout.places if p.spawn]
     where = dict(placements)
-    moved = {st.object for st in steps if st.kind == "move"}
+    moved = {st.object for st in steps if st.kind == "move"} | set(keep)
     for st in steps:
         if st.kind == "move":
             where[st.object] = st.target
@@ -336,6 +343,17 @@ def plan_hidden_move(steps: list[EpisodeStep], rng: np.random.Generator, layout:
     at = next((i for i, st in enumerate(steps) if st.kind == "delay"), len(steps))
     steps[at:at] = [EpisodeStep("visit", f"go to the {_words(p)}", target=p) for p in (c, b, a)]
     return HiddenMove(obj, a, b, c)
+
+
+def add_twin_visits(steps: list[EpisodeStep], placements: dict[str, str | None], twins: Sequence[str]) -> None:
+    """Insert visits to the places of two look-alike objects ``twins`` (the first's, the second's,
+    the first's again) before the delay steps of ``steps`` (in place): the camera sees one, then
+    the other in another room, then the first where it was, so two objects, not one that moved."""
+    a, b = (placements.get(x) for x in twins[:2])
+    if a is None or b is None:
+        raise UserError(f"the look-alike objects {' and '.join(twins)} do not both rest on a place")
+    at = next((i for i, st in enumerate(steps) if st.kind == "delay"), len(steps))
+    steps[at:at] = [EpisodeStep("visit", f"go to the {_words(p)}", target=p) for p in (a, b, a)]
 
 
 class _HiddenMover:
@@ -515,6 +533,30 @@ def _count(log: SightingLog, label: str, t: float) -> int | None:
     return None if glimpsed is not None and glimpsed <= t else 0
 
 
+def _count_category(log: SightingLog, category: str, t: float) -> int | None:
+    """Gold of "how many <category>s have you seen" by ``t``. Look-alike objects count once the
+    camera established that they are several: each was seen, and each seen before the last one
+    first appeared was seen again, where it stood, after that (otherwise one object that moved is
+    as likely); a look-alike only glimpsed, or one whose own move is unresolved, leaves no gold."""
+    names = [lb for lb in log.labels if log.category(lb) == category]
+    if len(names) == 1:
+        return _count(log, names[0], t)
+    firsts: list[tuple[float, str]] = []
+    for lb in names:
+        n = _count(log, lb, t)
+        if n is None:
+            return None
+        if n:
+            firsts.append((float(log.first_seen(lb)), lb))  # type: ignore[arg-type]
+    if len(firsts) <= 1:
+        return len(firsts)
+    last = max(f for f, _ in firsts)
+    for first, lb in firsts:
+        if first < last and not any(last < s.t <= t for s in log.sightings.get(lb, [])):
+            return None
+    return len(firsts)
+
+
 def _order(log: SightingLog, a: str, b: str, event: str, t: float) -> str | None:
     """The label that came first (seen first, or moved first) by ``t``, when unambiguous."""
     if event == "seen":
@@ -550,10 +592,13 @@ def make_questions(log: SightingLog, rng: np.random.Generator, times: Sequence[f
     """
     drawer = drawer or log.drawer
     moved_ever = {lb for lb in log.labels if log.first_move(lb) is not None}
+    # a question naming one of several look-alike objects has no single answer: those get `count`
+    unique = [lb for lb in log.labels if len(log.look_alikes(lb)) == 1]
+    categories = list(dict.fromkeys(log.category(lb) for lb in log.labels))
     out: list[dict[str, Any]] = []
     for k, t in enumerate(sorted(float(x) for x in times)):
         qs: list[dict[str, Any]] = []
-        seen = log.seen_objects(t)
+        seen = [lb for lb in log.seen_objects(t) if lb in unique]
         # locate
         cands = [(lb, g) for lb in seen if (g := _locate(log, lb, t)) is not None]
         for lb, g in _pick(rng, cands, per_type, lambda c: c[0] in moved_ever):
@@ -575,13 +620,13 @@ def make_questions(log: SightingLog, rng: np.random.Generator, times: Sequence[f
         for lb, ts in _pick(rng, cands, per_type, lambda c, now=t: now - c[1] > 10.0):
             qs.append({"type": "last_seen", "text": f"When did you last see the {_words(lb)}?", "object": lb,
                        "answer": {"time": _r(ts)}})
-        # count: seen labels (1) and labels of the world not seen yet (0)
-        cands = [(lb, n) for lb in log.labels if (n := _count(log, lb, t)) is not None]
-        for lb, n in _pick(rng, cands, per_type, lambda c: c[1] == 0):
+        # count: seen labels (1 or, for look-alikes, more) and labels of the world not seen yet (0)
+        cands = [(lb, n) for lb in categories if (n := _count_category(log, lb, t)) is not None]
+        for lb, n in _pick(rng, cands, per_type, lambda c: c[1] != 1):
             qs.append({"type": "count", "text": f"How many {_plural(_words(lb))} have you seen?", "label": lb,
                        "answer": {"count": n}})
         # order: which was seen / moved first (per_type 1: the two events take turns)
-        labels = list(log.labels)
+        labels = unique
         pairs = [(labels[i], labels[j]) for i in range(len(labels)) for j in range(i + 1, len(labels))]
         n_seen = (per_type + 1) // 2 if per_type > 1 else 1 - k % 2
         for event, n in (("seen", n_seen), ("moved", per_type - n_seen)):
@@ -665,14 +710,20 @@ def _write_episode(cfg: SuiteConfig, horizon: int, seed: int, folder: Path,
     from mnemobot.sim.layout import DEFAULT_LAYOUT
 
     layout = replace(DEFAULT_LAYOUT, spawn_gap=CLUTTER_GAP_M) if "clutter" in cfg.variants else DEFAULT_LAYOUT
+    twins = (TWIN_OF, TWIN_OF + "_twin") if "twins" in cfg.variants else ()
+    if twins:
+        layout = layout.with_twin(TWIN_OF)
     env = HouseholdEnv(EnvConfig(task=TASK_FAMILY, width=cfg.width, height=cfg.height, layout=layout,
                                  sensor_profile=resolve_sensor(cfg.sensor_profile)))
     try:
         env.reset(seed=seed)
         rng = np.random.default_rng([seed, horizon, zlib.crc32(b"mnemobot-suite")])
         placements = _placements(env.backend)
-        steps = plan_episode(horizon, rng, env.config.layout, placements)
-        hidden = plan_hidden_move(steps, rng, env.config.layout, placements) if "behind" in cfg.variants else None
+        steps = plan_episode(horizon, rng, env.config.layout, placements, keep=twins)
+        if twins:
+            add_twin_visits(steps, placements, twins)
+        hidden = (plan_hidden_move(steps, rng, env.config.layout, placements, keep=twins)
+                  if "behind" in cfg.variants else None)
         instruction = ", then ".join(s.clause for s in steps)
         say(f"{folder.name[1:-len('.partial')]}: {instruction}"
             + (f" (behind the robot's back: the {_words(hidden.object)} from the {_words(hidden.source)} to the "
@@ -806,7 +857,8 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="who acts: 'expert' (scripted, default) or 'planner' (perception and memory)")
     p.add_argument("--variant", default="", metavar="V,...",
                    help="harder episodes: 'behind' (an object moved while the robot is in another room, then "
-                        "looked at again), 'clutter' (objects spawned nearly touching); comma list")
+                        "looked at again), 'clutter' (objects spawned nearly touching), 'twins' (a look-alike "
+                        "object in another room, both seen); comma list")
     p.add_argument("--width", type=int, default=320, help="camera width in pixels (default: 320)")
     p.add_argument("--height", type=int, default=240, help="camera height in pixels (default: 240)")
     from mnemobot.agent.cli import add_sensor_profile_option

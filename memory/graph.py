@@ -182,6 +182,8 @@ class SceneGraph:
         self._label_of: dict[str, str] = {}
         self._sighting_noise = 0.0
         self._place_margin = 0.0
+        self._border_px = 0.0
+        self._border_fx = -1.0
         """The full noise margin of the sighting being integrated (pose errors included): how far
         its estimate may lie off the map place it stands on."""
         """The local noise margin of the sighting being integrated (stored with the object: support
@@ -481,6 +483,10 @@ class SceneGraph:
         skip = set(skip_labels) | set(cfg.static_labels)
         obs = [o for o in observations if o.label not in skip]
         fx = frame.intrinsics.fx
+        if fx != self._border_fx:  # colour a mask's border may take from behind: misregistration, dilation
+            scaled = cfg.sensor.at_focal(fx)
+            self._border_px = float(scaled.depth.misregistration_px + scaled.detector.dilate_px)
+            self._border_fx = fx
         if obs:
             cam = frame.camera_pose.inverse().apply(np.array([o.centroid for o in obs], dtype=float))
             z = np.maximum(cam[:, 2], 0.1)
@@ -552,7 +558,7 @@ class SceneGraph:
             if dist > radius and inside < cfg.overlap_same:
                 continue
             overlap = max(_iou(o.aabb_min, o.aabb_max, d["aabb_min"], d["aabb_max"]), inside)
-            yield key, (min(dist, radius) / radius + colour / cfg.colour_max + (1.0 - overlap)
+            yield key, (min(dist, radius) / radius + colour / self._colour_tolerance(o) + (1.0 - overlap)
                         + (1.0 - self._label_share(o.label, d)))
 
     def _segmentation_match(self, o: ObjectObservation, margin: float) -> list[str]:
@@ -560,7 +566,7 @@ class SceneGraph:
         inside_of = [key for key, _d in self.grid.query(o.centroid, self.config.match_radius + 1.0)
                      if self._label_ok(o.label, self.g.nodes[key])
                      and self.g.nodes[key].get("state") == PRESENT
-                     and _colour_distance(o, self.g.nodes[key]) <= self.config.colour_max
+                     and _colour_distance(o, self.g.nodes[key]) <= self._colour_tolerance(o)
                      and float(np.max(self.g.nodes[key]["extent"])) >= float(np.max(o.extent))
                      and _inside_fraction(o.points, self.g.nodes[key]["aabb_min"],
                                           self.g.nodes[key]["aabb_max"], margin) >= 0.7]
@@ -605,7 +611,18 @@ class SceneGraph:
         if d.get("state") == HELD or not self._compatible(o, d):
             return None
         colour = _colour_distance(o, d)
-        return colour if colour <= self.config.colour_max else None
+        return colour if colour <= self._colour_tolerance(o) else None
+
+    def _colour_tolerance(self, o: ObjectObservation) -> float:
+        """``colour_max``, widened for a small mask by what its border mixes in: under the sensor's
+        colour/depth misregistration and mask dilation (``b`` pixels at this image's focal
+        length), a band ``b`` wide along the border of a compact mask of ``n`` pixels, a fraction
+        of about ``4 b / sqrt(n)``, may show what lies behind, which moves the mean colour by up
+        to that fraction of the largest RGB distance. Ideal sensing: ``colour_max``."""
+        if self._border_px <= 0.0:
+            return self.config.colour_max
+        f = min(1.0, 4.0 * self._border_px / math.sqrt(max(int(o.pixel_count), 1)))
+        return self.config.colour_max + f * math.sqrt(3.0)
 
     def _compatible(self, o: ObjectObservation, d: dict[str, Any]) -> bool:
         if not self._label_ok(o.label, d):

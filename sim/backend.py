@@ -489,13 +489,19 @@ class PyBulletBackend:
         """Put every object on a random spawnable surface (seeded), let them settle, zero the clock.
 
         Returns ``{object label: place name}``. Objects land on the near, reachable part of a
-        surface (see :class:`~mnemobot.sim.layout.HouseLayout`), never inside the drawer.
+        surface (see :class:`~mnemobot.sim.layout.HouseLayout`), never inside the drawer; the
+        objects of a pair in the layout's ``apart`` in different rooms.
         """
         places = [spec for spec in self.layout.places if spec.spawn]
         taken: list[np.ndarray] = []
         placements: dict[str, str] = {}
-        for label in self.layout.object_labels:
+        lay = self.layout
+        for label in lay.object_labels:
+            avoid = {lay.room_of_place(placements[other]) for pair in lay.apart if label in pair
+                     for other in pair if other != label and other in placements}
             for index in rng.permutation(len(places)):
+                if avoid and lay.room_of_place(places[index].name) in avoid:
+                    continue
                 xy = self._sample_spot(places[index], taken, rng)
                 if xy is not None:
                     break

@@ -26,6 +26,7 @@ lies on a surface in one room is not in the line of sight of a camera in another
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,7 +240,8 @@ class HouseLayout:
     ``i + 1``. ``start_pose`` is the robot's base pose ``(x, y, yaw)`` at reset.
     Spawning: objects are placed on the near half of spawnable surfaces, at a horizontal distance
     in ``spawn_reach`` (m) from the arm base at the place's stand pose, ``spawn_margin`` from the
-    surface edge and at least ``spawn_gap`` apart.
+    surface edge and at least ``spawn_gap`` apart; the two objects of each pair in ``apart`` spawn
+    in different rooms.
     """
 
     rooms: tuple[str, ...] = ("kitchen", "living_room", "bedroom")
@@ -260,6 +262,7 @@ class HouseLayout:
     start_pose: tuple[float, float, float] = (6.75, 2.2, math.pi / 2)
     drawer_open_distance: float = 0.30
     spawn_reach: tuple[float, float] = (0.32, 0.62)
+    apart: tuple[tuple[str, str], ...] = ()
     spawn_margin: float = 0.06
     spawn_gap: float = 0.13
 
@@ -281,6 +284,14 @@ class HouseLayout:
             if o.label == label:
                 return o
         raise KeyError(f"unknown object {label!r}")
+
+    def with_twin(self, label: str, suffix: str = "_twin") -> HouseLayout:
+        """This layout with a second object exactly like ``label`` (mesh, colour, mass, detector
+        class) named ``label + suffix``, spawning in another room than the first."""
+        spec = self.object_spec(label)
+        twin = dataclasses.replace(spec, label=label + suffix, category=spec.detected_as)
+        return dataclasses.replace(self, objects=self.objects + (twin,),
+                                   apart=self.apart + ((label, twin.label),))
 
     @property
     def object_labels(self) -> tuple[str, ...]:

@@ -126,6 +126,8 @@ class SightingLog:
         self._drawer_iid: int | None = None
         self._spots: dict[str, list[Vec3]] = {}
         self._extent: dict[str, tuple[float, ...]] = {}
+        self._name_of: dict[int, str] = {}
+        self._category: dict[str, str] = {}
 
     # -- recording ----------------------------------------------------------------------------------
     def _bind(self, obs: Any, ctx: Any) -> None:
@@ -140,9 +142,18 @@ class SightingLog:
         if self._drawer_place is not None:
             furniture = b.layout.place_spec(self._drawer_place).furniture
             self._drawer_iid = b.instance_id(furniture)
+        layout = getattr(b, "layout", None)
         for label in self._labels:
             self.sightings.setdefault(label, [])
             self._sight_times.setdefault(label, [])
+            try:  # look-alike objects render with one category label: tell them apart by body
+                self._name_of[int(b.instance_id(label))] = label
+            except (AttributeError, KeyError):
+                pass
+            try:
+                self._category[label] = layout.object_spec(label).detected_as
+            except (AttributeError, KeyError):
+                self._category[label] = label
             try:
                 self._extent[label] = tuple(float(v) for v in b.object_extent(label))
             except (AttributeError, KeyError):
@@ -175,7 +186,7 @@ class SightingLog:
             centres[label] = _vec((np.asarray(lo) + np.asarray(hi)) / 2)
         pixels: dict[str, int] = {}
         for iid, n in count_of.items():
-            label = obs.labels.get(iid)
+            label = self._name_of.get(iid) or obs.labels.get(iid)
             if label in movable:
                 pixels[label] = pixels.get(label, 0) + n
         for label, n in pixels.items():
@@ -248,6 +259,15 @@ class SightingLog:
     def labels(self) -> tuple[str, ...]:
         """Labels of every movable object in the world."""
         return self._labels
+
+    def category(self, label: str) -> str:
+        """The class a detector reports for object ``label`` (shared by objects that look alike)."""
+        return self._category.get(label, label)
+
+    def look_alikes(self, label: str) -> tuple[str, ...]:
+        """Every object (``label`` included) the camera cannot tell from ``label``."""
+        cat = self.category(label)
+        return tuple(lb for lb in self._labels if self.category(lb) == cat)
 
     @property
     def drawer(self) -> str | None:
@@ -371,6 +391,7 @@ class SightingLog:
         return {
             "min_pixels": self.min_pixels,
             "drawer": self._drawer_place,
+            "categories": {lb: self.category(lb) for lb in keep if self.category(lb) != lb},
             "sightings": {lb: [[r(s.t), [r(v) for v in s.centre], s.place, s.pixels]
                                for s in self.sightings.get(lb, [])] for lb in keep},
             "frames": [{"t": r(f.t), "held": sorted(f.held), "drawer_opening": r(f.drawer_opening),

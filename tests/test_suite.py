@@ -19,7 +19,9 @@ from mnemobot.agent.questions import QUESTION_TYPES, load_questions
 from mnemobot.agent.suite import (
     SuiteConfig,
     _count,  # noqa: PLC2701 - the gold rule itself
+    _count_category,  # noqa: PLC2701
     add_suite_parser,
+    add_twin_visits,
     cmd_suite,
     generate_suite,
     make_questions,
@@ -397,6 +399,109 @@ def test_hidden_move_plan_stands_in_a_third_room_and_looks_again() -> None:
         assert all(s.kind == "delay" for s in steps[i + 3:])
     with pytest.raises(UserError, match="variant"):
         SuiteConfig("x", variants=("sideways",)).check()
+
+
+class TwinBackend(FakeBackend):
+    """Two mugs that look alike (one detector class), in the kitchen and in the bedroom."""
+
+    layout = DEFAULT_LAYOUT.with_twin("mug")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.centres["mug_twin"] = np.array([11.8, 4.4, 0.55])
+        self.places["mug_twin"] = "bedroom_table"
+
+    def object_labels(self) -> tuple[str, ...]:
+        return ("mug", "duck", "mug_twin")
+
+    def instance_id(self, name: str) -> int:
+        return {"mug": 1, "duck": 2, "mug_twin": 3, "drawer": 100}[name]
+
+
+def test_look_alike_objects_count_as_two_only_once_the_camera_told_them_apart() -> None:
+    LABELS[3] = "mug"  # the twin renders with the mug's label: only its body tells it apart
+    try:
+        b = TwinBackend()
+        log = SightingLog(b)
+        ctx = SimpleNamespace(held=None)
+        for i in range(150):  # 5 Hz for 30 s: the kitchen mug, the bedroom mug, the kitchen mug again
+            t = round(i * 0.2, 3)
+            px = {1: 200 if t < 4.0 or 20.0 <= t < 22.0 else 0, 2: 200 if t < 2.0 else 0,
+                  3: 200 if 10.0 <= t < 14.0 else 0}
+            log(frame(t, px), ctx)
+    finally:
+        del LABELS[3]
+    assert log.category("mug_twin") == "mug" and log.look_alikes("mug") == ("mug", "mug_twin")
+    assert [s.t for s in log.sightings["mug_twin"]][:2] == [10.0, 10.2]  # sighted by body, not by label
+    assert _count_category(log, "mug", 5.0) == 1
+    assert _count_category(log, "mug", 15.0) is None  # one mug that moved is as likely as two
+    assert _count_category(log, "mug", 25.0) == 2  # the first seen again where it stood
+    qs = make_questions(log, np.random.default_rng(0), [5.1, 15.1, 25.1], per_type=10)
+    counts = {q["t"]: q["answer"]["count"] for q in qs if q["type"] == "count" and q["label"] == "mug"}
+    assert counts == {5.1: 1, 25.1: 2}, counts
+    assert not any(q["type"] == "count" and q["label"] == "mug_twin" for q in qs)
+    for q in qs:  # which mug a question means would be ambiguous: only `count` and `changed` name them
+        named = [q.get("object")] + list(q.get("objects", []))
+        assert not {"mug", "mug_twin"} & set(filter(None, named)), q
+        if q["type"] == "changed":
+            assert not {"mug", "mug_twin"} & set(q["answer"]["objects"]), q
+
+
+def test_look_alike_objects_spawn_in_different_rooms() -> None:
+    pytest.importorskip("pybullet")
+    from mnemobot.sim.env import EnvConfig, HouseholdEnv
+
+    layout = DEFAULT_LAYOUT.with_twin("mug")
+    twin = layout.object_spec("mug_twin")
+    assert twin.detected_as == "mug" and twin.urdf == layout.object_spec("mug").urdf
+    assert layout.apart == (("mug", "mug_twin"),)
+    env = HouseholdEnv(EnvConfig(task="place", width=64, height=48, layout=layout))
+    try:
+        for seed in range(6):
+            env.reset(seed=seed)
+            b = env.backend
+            rooms = {layout.room_of_place(b.place_of(lb)[0]) for lb in ("mug", "mug_twin")}
+            assert len(rooms) == 2, (seed, rooms)
+            assert b.instance_labels()[b.instance_id("mug_twin")] == "mug"
+    finally:
+        env.close()
+
+
+def test_twin_visits_look_at_one_then_the_other_then_the_first() -> None:
+    placements = {"mug": "kitchen_table", "mug_twin": "bedroom_table", "duck": "tray", "lego": "shelf",
+                  "jenga": "living_room_table"}
+    rng = np.random.default_rng(3)
+    steps = plan_episode(2, rng, DEFAULT_LAYOUT, placements, keep=("mug", "mug_twin"))
+    assert not {s.object for s in steps if s.kind == "move"} & {"mug", "mug_twin"}
+    n_delay = sum(s.kind == "delay" for s in steps)
+    add_twin_visits(steps, placements, ("mug", "mug_twin"))
+    i = len(steps) - n_delay - 3
+    assert [s.target for s in steps[i:i + 3]] == ["kitchen_table", "bedroom_table", "kitchen_table"]
+    assert all(s.kind == "delay" for s in steps[i + 3:])
+    with pytest.raises(UserError, match="look-alike"):
+        add_twin_visits(steps, {"mug": None, "mug_twin": "tray"}, ("mug", "mug_twin"))
+
+
+@pytest.mark.slow
+def test_twins_suite_replays_through_memory(tmp_path: Path) -> None:
+    """Two mugs in two rooms, seen one after the other: memory must keep two, neither moved."""
+    pytest.importorskip("pybullet")
+    from mnemobot.agent.replay import ReplayConfig, replay
+
+    rows = generate_suite(SuiteConfig(tmp_path, horizons=(1,), seeds=(0,), variants=("twins",)))
+    ep = tmp_path / rows[0]["dir"]
+    manifest = json.loads((ep / "manifest.json").read_text())
+    assert manifest["success"] and manifest["variants"] == ["twins"]
+    qs = load_questions(ep / "questions.jsonl")
+    twos = [q for q in qs if q.type == "count" and q.label == "mug" and q.answer["count"] == 2]
+    assert twos, "no question asks for both mugs"
+    res = replay(ReplayConfig(bag=ep / "bag", questions=ep / "questions.jsonl"))
+    given = {q.id: a for q, a in res.answers}
+    assert all(given[q.id]["count"] == 2 for q in twos), [given[q.id] for q in twos]
+    by_type = res.report.to_dict()["by_type"]
+    for kind in ("count", "changed"):
+        assert by_type[kind]["accuracy"] >= 0.95, (kind, by_type)
+    assert res.memory["changes"].get("moved", 0) <= 1  # the yellow ball's move; no mug "moved"
 
 
 @pytest.mark.slow

@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mnemobot.policy.cli import add_policy_parsers
 
     add_policy_parsers(sub)
+    from mnemobot.evaluation.cli import add_eval_parsers
+
+    add_eval_parsers(sub)
     return parser
 
 
@@ -423,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers["ros"] = _cmd_ros
     handlers["record-demos"] = _cmd_record_demos
     handlers["train"] = _cmd_train
+    from mnemobot.evaluation.cli import cmd_eval, cmd_report
+
+    handlers["eval"], handlers["report"] = cmd_eval, cmd_report
     previous = _stop_on_sigterm()
     try:
         return handlers[args.verb](args)

@@ -61,6 +61,8 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--no-symbolic-memory", action="store_true", help="ablation: no scene-graph tokens")
     tr.add_argument("--bank-merge", choices=("similar", "fifo"), default="similar",
                     help="full bank: merge the most similar adjacent pair (default) or drop the oldest")
+    tr.add_argument("--stride", type=_count, default=1,
+                    help="recorded frames per action of a chunk (default: 1; e.g. 5 at 10 fps: a chunk spans 8 s)")
     tr.add_argument("--save-every", type=_count, default=500, help="checkpoint every N steps (default: 500)")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
@@ -99,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"unknown task family {unknown or args.task!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
     overrides = dict(SIZES[args.size])
     overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_symbolic_memory,
-                     bank_merge=args.bank_merge)
+                     bank_merge=args.bank_merge, action_stride=args.stride)
     try:
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           history=args.history, save_every=args.save_every, threads=args.threads)

@@ -72,6 +72,7 @@ class MemoryPolicyConfig:
     max_memory_tokens: int = 16
     chunk_size: int = 16
     n_action_steps: int = 8
+    action_stride: int = 1  # recorded frames per chunk step: a chunk spans chunk_size * stride frames
     d_model: int = 256
     n_heads: int = 8
     cognition_layers: int = 6
@@ -98,6 +99,8 @@ class MemoryPolicyConfig:
                                     f"got {self.n_action_steps}")
         if self.d_model % self.n_heads:
             raise PolicyConfigError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.action_stride < 1:
+            raise PolicyConfigError(f"action_stride must be >= 1, got {self.action_stride}")
         if self.flow_steps < 1 or self.bank_capacity < 2:
             raise PolicyConfigError("flow_steps must be >= 1 and bank_capacity >= 2")
 

@@ -124,7 +124,10 @@ class TrainData:
                 "action_dim": int(self.action.shape[1]), "image_size": list(self.image_size),
                 "memory_tokens": int(self.memory.shape[1]) if self.memory is not None else 0}
 
-    def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int) -> dict[str, Any]:
+    def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
+              stride: int = 1) -> dict[str, Any]:
+        """A training batch: ``chunk`` actions ``stride`` frames apart from a random frame; the
+        history of the calls before it, one every ``period`` frames."""
         import torch
 
         idx = rng.integers(0, len(self), size=size)
@@ -132,9 +135,10 @@ class TrainData:
         for i in idx:
             e = self.episode_of[i]
             s, end = self.starts[e], self.ends[e]
-            j = np.minimum(np.arange(i, i + chunk), end - 1)
+            at = i + stride * np.arange(chunk)
+            j = np.minimum(at, end - 1)
             acts.append(self.action[j])
-            pads.append(np.arange(i, i + chunk) >= end)
+            pads.append(at >= end)
             calls = np.arange(i - period, s - 1, -period)[::-1] if history > 0 else np.zeros(0, int)
             if len(calls) > history:
                 calls = calls[np.round(np.linspace(0, len(calls) - 1, history)).astype(int)]
@@ -352,7 +356,8 @@ def _train_loop(outp: Path, data: TrainData, pcfg: Any, tc: TrainConfig, meta: d
         while step < tc.steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            batch = data.batch(rng, tc.batch_size, pcfg.chunk_size, pcfg.n_action_steps, tc.history)
+            batch = data.batch(rng, tc.batch_size, pcfg.chunk_size, pcfg.n_action_steps * pcfg.action_stride,
+                               tc.history, pcfg.action_stride)
             loss, _ = model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {float(loss)} at step {step}; lower the learning rate")

@@ -115,6 +115,26 @@ def _dataset(root: Path, episodes: int = 4, n: int = 14) -> None:
             w.save_episode("put the block back")
 
 
+def test_a_strided_chunk_spans_frames_stride_apart_and_pads_past_the_episode(tmp_path: Path) -> None:
+    from mnemobot.policy.train import TrainData
+
+    _dataset(tmp_path / "demos", episodes=2, n=14)
+    data = TrainData(tmp_path / "demos")
+    b = data.batch(np.random.default_rng(0), 64, chunk=4, period=6, history=3, stride=3)
+    first = b["action"][:, 0, 0].numpy() * 14  # the frame index i of each sample (action[0] = i / n)
+    for k in range(64):
+        want = first[k] + 3 * np.arange(4)
+        pad = b["action_is_pad"][k].numpy()
+        assert (pad == (want >= 14 - 1e-4)).all(), (first[k], pad)
+        got = b["action"][k, :, 0].numpy() * 14
+        assert np.allclose(got[~pad], want[~pad], atol=1e-4)
+        assert np.allclose(got[pad], 13, atol=1e-4)  # padded with the episode's last action
+        ages = b["history.age"][k][b["history_mask"][k]].numpy()
+        assert np.allclose(np.diff(-ages), 0.6, atol=1e-5) if len(ages) > 1 else True  # one call per 6 frames
+    with pytest.raises(PolicyConfigError, match="action_stride"):
+        tiny(action_stride=0).check()
+
+
 def test_training_writes_a_checkpoint_resumes_and_loads(tmp_path: Path) -> None:
     data = tmp_path / "demos"
     _dataset(data)

@@ -8,6 +8,8 @@ Usage::
     mnemobot memory house.db where mug
     mnemobot run --task-id recall --seed 0 --record runs/recall-0
     mnemobot replay runs/recall-0 --questions q.jsonl --report report.json
+    mnemobot viz runs/recall-0 -o recall-0.rrd
+    mnemobot run --task-id place --seed 0 --viz place-0.rrd
     mnemobot import-rgbd rgbd_dataset_freiburg1_desk fr1_desk --format tum
     mnemobot serve-model gemma3-270m --port 8080
     mnemobot run --task-id place --planner openai --base-url http://127.0.0.1:8080/v1
@@ -123,6 +125,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
                    help="checkpoint folder written by 'mnemobot train' (for --policy learned)")
     add_sensor_profile_option(p)
+    p.add_argument("--viz", type=Path, default=None, metavar="FILE.rrd",
+                   help="write a rerun recording of the episode (camera, depth points, memory's objects, path, "
+                        "events, memory operations) to FILE.rrd, which must not exist")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
 
 
@@ -177,6 +182,30 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                         "memory's thresholds follow its noise. Default: the profile the bag declares, else "
                         "ideal for mnemobot's own recordings and kinect for other bags")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+
+
+def _add_viz(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "viz",
+        help="replay a recorded bag into a rerun recording (.rrd) of what the robot saw and remembered",
+        description="Feed a rosbag2 bag through perception and memory (as 'mnemobot replay' does) and write a "
+                    "rerun recording: camera images and pose, depth as world points, memory's objects as "
+                    "labelled boxes coloured by state, map places, the base's path, plan and skill events and "
+                    "memory operations, on the sim_time timeline. Open it with 'rerun FILE.rrd'.",
+    )
+    p.add_argument("bag", type=Path, help="rosbag2 directory (with metadata.yaml) or a bare .mcap file")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="FILE.rrd", help="the recording to write")
+    p.add_argument("--force", action="store_true", help="replace FILE.rrd if it exists")
+    p.add_argument("--stride", type=_positive_int, default=4,
+                   help="every N-th depth pixel row and column becomes a world point (default: 4)")
+    p.add_argument("--jpeg-quality", type=int, default=85, metavar="Q",
+                   help="JPEG quality of the camera images, 1..100; 0 keeps raw RGB (about 10x larger; default: 85)")
+    p.add_argument("--topics", type=Path, default=None, metavar="MAP.yaml", help="topic map (as for replay)")
+    p.add_argument("--labels", type=Path, default=None, metavar="LABELS.json",
+                   help="instance id -> label map (JSON) for bags without a labels topic")
+    p.add_argument("--sensor-profile", default=None, metavar="NAME|FILE.yaml",
+                   help="the sensor the bag was recorded with (default: the bag's declaration, as for replay)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
 
 
@@ -261,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_memory(sub)
     _add_replay(sub)
+    _add_viz(sub)
     _add_import_rgbd(sub)
     from mnemobot.agent.suite import add_suite_parser
 
@@ -307,8 +337,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         checkpoint=str(args.checkpoint) if args.checkpoint is not None else None,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
-    summary = run_episode(cfg, progress=progress)
+    viz = None
+    if args.viz is not None:
+        from mnemobot.evaluation.viz import RerunViz, check_output
+
+        viz = RerunViz(check_output(args.viz)).open()
+    try:
+        summary = run_episode(cfg, progress=progress, **(viz.hooks() if viz is not None else {}))
+    except BaseException:
+        if viz is not None:
+            viz.close(commit=False)
+        raise
     print(summary.render())
+    if viz is not None:
+        print(f"viz         : {viz.close()}")
     if args.summary_json is not None:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -333,6 +375,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     result = replay(cfg, progress=progress)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.render(notes=args.quiet))
+    return EXIT_OK
+
+
+def _cmd_viz(args: argparse.Namespace) -> int:
+    from mnemobot.evaluation.viz import VizBagConfig, VizConfig, viz_bag
+
+    cfg = VizBagConfig(bag=args.bag, out=args.out, force=args.force, topics=args.topics, labels=args.labels,
+                       sensor_profile=args.sensor_profile,
+                       viz=VizConfig(stride=args.stride, jpeg_quality=args.jpeg_quality or None))
+    result = viz_bag(cfg, progress=None if args.quiet else (lambda msg: print(msg, flush=True)))
+    print(result.render())
     return EXIT_OK
 
 
@@ -423,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": _cmd_run, "memory": _cmd_memory, "replay": _cmd_replay, "suite": _cmd_suite,
                 "tasks": _cmd_tasks, "serve-model": _cmd_serve}
     handlers["import-rgbd"] = _cmd_import_rgbd
+    handlers["viz"] = _cmd_viz
     handlers["ros"] = _cmd_ros
     handlers["record-demos"] = _cmd_record_demos
     handlers["train"] = _cmd_train

@@ -238,7 +238,8 @@ def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> 
                     t0 = time.perf_counter()
                     if frame.body is not None:
                         b = frame.body
-                        memory.set_body(b.get("held"), dict(b.get("opened") or {}), b.get("at_place"), t=frame.t)
+                        memory.set_body(b.get("held"), dict(b.get("opened") or {}), b.get("at_place"), t=frame.t,
+                                        hand=b.get("hand"))
                     try:
                         memory.update(frame.obs, place=(frame.body or {}).get("at_place"))
                     except ObservationError as e:

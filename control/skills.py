@@ -93,6 +93,13 @@ class SkillContext:
         last = self.controller.last_command
         return np.asarray(last.head if last is not None else self.state.head, dtype=float)
 
+    def hand_position(self) -> list[float] | None:
+        """The measured grasp point (end effector) in the world, from the arm's joints and the base
+        pose (None before the first state): where a released object is until the camera sees it."""
+        if self.state is None:
+            return None
+        return [round(float(v), 4) for v in self.controller.ee_pose(self.state).position]
+
     def commanded_ee(self) -> Pose:
         """End-effector pose (world) of the last commanded joint targets."""
         base = self.controller.world_to_arm_base(self.state).inverse()

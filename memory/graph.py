@@ -1054,20 +1054,32 @@ class SceneGraph:
         self.emit(OpKind.ADD, "edge", edge_key("agent", "holds", key), "grasped", t)
         return key
 
-    def released(self, label: str, place: str | None, t: float) -> str | None:
+    def released(self, label: str, place: str | None, t: float, hand: Sequence[float] | None = None) -> str | None:
+        """The body let go of ``label`` at ``place`` (None: at no named place). Until the camera
+        sees it, the object is where the hand let go (``hand``: the grasp point in the world, from
+        the arm's joints), else in the middle of the place: a placeholder a sighting re-identifies."""
         key = self.best(label, (HELD,))
         if key is None:
             return None
         relation = self._places[place].relation if place in self._places else None
         attrs: dict[str, Any] = {"state": PRESENT, "place": place, "relation": relation, "last_changed": t}
-        if place in self._places:  # until the camera sees it: the middle of where it was put
+        at_hand = None
+        if hand is not None:
+            at_hand = np.asarray(hand, dtype=float).reshape(-1)
+            if at_hand.shape != (3,) or not np.all(np.isfinite(at_hand)):
+                at_hand = None
+        pos = None
+        if at_hand is not None:
+            pos = at_hand
+        elif place in self._places:  # the middle of where it was put
             spec = self._places[place]
             pos = spec.surface.position + np.array([0.0, 0.0, 0.03])
             if spec.open_direction is not None:  # an open drawer's bottom is out by its opening
                 opening = float(self.g.nodes.get(f"place:{place}", {}).get("opening", 0.0))
                 pos = pos + np.asarray(spec.open_direction, dtype=float) * opening
+        if pos is not None:
             attrs.update(position=pos.tolist(), centroid=pos.tolist(), confidence=0.3, provisional=True)
-            attrs["+history"] = [t, *pos.tolist(), place]
+            attrs["+history"] = [t, *pos.tolist(), place or ""]
         self.emit(OpKind.UPDATE, "node", key, "released", t, attrs)
         if self.g.has_edge("agent", key, key="holds"):
             self.emit(OpKind.DELETE, "edge", edge_key("agent", "holds", key), "released", t)

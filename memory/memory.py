@@ -176,8 +176,10 @@ class Memory:
 
     # -- body facts (proprioception and skill outcomes) ----------------------------------------------
     def set_body(self, held: str | None, opened: dict[str, float], at_place: str | None = None,
-                 t: float | None = None) -> None:
-        """What the body knows: the object in the gripper, the containers it opened (how far).
+                 t: float | None = None, hand: Sequence[float] | None = None) -> None:
+        """What the body knows: the object in the gripper, the containers it opened (how far),
+        and where the hand is (``hand``: the grasp point in the world, from the arm's joints; a
+        released object is remembered there until the camera sees it).
 
         Called before each :meth:`update`; changes become grasped/released/opened/closed ops.
         """
@@ -185,7 +187,7 @@ class Memory:
         changes: list[tuple[str, str, str, dict[str, Any]]] = []
         if held != self._held:
             if self._held is not None:
-                key = self.graph.released(self._held, at_place, when)
+                key = self.graph.released(self._held, at_place, when, hand=hand)
                 if key:
                     data: dict[str, Any] = {"place": at_place}
                     hist = self.graph.node(key).get("history", [])

@@ -269,18 +269,19 @@ class MemoryMirror(Memory):
 
     # -- Memory interface --------------------------------------------------------------------------------
     def _send_body(self) -> None:
-        held, opened, at_place, t = self._body  # type: ignore[misc]
+        held, opened, at_place, t, hand = self._body  # type: ignore[misc]
         self._body_pub.publish(self._String(data=json.dumps(
-            {"seq": self._body_seq, "held": held, "opened": opened, "at_place": at_place, "stamp": t})))
+            {"seq": self._body_seq, "held": held, "opened": opened, "at_place": at_place, "stamp": t, "hand": hand})))
 
     def set_body(self, held: str | None, opened: dict[str, float], at_place: str | None = None,
-                 t: float | None = None) -> None:
-        """Send the body's facts to the node when they changed; they count from the next :meth:`sync`."""
+                 t: float | None = None, hand: Any = None) -> None:
+        """Send the body's facts to the node when they changed (the hand's position rides along,
+        it does not count as a change); they count from the next :meth:`sync`."""
         facts = (held, {k: round(float(v), 3) for k, v in opened.items()}, at_place)
         if self._body is not None and self._body[:3] == facts:
             return
         self._body_seq += 1
-        self._body = (*facts, t)
+        self._body = (*facts, t, None if hand is None else [float(v) for v in hand])
         self._held, self._opened, self._at_place = held, dict(opened), at_place
         self._send_body()
 

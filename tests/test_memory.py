@@ -407,6 +407,36 @@ def test_memory_persists_across_restarts_and_episodes(tmp_path: Path) -> None:
     m2.close()
 
 
+def test_a_released_object_is_remembered_where_the_hand_let_go() -> None:
+    """Put down off the middle of the table and not seen since: memory holds it at the hand's
+    grasp point, so a clear view of the table's middle is not a view of where it is (no false
+    ``missing``), and a view of the spot itself, empty, is."""
+    m = Memory(MemoryConfig(embedder="none"), site=SITE)
+    g = m.graph
+    (key,) = g.integrate([obs("mug", surface("kitchen_table"), 1.0)], blind(1.0))
+    m.set_body("mug", {}, None, t=2.0)
+    hand = surface("bedroom_table", dy=0.3) + [0.0, 0.0, 0.01]
+    m.set_body(None, {}, "bedroom_table", t=3.0, hand=hand.tolist())
+    node = g.node(key)
+    assert node["state"] == PRESENT and node["place"] == "bedroom_table" and node.get("provisional")
+    np.testing.assert_allclose(node["position"], hand, atol=1e-9)
+    middle = surface("bedroom_table")
+    cam = camera_looking_at(middle, back=0.2, up=0.15)  # the middle fills the view; the spot is outside it
+    assert abs(cam.inverse().apply(hand)[0]) > cam.inverse().apply(hand)[2] * K.cx / K.fx  # out of view
+    dist = float(np.linalg.norm(cam.inverse().apply(middle)))
+    for t in (4.0, 4.2, 4.4, 4.6):
+        assert g.integrate([], depth_frame(cam, t, dist + 0.3)) == {}
+    assert g.node(key)["state"] == PRESENT
+    at_spot = camera_looking_at(hand, back=0.2, up=0.15)  # the spot itself, empty
+    d2 = float(np.linalg.norm(at_spot.inverse().apply(hand)))
+    changes = [g.integrate([], depth_frame(at_spot, t, d2 + 0.3)) for t in (4.8, 5.0, 5.2, 5.4)]
+    assert {key: "not_seen"} in changes and g.node(key)["state"] == MISSING
+    g.integrate([obs("mug", hand, 5.6)], blind(5.6))
+    m.set_body("mug", {}, None, t=5.8)
+    m.set_body(None, {}, "bedroom_table", t=6.0, hand=[float("nan")] * 3)  # no usable hand: the middle
+    np.testing.assert_allclose(g.node(key)["position"][:2], SITE.place("bedroom_table").surface.position[:2])
+
+
 def test_bad_frame_leaves_memory_intact() -> None:
     m = Memory(MemoryConfig(embedder="none"), site=SITE)
     seq = m.graph.seq

@@ -176,7 +176,8 @@ def test_replayed_frames_equal_the_camera(episode):
         np.testing.assert_allclose(o.camera_pose.matrix(), live.camera_pose.matrix(), atol=1e-9)
         assert o.intrinsics == live.intrinsics
         np.testing.assert_allclose(o.proprio.base_pose, live.proprio.base_pose, atol=1e-9)
-        assert rf.body is not None and set(rf.body) == {"held", "opened", "at_place"}
+        assert rf.body is not None and set(rf.body) == {"held", "opened", "at_place", "hand"}
+        assert len(rf.body["hand"]) == 3 and all(np.isfinite(rf.body["hand"]))
 
 
 def test_replay_locates_what_the_camera_saw(episode, tmp_path):

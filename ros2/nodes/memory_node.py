@@ -574,8 +574,13 @@ def _make_node_class() -> type:
                 opened = {str(k): float(v) for k, v in (data.get("opened") or {}).items()}
                 at_place = data.get("at_place") or None
                 stamp = data.get("stamp")
+                hand = data.get("hand")
                 if held is not None and not isinstance(held, str):
                     raise TypeError("held must be a label or null")
+                if hand is not None:
+                    hand = [float(v) for v in hand]
+                    if len(hand) != 3 or not all(math.isfinite(v) for v in hand):
+                        raise ValueError("hand must be three finite numbers or null")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 self.warn("bad_body", f"{self.p.body_topic} ignored: {e}")
                 return
@@ -586,7 +591,7 @@ def _make_node_class() -> type:
             if stamp is not None and self.asm is not None and self.asm.t0_ns is not None:
                 t = max(0.0, float(stamp) - self.asm.t0_ns / 1e9)
             self._ops = []
-            self.memory.set_body(held, opened, at_place, t=t)
+            self.memory.set_body(held, opened, at_place, t=t, hand=hand)
             self._body_seq = seq
             if self._ops:
                 now = self.get_clock().now().to_msg()

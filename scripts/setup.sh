@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # mnemobot set-up: Debian packages, a virtual environment, torch (CPU) first, then the package.
 #
-#   bash scripts/setup.sh demo   # set up (if needed) and run a demo simulated episode
-#   bash scripts/setup.sh test   # set up (if needed) and run the test suite
-#   bash scripts/setup.sh        # set up only
+#   bash scripts/setup.sh demo   # the simulator only (under a minute), then a demo simulated episode
+#   bash scripts/setup.sh test   # set up everything (if needed) and run the test suite
+#   bash scripts/setup.sh        # set up everything only
 #
-# Idempotent: a second run reinstalls nothing unless pyproject.toml changed.
+# Idempotent: a second run reinstalls nothing unless pyproject.toml changed. `demo` installs
+# only what a simulated episode needs (the `sim` extra); a full set-up also serves the demo.
 # Environment: MNEMOBOT_VENV (default .venv), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,10 +30,13 @@ debian_packages() {
   # libusb-1.0-0: open3d's native library links it. python3-venv: Debian splits venv out.
   # cmake: the ROS 2 interface packages are generated and built at set-up (scripts/ros_interfaces.sh).
   # build-essential: llama-cpp-python builds from source (pip fetches cmake/ninja itself if missing).
+  # $1 = demo: python3-venv only.
   local missing=()
-  ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
-  { command -v gcc && command -v g++ && command -v make; } >/dev/null 2>&1 || missing+=(build-essential)
-  command -v cmake >/dev/null 2>&1 || missing+=(cmake)  # the ROS 2 interfaces are built with rosidl
+  if [ "${1:-}" != demo ]; then
+    ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
+    { command -v gcc && command -v g++ && command -v make; } >/dev/null 2>&1 || missing+=(build-essential)
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)  # the ROS 2 interfaces are built with rosidl
+  fi
   "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ "${#missing[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null; then
@@ -71,9 +75,30 @@ python_env() {
   echo "$want" > "$stamp"
 }
 
-debian_packages
-python_env
-bash scripts/ros_interfaces.sh
+demo_env() {
+  # The simulator and the package: all a simulated episode with the embedded planner needs.
+  local want
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  for stamp in "$VENV/.mnemobot-installed" "$VENV/.mnemobot-installed-demo"; do
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+      log "environment $VENV is up to date"
+      return
+    fi
+  done
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  log "installing mnemobot with the simulator (editable; 'setup.sh test' adds the rest)"
+  quiet_pip "$VENV/bin/python" -m pip --disable-pip-version-check -q install -e ".[sim]"
+  echo "$want" > "$VENV/.mnemobot-installed-demo"
+}
+
+if [ "${1:-}" = demo ]; then
+  debian_packages demo
+  demo_env
+else
+  debian_packages
+  python_env
+  bash scripts/ros_interfaces.sh
+fi
 
 case "${1:-}" in
   demo)

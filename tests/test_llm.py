@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -28,13 +30,24 @@ from mnemobot.agent.llm import (
     HFVisionChatModel,
     LLMError,
     OpenAIChatModel,
-    build_tiny_vlm,
     gguf_metadata,
     json_end,
     llama_chat_format,
     local_model_paths,
     start_llama_server,
 )
+
+
+def _load_tiny_models() -> ModuleType:
+    """``tests/tiny_models.py``, loaded by path (``tests/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("tiny_models", Path(__file__).with_name("tiny_models.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_tiny_vlm = _load_tiny_models().build_tiny_vlm
 
 PLAN_SCHEMA = {
     "type": "object",

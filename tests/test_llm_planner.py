@@ -10,6 +10,8 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -19,7 +21,6 @@ from mnemobot.agent.llm import (
     HFChatModel,
     HFVisionChatModel,
     OpenAIChatModel,
-    build_tiny_vlm,
     local_model_paths,
     start_llama_server,
 )
@@ -36,6 +37,18 @@ from mnemobot.agent.symbolic import SymbolicPlanner
 from mnemobot.control.skills import SKILLS
 from mnemobot.sim.layout import DEFAULT_LAYOUT
 from mnemobot.sim.tasks import TASK_FAMILIES, layout_for, make_task
+
+
+def _load_tiny_models() -> ModuleType:
+    """``tests/tiny_models.py``, loaded by path (``tests/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("tiny_models", Path(__file__).with_name("tiny_models.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_tiny_vlm = _load_tiny_models().build_tiny_vlm
 
 MUG = "put the mug on the shelf"
 

@@ -492,8 +492,9 @@ def test_twins_suite_replays_through_memory(tmp_path: Path) -> None:
     ep = tmp_path / rows[0]["dir"]
     manifest = json.loads((ep / "manifest.json").read_text())
     assert manifest["success"] and manifest["variants"] == ["twins"]
-    qs = load_questions(ep / "questions.jsonl")
-    twos = [q for q in qs if q.type == "count" and q.label == "mug" and q.answer["count"] == 2]
+    qs, problems = load_questions(ep / "questions.jsonl")
+    assert not problems, problems
+    twos = [q for q in qs if q.type == "count" and q.fields.get("label") == "mug" and (q.gold or {}).get("count") == 2]
     assert twos, "no question asks for both mugs"
     res = replay(ReplayConfig(bag=ep / "bag", questions=ep / "questions.jsonl"))
     given = {q.id: a for q, a in res.answers}

@@ -613,6 +613,22 @@ class SceneGraph:
         colour = _colour_distance(o, d)
         return colour if colour <= self._colour_tolerance(o) else None
 
+    def _put_down_at(self, key: str, place: str, hand: np.ndarray, slack: float = 0.05) -> bool:
+        """Whether a hand letting go at ``hand`` put object ``key`` down on or in ``place``: the hand
+        over the place's surface (the open drawer's, where it is now) and no higher above it than
+        the object is tall (the grasp point lies within the object), ``slack`` (m) each. A hand
+        anywhere else let an object fall (a slip noticed after the arm moved on)."""
+        spec = self._places[place]
+        surface = spec.surface
+        if spec.open_direction is not None:
+            opening = float(self.g.nodes.get(f"place:{place}", {}).get("opening", 0.0))
+            surface = Pose(surface.position + np.asarray(spec.open_direction, dtype=float) * opening,
+                           surface.quaternion)
+        local = surface.inverse().apply(np.asarray(hand, dtype=float))
+        half = np.asarray(spec.surface_size, dtype=float) / 2 + slack
+        height = float(np.asarray(self.g.nodes[key].get("extent", [0.0, 0.0, 0.1]), dtype=float)[2])
+        return bool(np.all(np.abs(local[:2]) <= half) and -slack <= local[2] <= height + slack)
+
     def _colour_tolerance(self, o: ObjectObservation) -> float:
         """``colour_max``, widened for a small mask by what its border mixes in: under the sensor's
         colour/depth misregistration and mask dilation (``b`` pixels at this image's focal
@@ -1055,9 +1071,10 @@ class SceneGraph:
         return key
 
     def released(self, label: str, place: str | None, t: float, hand: Sequence[float] | None = None) -> str | None:
-        """The body let go of ``label`` at ``place`` (None: at no named place). Until the camera
-        sees it, the object is where the hand let go (``hand``: the grasp point in the world, from
-        the arm's joints), else in the middle of the place: a placeholder a sighting re-identifies."""
+        """The body let go of ``label`` at ``place`` (None: at no named place). Put down at a place
+        (see :meth:`_put_down_at`), until the camera sees it, the object is where the hand let go
+        (``hand``: the grasp point in the world, from the arm's joints), else in the middle of the
+        place: a placeholder a sighting re-identifies."""
         key = self.best(label, (HELD,))
         if key is None:
             return None
@@ -1069,7 +1086,7 @@ class SceneGraph:
             if at_hand.shape != (3,) or not np.all(np.isfinite(at_hand)):
                 at_hand = None
         pos = None
-        if at_hand is not None:
+        if at_hand is not None and place in self._places and self._put_down_at(key, place, at_hand):
             pos = at_hand
         elif place in self._places:  # the middle of where it was put
             spec = self._places[place]

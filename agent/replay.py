@@ -187,6 +187,14 @@ def _memory(cfg: ReplayConfig, info: Any) -> Any:
     return mem
 
 
+def apply_body(memory: Any, body: dict[str, Any] | None, t: float) -> None:
+    """Give memory the body facts a recorded frame carries (``/mnemobot/body``: held object,
+    opened containers, place, hand), if it has any."""
+    if body is not None:
+        memory.set_body(body.get("held"), dict(body.get("opened") or {}), body.get("at_place"), t=t,
+                        hand=body.get("hand"))
+
+
 def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> ReplayResult:
     """Replay ``cfg.bag``; bad input (bag, topic map, labels, questions) raises :class:`UserError`."""
     from mnemobot.perception.types import ObservationError
@@ -236,10 +244,7 @@ def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> 
                 for frame in prefetch(src.frames()):
                     ask_until(frame.t)
                     t0 = time.perf_counter()
-                    if frame.body is not None:
-                        b = frame.body
-                        memory.set_body(b.get("held"), dict(b.get("opened") or {}), b.get("at_place"), t=frame.t,
-                                        hand=b.get("hand"))
+                    apply_body(memory, frame.body, frame.t)
                     try:
                         memory.update(frame.obs, place=(frame.body or {}).get("at_place"))
                     except ObservationError as e:

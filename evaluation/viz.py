@@ -589,7 +589,7 @@ class VizResult:
 def viz_bag(cfg: VizBagConfig, progress: Callable[[str], None] | None = None) -> VizResult:
     """Replay ``cfg.bag`` frame by frame into memory (as ``mnemobot replay`` does, body facts
     included) and write what it shows to ``cfg.out``; bad input raises :class:`UserError`."""
-    from mnemobot.agent.replay import ReplayConfig, _memory, prefetch
+    from mnemobot.agent.replay import ReplayConfig, _memory, apply_body, prefetch
     from mnemobot.perception.types import ObservationError
     from mnemobot.ros2.bag import BagError, BagSource, load_labels
     from mnemobot.ros2.topics import TopicMap, TopicMapError
@@ -621,10 +621,7 @@ def viz_bag(cfg: VizBagConfig, progress: Callable[[str], None] | None = None) ->
                 wall0 = time.perf_counter()
                 for frame in prefetch(src.frames()):
                     viz.frame(frame.obs)
-                    if frame.body is not None:
-                        b = frame.body
-                        memory.set_body(b.get("held"), dict(b.get("opened") or {}), b.get("at_place"), t=frame.t,
-                                        hand=b.get("hand"))
+                    apply_body(memory, frame.body, frame.t)
                     try:
                         memory.update(frame.obs, place=(frame.body or {}).get("at_place"))
                     except ObservationError as e:

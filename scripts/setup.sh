@@ -107,7 +107,7 @@ case "${1:-}" in
     ;;
   test)
     log "running the test suite"
-    exec "$VENV/bin/python" -m pytest -q
+    exec "$VENV/bin/python" -m pytest -q --durations=25
     ;;
   "") log "done: activate with 'source $VENV/bin/activate'" ;;
   *) log "unknown command '$1' (use: demo, test)"; exit 2 ;;

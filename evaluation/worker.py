@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -51,14 +52,17 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _exit_with_parent(interval_s: float = 1.0) -> None:
-    """Leave at once when the process that started us is gone (its pid is re-parented)."""
+def _exit_with_parent(interval_s: float = 0.5) -> None:
+    """Leave at once when the process that started us is gone (its pid is re-parented): with
+    whatever the episode started (a model server), when this process leads its own group."""
     parent = os.getppid()
 
     def watch() -> None:
         while True:
             time.sleep(interval_s)
             if os.getppid() != parent:
+                if os.getpgrp() == os.getpid():
+                    os.killpg(os.getpid(), signal.SIGKILL)
                 os._exit(3)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -300,6 +300,74 @@ def test_ray_executor(tmp_path: Path) -> None:
     assert (out / "logs" / f"{rows[0]['key']}.log").read_text().strip()
 
 
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process, from /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            out[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    return out
+
+
+def episode_pids_under(root: int) -> dict[int, int]:
+    """Episode processes descending from ``root``: pid -> parent pid."""
+    procs = _processes()
+    below, grew = {root}, True
+    while grew:
+        more = {pid for pid, (ppid, _c) in procs.items() if ppid in below} - below
+        below |= more
+        grew = bool(more)
+    return {pid: ppid for pid, (ppid, cmd) in procs.items() if pid in below and "mnemobot.evaluation.worker" in cmd}
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_mid_episode_is_retried(tmp_path: Path) -> None:
+    """SIGKILL the Ray worker running an episode: Ray runs the task again, the orphaned episode
+    process leaves on its own, and the table is complete with no duplicates."""
+    pytest.importorskip("pybullet")
+    pytest.importorskip("ray")
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to find the episode processes")
+    out = tmp_path / "ev"
+    proc = start_eval(out, "--seeds", "0-1", "--executor", "ray", "--workers", "2", "--retries", "1")
+    try:
+        victim = orphan = None
+        deadline = time.monotonic() + 240
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            if episode_pids_under(proc.pid):
+                time.sleep(4.0)  # well into the episode
+                running = episode_pids_under(proc.pid)
+                if running:
+                    orphan, victim = next(iter(running.items()))
+                    os.kill(victim, signal.SIGKILL)
+            time.sleep(0.2)
+        if victim is None:
+            stdout, stderr = proc.communicate(timeout=60)
+            if "could not start a local Ray instance" in stderr:
+                pytest.skip(f"Ray does not start here: {stderr.strip()}")
+            raise AssertionError(f"no episode under a Ray worker to kill:\n{stdout}\n{stderr}")
+        t0 = time.monotonic()
+        while Path(f"/proc/{orphan}").exists() and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{orphan}/cmdline").exists() or not Path(f"/proc/{orphan}/cmdline").read_bytes(), \
+            "the episode of a killed Ray worker kept running"
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout + stderr
+    rows = journal_lines(out)
+    assert len(rows) == 2 and len({r["key"] for r in rows}) == 2  # complete, no duplicates
+    assert all(r["success"] and r["stop_reason"] == "" for r in rows), rows  # the killed one ran again
+    assert len(read_results(out)[0]) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # Statistics and the report
 

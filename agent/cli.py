@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     _add_viz(sub)
     _add_import_rgbd(sub)
-    from mnemobot.agent.suite import add_suite_parser
+    from mnemobot.evaluation.suite import add_suite_parser
 
     add_suite_parser(sub)
     from mnemobot.agent.serve import add_serve_parser
@@ -366,7 +366,7 @@ def _cmd_memory(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from mnemobot.agent.replay import ReplayConfig, replay
+    from mnemobot.evaluation.replay import ReplayConfig, replay
 
     cfg = ReplayConfig(bag=args.bag, questions=args.questions, answers=args.answers, report=args.report,
                        topics=args.topics, labels=args.labels, memory_policy=args.memory_policy,
@@ -406,7 +406,7 @@ def _cmd_import_rgbd(args: argparse.Namespace) -> int:
 
 
 def _cmd_suite(args: argparse.Namespace) -> int:
-    from mnemobot.agent.suite import cmd_suite
+    from mnemobot.evaluation.suite import cmd_suite
 
     return cmd_suite(args)
 

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from mnemobot.agent import replay as replay_mod
-from mnemobot.agent.replay import ReplayConfig, replay
+from mnemobot.evaluation import replay as replay_mod
+from mnemobot.evaluation.replay import ReplayConfig, replay
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "610ee24"
@@ -107,7 +107,7 @@ def _replay(old: Any | None, **kw: Any) -> Any:
 # -- 1. memory questions -------------------------------------------------------------------------------
 def suites(out: Path, profiles: list[str], horizons: list[int], seeds: list[int],
            variants: tuple[str, ...] = ()) -> dict[str, list[Path]]:
-    from mnemobot.agent.suite import SuiteConfig, generate_suite
+    from mnemobot.evaluation.suite import SuiteConfig, generate_suite
 
     made: dict[str, list[Path]] = {}
     for p in profiles:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnemobot.agent.replay import ReplayConfig, replay
+from mnemobot.evaluation.replay import ReplayConfig, replay
 from mnemobot.ros2.bag import BagSource
 
 POLICIES = ("fifo", "lru", "lfu", "w-tinylfu", "none")
@@ -72,7 +72,7 @@ def throughput(out: Path, seed: int, repeats: int) -> None:
 def _suite(args: argparse.Namespace, out: Path) -> list[dict]:
     if args.suite is not None:
         return json.loads((Path(args.suite) / "suite.json").read_text())["episodes"]
-    from mnemobot.agent.suite import SuiteConfig, generate_suite
+    from mnemobot.evaluation.suite import SuiteConfig, generate_suite
 
     t0 = time.perf_counter()
     rows = generate_suite(SuiteConfig(out_dir=out / "suite", horizons=tuple(args.horizons), seeds=tuple(args.seeds),

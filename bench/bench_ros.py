@@ -302,7 +302,7 @@ def main() -> None:
     ap.add_argument("--reliability", default="reliable", choices=("reliable", "best_effort"))
     ap.add_argument("--sensor-queue", type=int, default=5, help="the node's sensor_queue parameter")
     args = ap.parse_args()
-    from mnemobot.agent.replay import ReplayConfig, replay
+    from mnemobot.evaluation.replay import ReplayConfig, replay
 
     with tempfile.TemporaryDirectory(prefix="bench_ros_") as tmp:
         out = Path(tmp)

@@ -1,10 +1,14 @@
-"""Evaluation at scale: ``mnemobot eval`` runs a matrix of task families x seeds x conditions, each
-episode in its own process (a local pool or Ray), into a resumable results table; ``mnemobot
-report`` turns the table into Markdown and HTML with confidence intervals and significance tests.
+"""Evaluation: everything that measures the agent and its memory, apart from the agent itself.
 
-Modules: :mod:`~mnemobot.evaluation.matrix` (the matrix), :mod:`~mnemobot.evaluation.executor`
-(where episodes run), :mod:`~mnemobot.evaluation.worker` (one episode's process),
-:mod:`~mnemobot.evaluation.results` (journal and tables), :mod:`~mnemobot.evaluation.run`
-(``mnemobot eval``), :mod:`~mnemobot.evaluation.report`, :mod:`~mnemobot.evaluation.stats` and
-:mod:`~mnemobot.evaluation.svg` (``mnemobot report``).
+* Memory on its own: :mod:`~mnemobot.evaluation.questions` (the question format, gold answers,
+  scoring), :mod:`~mnemobot.evaluation.suite` (``mnemobot suite``: recorded episodes with questions
+  whose answers memory must keep), :mod:`~mnemobot.evaluation.replay` (``mnemobot replay``: a bag
+  through perception and memory, no simulator, scored).
+* Episodes at scale: :mod:`~mnemobot.evaluation.matrix` (task families x seeds x conditions),
+  :mod:`~mnemobot.evaluation.executor` (a local process pool or Ray),
+  :mod:`~mnemobot.evaluation.worker` (one episode's process), :mod:`~mnemobot.evaluation.results`
+  (journal and tables), :mod:`~mnemobot.evaluation.run` (``mnemobot eval``).
+* Reading the results: :mod:`~mnemobot.evaluation.report`, :mod:`~mnemobot.evaluation.stats` and
+  :mod:`~mnemobot.evaluation.svg` (``mnemobot report``), :mod:`~mnemobot.evaluation.viz`
+  (rerun recordings: ``mnemobot viz``, ``mnemobot run --viz``).
 """

@@ -548,7 +548,7 @@ def bag_events(path: str | Path) -> list[tuple[float, str, dict[str, Any]]]:
 @dataclass
 class VizBagConfig:
     """``mnemobot viz``: the bag, the ``.rrd`` to write and how memory reads the bag (as
-    :class:`~mnemobot.agent.replay.ReplayConfig`)."""
+    :class:`~mnemobot.evaluation.replay.ReplayConfig`)."""
 
     bag: str | Path
     out: str | Path
@@ -589,7 +589,7 @@ class VizResult:
 def viz_bag(cfg: VizBagConfig, progress: Callable[[str], None] | None = None) -> VizResult:
     """Replay ``cfg.bag`` frame by frame into memory (as ``mnemobot replay`` does, body facts
     included) and write what it shows to ``cfg.out``; bad input raises :class:`UserError`."""
-    from mnemobot.agent.replay import ReplayConfig, _memory, apply_body, prefetch
+    from mnemobot.evaluation.replay import ReplayConfig, _memory, apply_body, prefetch
     from mnemobot.perception.types import ObservationError
     from mnemobot.ros2.bag import BagError, BagSource, load_labels
     from mnemobot.ros2.topics import TopicMap, TopicMapError

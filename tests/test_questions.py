@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnemobot.agent.questions import (
+from mnemobot.evaluation.questions import (
     QUESTION_TYPES,
     Question,
     QuestionError,

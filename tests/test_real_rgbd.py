@@ -94,7 +94,7 @@ def test_world_is_rotated_to_z_up(frames) -> None:
 def test_replay_of_the_imported_recording_has_no_false_changes(tmp_path) -> None:
     """The shared frames as a TUM RGB-D folder (played forward and back, so the camera comes back
     to every view), imported to a bag and replayed with the command's own code path."""
-    from mnemobot.agent.replay import ReplayConfig, replay
+    from mnemobot.evaluation.replay import ReplayConfig, replay
     from mnemobot.ros2.rgbd_import import import_rgbd
 
     seq = tmp_path / "rgbd_dataset_room5"

@@ -25,8 +25,8 @@ pytest.importorskip("pybullet")
 pytest.importorskip("rosbags")
 
 from mnemobot.agent.errors import UserError  # noqa: E402
-from mnemobot.agent.questions import load_questions  # noqa: E402
-from mnemobot.agent.replay import ReplayConfig, replay  # noqa: E402
+from mnemobot.evaluation.questions import load_questions  # noqa: E402
+from mnemobot.evaluation.replay import ReplayConfig, replay  # noqa: E402
 from mnemobot.perception.types import Pose  # noqa: E402
 from mnemobot.ros2.bag import BagError, BagSource  # noqa: E402
 from mnemobot.ros2.convert import OPTICAL_IN_LINK, camera_info_msg, image_msg, transform_msg  # noqa: E402
@@ -292,7 +292,7 @@ def test_foreign_bag_relates_objects_to_the_furniture_in_its_masks(episode, fore
     res = replay(ReplayConfig(bag=foreign["bag"], questions=q, topics=foreign["topics"], labels=foreign["labels"],
                               sensor_profile="ideal"))
     assert any("no site map" in n for n in res.notes)
-    from mnemobot.agent.questions import score
+    from mnemobot.evaluation.questions import score
 
     wrong = [(qq.id, qq.fields["object"], qq.gold, a) for qq, a in res.answers if score(qq, a) < 1.0]
     assert not wrong, wrong
@@ -324,7 +324,7 @@ def test_noisy_foreign_bag_keeps_its_furniture_and_receptacles(episode, tmp_path
     """The same episode through a Kinect-like rig (depth noise and holes, detector misses, false
     detections and confusions, pose jitter) written as another robot's bag: furniture in the
     masks, 16UC1 depth, labels from a file, no site map, no declared sensor."""
-    from mnemobot.agent.questions import score
+    from mnemobot.evaluation.questions import score
     from mnemobot.memory.graph import SceneGraph
     from mnemobot.perception.sensor import PROFILES
     from mnemobot.sim.layout import DEFAULT_LAYOUT

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from mnemobot.agent.errors import UserError
-from mnemobot.agent.questions import QUESTION_TYPES, load_questions
-from mnemobot.agent.suite import (
+from mnemobot.evaluation.questions import QUESTION_TYPES, load_questions
+from mnemobot.evaluation.suite import (
     SuiteConfig,
     _count,  # noqa: PLC2701 - the gold rule itself
     _count_category,  # noqa: PLC2701
@@ -314,7 +314,7 @@ def test_suite_never_overwrites_an_episode(suite: tuple[Path, dict]) -> None:
 
 @pytest.mark.slow
 def test_suite_replays_through_memory(suite: tuple[Path, dict]) -> None:
-    from mnemobot.agent.replay import ReplayConfig, replay
+    from mnemobot.evaluation.replay import ReplayConfig, replay
 
     out, row = suite
     ep = out / row["dir"]
@@ -379,7 +379,7 @@ def test_a_hidden_move_is_a_move_only_once_the_camera_saw_the_old_spot_empty() -
 
 
 def test_hidden_move_plan_stands_in_a_third_room_and_looks_again() -> None:
-    from mnemobot.agent.suite import plan_hidden_move
+    from mnemobot.evaluation.suite import plan_hidden_move
 
     placements = {"red_cube": "tray", "mug": "living_room_table", "duck": "bedroom_table",
                   "lego": "kitchen_table", "jenga": "shelf"}
@@ -486,7 +486,7 @@ def test_twin_visits_look_at_one_then_the_other_then_the_first() -> None:
 def test_twins_suite_replays_through_memory(tmp_path: Path) -> None:
     """Two mugs in two rooms, seen one after the other: memory must keep two, neither moved."""
     pytest.importorskip("pybullet")
-    from mnemobot.agent.replay import ReplayConfig, replay
+    from mnemobot.evaluation.replay import ReplayConfig, replay
 
     rows = generate_suite(SuiteConfig(tmp_path, horizons=(1,), seeds=(0,), variants=("twins",)))
     ep = tmp_path / rows[0]["dir"]
@@ -508,7 +508,7 @@ def test_twins_suite_replays_through_memory(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_behind_and_clutter_suite_replays_through_memory(tmp_path: Path) -> None:
     pytest.importorskip("pybullet")
-    from mnemobot.agent.replay import ReplayConfig, replay
+    from mnemobot.evaluation.replay import ReplayConfig, replay
 
     rows = generate_suite(SuiteConfig(tmp_path, horizons=(1,), seeds=(0,), variants=("behind", "clutter")))
     ep = tmp_path / rows[0]["dir"]

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mnemobot.agent.errors import UserError
-from mnemobot.agent.questions import Question, QuestionError, Report, answer, load_questions, write_answers
+from mnemobot.evaluation.questions import (
+    Question,
+    QuestionError,
+    Report,
+    answer,
+    load_questions,
+    write_answers,
+)
 
 __all__ = ["ReplayConfig", "ReplayResult", "prefetch", "replay"]
 
@@ -32,7 +39,7 @@ T = TypeVar("T")
 @dataclass
 class ReplayConfig:
     """``changes_from``: ``graph`` (default) or ``short-term`` (change questions answered from
-    the short-term table alone; see :mod:`mnemobot.agent.questions`)."""
+    the short-term table alone; see :mod:`mnemobot.evaluation.questions`)."""
 
     bag: str | Path
     questions: str | Path | None = None

@@ -11,7 +11,7 @@ household and records it as a bag (``mnemobot run --record``):
 
 The steps are one instruction joined by ", then", run by one agent (the scripted expert by
 default) in one episode. While it runs, a :class:`~mnemobot.sim.sightings.SightingLog` records
-what the camera saw; the questions (the format of :mod:`mnemobot.agent.questions`) are asked
+what the camera saw; the questions (the format of :mod:`mnemobot.evaluation.questions`) are asked
 after each interaction, after each distractor and at the end, and their gold answers come only
 from what the camera saw. A question whose answer the camera could not have established, or whose
 camera-based answer could differ from the truth (the world changed out of sight, an object was
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnemobot.agent.errors import UserError
-from mnemobot.agent.questions import QUESTION_TYPES, Question
+from mnemobot.evaluation.questions import QUESTION_TYPES, Question
 
 if TYPE_CHECKING:
     from mnemobot.sim.layout import HouseLayout
@@ -586,7 +586,7 @@ def make_questions(log: SightingLog, rng: np.random.Generator, times: Sequence[f
                    drawer: str | None = None) -> list[dict[str, Any]]:
     """Questions with gold answers from what the camera saw (see :func:`generate_suite`), at most
     ``per_type`` of each type at each of ``times``; dicts in the format of
-    :mod:`mnemobot.agent.questions`, sorted by time, each checked with :class:`Question`.
+    :mod:`mnemobot.evaluation.questions`, sorted by time, each checked with :class:`Question`.
 
     ``drawer``: the container of ``state`` questions (default: the log's drawer).
     """

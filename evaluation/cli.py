@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mnemobot.agent.errors import UserError
 
-__all__ = ["add_eval_parsers", "cmd_eval", "cmd_report"]
+__all__ = ["add_eval_parsers", "add_executor_options", "cmd_eval", "cmd_report"]
 
 
 def _float_s(text: str) -> float:
@@ -30,6 +30,19 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """``--executor``, ``--workers``, ``--episode-timeout``, ``--retries``, ``--address`` (eval, suite)."""
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="'local': a pool of processes on this machine (default); 'ray': Ray tasks")
+    p.add_argument("--workers", type=int, default=1, help="episodes at a time (local pool, local Ray; default: 1)")
+    p.add_argument("--episode-timeout", type=_float_s, default=900.0, metavar="S",
+                   help="wall-clock limit per episode; past it the process is killed (row: timeout; default: 900)")
+    p.add_argument("--retries", type=_count, default=1,
+                   help="times to restart an episode whose process died (default: 1)")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="existing Ray cluster ('ray start --head' prints it); default: a local Ray instance")
 
 
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
@@ -68,15 +81,7 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="results folder (default: runs/eval-<timestamp>); an existing one of the same matrix "
                         "is resumed, one of another matrix is refused")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="'local': a pool of processes on this machine (default); 'ray': Ray tasks")
-    p.add_argument("--workers", type=int, default=1, help="episodes at a time (local pool, local Ray; default: 1)")
-    p.add_argument("--episode-timeout", type=_float_s, default=900.0, metavar="S",
-                   help="wall-clock limit per episode; past it the process is killed (row: timeout; default: 900)")
-    p.add_argument("--retries", type=_count, default=1,
-                   help="times to restart an episode whose process died (default: 1)")
-    p.add_argument("--address", default=None, metavar="HOST:PORT",
-                   help="existing Ray cluster ('ray start --head' prints it); default: a local Ray instance")
+    add_executor_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line; print only the summary")
 
     r = sub.add_parser(

@@ -95,8 +95,9 @@ class Progress:
     On a terminal one line is redrawn in place; otherwise a line is printed per change.
     """
 
-    def __init__(self, total: int, skipped: int, stream: TextIO | None = None, enabled: bool = True) -> None:
-        self.total, self.done, self.running = total, skipped, 0
+    def __init__(self, total: int, skipped: int, stream: TextIO | None = None, enabled: bool = True,
+                 name: str = "eval") -> None:
+        self.total, self.done, self.running, self.name = total, skipped, 0, name
         self.succeeded = self.failed = self.unfinished = 0
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
@@ -116,7 +117,7 @@ class Progress:
         ran = self.succeeded + self.failed
         rate = f"{100.0 * self.succeeded / ran:.0f}% ({self.succeeded}/{ran})" if ran else "-"
         extra = f" ({self.unfinished} timeout/died/error)" if self.unfinished else ""
-        return (f"eval: {self.done}/{self.total} done, {self.running} running, {self.failed} failed{extra}, "
+        return (f"{self.name}: {self.done}/{self.total} done, {self.running} running, {self.failed} failed{extra}, "
                 f"success {rate}")
 
     def show(self, running: int | None = None) -> None:

@@ -42,7 +42,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -799,10 +799,36 @@ def _update_index(out: Path, rows: Sequence[dict[str, Any]]) -> None:
     _write_json(index, {"format": "mnemobot-suite/1", "episodes": ordered})
 
 
-def generate_suite(cfg: SuiteConfig, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def _config_dict(cfg: SuiteConfig) -> dict[str, Any]:
+    """``cfg`` as JSON (for an episode's process)."""
+    d = asdict(cfg)
+    d["out_dir"] = str(cfg.out_dir)
+    return d
+
+
+def suite_episode_job(cfg: dict[str, Any], horizon: int, seed: int, folder: str) -> dict[str, Any]:
+    """One suite episode in an executor's process (``cfg``: :class:`SuiteConfig` as a dict); its manifest."""
+    c = SuiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return _episode(c, horizon, seed, Path(folder), lambda msg: print(msg, flush=True))
+
+
+def _say_done(say: Callable[[str], None], name: str, manifest: dict[str, Any]) -> None:
+    say(f"{name}: {'success' if manifest['success'] else 'FAILURE'}, {manifest['sim_s']:.1f} s simulated, "
+        f"{manifest['frames']} frames, {manifest['questions']} questions")
+
+
+def generate_suite(cfg: SuiteConfig, progress: Callable[[str], None] | None = None,
+                   executor: Any = None, on_tick: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Generate every episode of ``cfg`` (horizons x seeds); returns their manifests, each with its
     folder's name under ``dir``. Bad settings or an existing episode folder raise
-    :class:`UserError` before anything runs."""
+    :class:`UserError` before anything runs.
+
+    With an ``executor`` (:func:`mnemobot.evaluation.executor.make_executor`) each episode runs in
+    a process of its own, as many at a time as it runs, under its time limit; an episode that timed
+    out, died or raised leaves no folder and is returned as ``{"dir", "success": False,
+    "stop_reason", "error"}`` (a Ray cluster's nodes must see ``out_dir``: a shared file system).
+    Without one they run here, one after another.
+    """
     say = progress or (lambda _m: None)
     cfg.check()
     out = Path(cfg.out_dir)
@@ -813,16 +839,53 @@ def generate_suite(cfg: SuiteConfig, progress: Callable[[str], None] | None = No
     if taken:
         raise UserError(f"episode folder(s) already exist in {out}: {', '.join(taken)} "
                         "(nothing was overwritten; choose another output folder or remove them)")
+    if executor is not None:
+        executor.check()
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for h, s in plan:
-        name = episode_name(h, s)
-        manifest = _episode(cfg, h, s, out / name, say)
-        rows.append({"dir": name, **manifest})
-        _update_index(out, rows)
-        say(f"{name}: {'success' if manifest['success'] else 'FAILURE'}, {manifest['sim_s']:.1f} s simulated, "
-            f"{manifest['frames']} frames, {manifest['questions']} questions")
-    return rows
+    if executor is None:
+        for h, s in plan:
+            name = episode_name(h, s)
+            manifest = _episode(cfg, h, s, out / name, say)
+            rows.append({"dir": name, **manifest})
+            _update_index(out, rows)
+            _say_done(say, name, manifest)
+        return rows
+
+    import shutil
+
+    from mnemobot.evaluation.executor import Job
+
+    settings = _config_dict(cfg)
+    jobs = [Job(episode_name(h, s), {"call": f"{__name__}:suite_episode_job",
+                                     "args": {"cfg": settings, "horizon": h, "seed": s,
+                                              "folder": str((out / episode_name(h, s)).resolve())}})
+            for h, s in plan]
+    failed: list[dict[str, Any]] = []
+
+    def on_result(job: Job, row: dict[str, Any]) -> None:
+        manifest_path = out / job.key / "manifest.json"
+        if "questions_file" in row and manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            rows.append({"dir": job.key, **manifest})
+            _update_index(out, [r for r in rows if "questions_file" in r])
+            say(f"{job.key}: {manifest['instruction']}")
+            _say_done(say, job.key, manifest)
+            return
+        shutil.rmtree(out / f".{job.key}.partial", ignore_errors=True)  # a process killed mid-episode
+        why = row.get("error") or row.get("stop_reason") or "no result"
+        failed.append({"dir": job.key, "success": False, "stop_reason": row.get("stop_reason", "error"),
+                       "error": why})
+        say(f"{job.key}: NOT RECORDED ({row.get('stop_reason', 'error')}: {why})")
+
+    try:
+        executor.run(jobs, on_result, on_tick=on_tick)
+    finally:
+        work = out / ".work"
+        if work.is_dir() and not any(work.iterdir()):
+            work.rmdir()
+    order = {name: i for i, name in enumerate(episode_name(h, s) for h, s in plan)}
+    return sorted(rows + failed, key=lambda r: order[r["dir"]])
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,6 +927,11 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     from mnemobot.agent.cli import add_sensor_profile_option
 
     add_sensor_profile_option(p)
+    from mnemobot.evaluation.cli import add_executor_options
+
+    add_executor_options(p)
+    p.add_argument("--in-process", action="store_true",
+                   help="run the episodes here, one after another, instead of on the executor")
     p.add_argument("-q", "--quiet", action="store_true", help="print only one line per episode")
     return p
 
@@ -882,9 +950,21 @@ def cmd_suite(args: argparse.Namespace) -> int:
         variants=tuple(v.strip() for v in getattr(args, "variant", "").split(",") if v.strip()),
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
-    rows = generate_suite(cfg, progress)
+    executor = None
+    if not getattr(args, "in_process", False):
+        from mnemobot.evaluation.executor import make_executor
+
+        if args.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {args.workers}")
+        out = Path(cfg.out_dir)
+        executor = make_executor(args.executor, args.workers, args.episode_timeout, args.retries, out,
+                                 getattr(args, "address", None))
+    rows = generate_suite(cfg, progress, executor=executor)
     for r in rows:
-        print(f"{Path(cfg.out_dir) / r['dir']}  success={'yes' if r['success'] else 'no'}  "
-              f"frames={r['frames']}  questions={r['questions']}", flush=True)
+        if "questions_file" in r:
+            print(f"{Path(cfg.out_dir) / r['dir']}  success={'yes' if r['success'] else 'no'}  "
+                  f"frames={r['frames']}  questions={r['questions']}", flush=True)
+        else:
+            print(f"{Path(cfg.out_dir) / r['dir']}  not recorded: {r['stop_reason']}", flush=True)
     return 0 if all(r["success"] for r in rows) else 1
 

@@ -13,6 +13,7 @@ parent disappears, so a killed evaluation leaves no episodes running.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -27,7 +28,14 @@ __all__ = ["main", "run_spec"]
 
 
 def run_spec(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Run the episode of ``kwargs`` (RunConfig fields) and return its row measurements."""
+    """Run the episode of ``kwargs`` (RunConfig fields) and return its row measurements; or, for
+    ``{"call": "mnemobot.MODULE:FUNCTION", "args": {...}}``, that function's JSON result (a suite
+    episode, say)."""
+    if "call" in kwargs:
+        module, _, name = str(kwargs["call"]).partition(":")
+        if not module.startswith("mnemobot.") or not name:
+            raise ValueError(f"a job calls a function of mnemobot's own, not {kwargs['call']!r}")
+        return getattr(importlib.import_module(module), name)(**kwargs.get("args", {}))
     from mnemobot.agent.episode import RunConfig, run_episode
 
     summary = run_episode(RunConfig(**kwargs))
@@ -76,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     _exit_with_parent()
     spec_path, result_path = Path(args[0]), Path(args[1])
     kwargs = json.loads(spec_path.read_text())
-    print(f"episode {kwargs.get('task_id')} seed {kwargs.get('seed')} (pid {os.getpid()})", flush=True)
+    what = kwargs.get("call") or f"episode {kwargs.get('task_id')} seed {kwargs.get('seed')}"
+    print(f"{what} (pid {os.getpid()})", flush=True)
     try:
         result = run_spec(kwargs)
     except Exception as e:  # noqa: BLE001 - every failure becomes the episode's row

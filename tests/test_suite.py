@@ -241,6 +241,21 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, json.loads((out / rows[0]["dir"] / "manifest.json").read_text()) | {"dir": rows[0]["dir"]}
 
 
+def test_suite_episode_past_its_time_limit_leaves_nothing_half_written(tmp_path: Path) -> None:
+    """On the executor, each episode in its own process: one killed at its time limit leaves no
+    episode folder (not even a partial one) and is reported as not recorded."""
+    pytest.importorskip("pybullet")
+    pytest.importorskip("rosbags")
+    out = tmp_path / "s"
+    r = subprocess.run([sys.executable, "-m", "mnemobot", "suite", str(out), "--horizons", "1", "--seeds", "0,1",
+                        "--workers", "2", "--episode-timeout", "3", "--width", "64", "--height", "48", "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [f"{out / f'h1-s{s}'}  not recorded: timeout" for s in (0, 1)]
+    assert sorted(p.name for p in out.iterdir()) == ["logs"]  # no episode, no .partial, no suite.json
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["h1-s0.log", "h1-s1.log"]
+
+
 def _gt(truth: dict, t: float) -> dict:
     frames = [f for f in truth["frames"] if f["t"] <= t]
     return frames[-1]

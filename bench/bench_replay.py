@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from mnemobot.evaluation.horizon import score_suite
 from mnemobot.evaluation.replay import ReplayConfig, replay
 from mnemobot.ros2.bag import BagSource
-
-POLICIES = ("fifo", "lru", "lfu", "w-tinylfu", "none")
 
 
 def _record(out: Path, width: int, height: int, seed: int) -> Path:
@@ -86,25 +85,8 @@ def accuracy(args: argparse.Namespace, out: Path) -> None:
     print(f"\n== memory-question accuracy against horizon (short-term capacity {caps}) ==", flush=True)
     episodes = _suite(args, out)
     root = Path(args.suite) if args.suite is not None else out / "suite"
-    horizons = sorted({int(e["horizon"]) for e in episodes})
-    configs = [("graph", "lru", "graph", max(args.capacity))]
-    configs += [(f"{p}/{c}", p, "short-term", c) for c in args.capacity for p in POLICIES if p != "none"]
-    configs.append(("none", "none", "short-term", 1))
-    table: dict[str, dict[int, dict[str, list[float]]]] = {}
-    lat: list[float] = []
-    for name, policy, mode, capacity in configs:
-        table[name] = {h: {} for h in horizons}
-        for e in episodes:
-            d = root / e["dir"]
-            res = replay(ReplayConfig(bag=d / "bag", questions=d / "questions.jsonl", memory_policy=policy,
-                                      short_term_capacity=capacity, changes_from=mode))
-            rep = res.report.to_dict()
-            lat.append(rep["latency_ms"]["p95"])
-            cell = table[name][int(e["horizon"])]
-            for qtype, v in rep["by_type"].items():
-                cell.setdefault(qtype, []).extend([v["accuracy"]] * v["n"] if v["accuracy"] is not None else [])
-            cell.setdefault("all", []).extend([rep["overall"]["accuracy"]] * rep["overall"]["n"])
-            cell.setdefault("_hit", []).append(rep.get("short_term", {}).get("hit_rate") or 0.0)
+    runs = [score_suite(root, c, baselines=(i == 0)) for i, c in enumerate(sorted(args.capacity, reverse=True))]
+    horizons = runs[0].horizons
     types = ["all", "locate", "changed", "state", "order", "last_seen", "count"]
     horizon_info = {int(e["horizon"]): e for e in episodes}
     print("horizon: " + "; ".join(
@@ -113,17 +95,20 @@ def accuracy(args: argparse.Namespace, out: Path) -> None:
     head = f"{'memory':12s} {'h':>2s} " + " ".join(f"{t:>9s}" for t in types) + f" {'stm hits':>8s}"
     print(head)
     print("-" * len(head))
-    for name in table:
+    order = [m for m in runs[0].memories if m != "none"] + [m for r in runs[1:] for m in r.memories] + ["none"]
+    for name in order:
+        hs = next(r for r in runs if name in r.memories)
         for h in horizons:
-            cell = table[name][h]
             vals = []
             for t in types:
-                v = cell.get(t, [])
-                vals.append(f"{100 * sum(v) / len(v):8.1f}%" if v else f"{'-':>9s}")
-            hit = statistics.mean(cell["_hit"]) if cell["_hit"] else 0.0
+                a = hs.tally(name, h, t).accuracy
+                vals.append(f"{100 * a:8.1f}%" if a is not None else f"{'-':>9s}")
+            hits = hs.hit_rate.get((name, h), [])
+            hit = statistics.mean(hits) if hits else 0.0
             print(f"{name:12s} {h:2d} " + " ".join(vals) + f" {100 * hit:7.1f}%")
     print("(accuracy over the questions of that type in all seeds of the horizon; 'graph': long-term scene "
           "graph; 'policy/capacity' rows answer the change questions from the short-term table only)")
+    lat = [v for r in runs for v in r.latency_p95_ms]
     print(f"answer latency p95 over all replays: {max(lat):.3f} ms max, {statistics.median(lat):.3f} ms median")
 
 

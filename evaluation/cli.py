@@ -89,14 +89,22 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
         help="write an evaluation's results as Markdown and HTML with plots",
         description="Write OUT.md and a self-contained OUT.html (inline SVG plots, no scripts) from the results "
                     "of 'mnemobot eval': success rates with 95% Wilson intervals per family and condition, "
-                    "planner calls and wall time per episode. --against compares each (family, condition) with "
+                    "planner calls and wall time per episode; with --suite, memory accuracy against horizon per "
+                    "short-term policy from a replayed suite. --against compares each (family, condition) with "
                     "other results (Fisher's exact test) and flags regressions.",
     )
-    r.add_argument("results", type=Path, help="evaluation folder, or its results.parquet / results.csv")
+    r.add_argument("results", type=Path, nargs="?", default=None,
+                   help="evaluation folder, or its results.parquet / results.csv (may be left out with --suite)")
     r.add_argument("-o", "--out", type=Path, default=None, metavar="OUT",
-                   help="output path without suffix (default: RESULTS/report)")
+                   help="output path without suffix (default: RESULTS/report, or SUITE/report)")
     r.add_argument("--against", type=Path, default=None, metavar="OTHER",
                    help="results to compare with (the baseline): folder, .parquet or .csv")
+    r.add_argument("--suite", type=Path, default=None, metavar="SUITE",
+                   help="a folder of 'mnemobot suite': replay each episode under every short-term policy and "
+                        "plot memory accuracy against horizon")
+    r.add_argument("--capacity", type=int, default=16, help="short-term capacity for --suite (default: 16)")
+    r.add_argument("--policies", default=None, metavar="P,...",
+                   help="short-term policies for --suite (default: all)")
 
 
 def _command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -146,6 +154,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mnemobot.evaluation.report import write_report
 
     t0 = time.perf_counter()
-    paths = write_report(args.results, out=args.out, against=args.against)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
+    paths = write_report(args.results, out=args.out, against=args.against, suite=args.suite,
+                         capacity=args.capacity, policies=policies)
     print(f"report: {paths[0]}, {paths[1]} ({len(paths) - 2} plots; {time.perf_counter() - t0:.2f} s)")
     return 0

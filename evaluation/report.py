@@ -22,6 +22,8 @@ from typing import Any
 
 from mnemobot.agent.errors import UserError
 from mnemobot.evaluation.executor import DIED, ERROR, TIMEOUT
+from mnemobot.evaluation.horizon import ALL as ALL_TYPES
+from mnemobot.evaluation.horizon import HorizonScores
 from mnemobot.evaluation.matrix import CONDITION_COLUMNS
 from mnemobot.evaluation.results import read_results
 from mnemobot.evaluation.stats import fisher_exact, two_proportion_z, wilson
@@ -115,6 +117,13 @@ class Report:
     comparisons: list[Comparison] | None = None
     only_this: int = 0
     only_other: int = 0
+    horizon: HorizonScores | None = None
+    """Memory accuracy against horizon per short-term policy (``--suite``)."""
+
+
+def empty_report() -> Report:
+    """A report with no evaluation rows (only a suite's scores)."""
+    return Report("", 0, (), [], [], {}, {}, [])
 
 
 def _label(row: Mapping[str, Any], varying: Sequence[str]) -> str:
@@ -179,9 +188,30 @@ def _p(p: float) -> str:
     return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
 
 
+def _horizon_table(hs: HorizonScores) -> tuple[str, list[str], list[list[str]], list[bool]]:
+    head = ["memory", *[f"h{h}: accuracy [95% CI] (n)" for h in hs.horizons]]
+    body = []
+    for m in hs.memories:
+        row = [m]
+        for h in hs.horizons:
+            t = hs.tally(m, h)
+            if t.n:
+                lo, hi = wilson(t.correct, t.n)
+                row.append(f"{t.correct / t.n:.3f} [{lo:.3f}, {hi:.3f}] ({t.n})")
+            else:
+                row.append("-")
+        body.append(row)
+    return (f"Memory accuracy against horizon ({hs.episodes} replayed episodes of {hs.suite}; short-term "
+            f"capacity {hs.capacity})", head, body, [False] * len(body))
+
+
 def _tables(rep: Report) -> list[tuple[str, list[str], list[list[str]], list[bool]]]:
     """(title, header, rows, flagged per row) of every table, shared by Markdown and HTML."""
     out = []
+    if rep.horizon is not None:
+        out.append(_horizon_table(rep.horizon))
+    if not rep.rows:
+        return out
     head = ["family", "condition", "episodes", "successes", "success rate", "95% CI (Wilson)",
             "planner calls / ep", "wall s / ep", "steps / ep", "timeout/died/error"]
     body = []
@@ -220,8 +250,26 @@ def _tables(rep: Report) -> list[tuple[str, list[str], list[list[str]], list[boo
     return out
 
 
+def _horizon_plot(hs: HorizonScores) -> str:
+    def tally(m: str, h: int):  # noqa: ANN202
+        t = hs.tally(m, h)
+        return t if t.n else None
+
+    values = [[(t.accuracy if (t := tally(m, h)) else None) for m in hs.memories] for h in hs.horizons]
+    errors = [[(wilson(t.correct, t.n) if (t := tally(m, h)) else None) for m in hs.memories] for h in hs.horizons]
+    notes = [[(f"h{h} / {m}: {t.correct}/{t.n}" if (t := tally(m, h)) else "") for m in hs.memories]
+             for h in hs.horizons]
+    return bar_chart([f"horizon {h}" for h in hs.horizons], hs.memories, values, errors,
+                     title="Memory accuracy against horizon (95% Wilson CI)", ylabel="questions answered right",
+                     ymax=1.0, percent=True, note=notes)
+
+
 def _plots(rep: Report) -> list[tuple[str, str, str]]:
     """(file suffix, title, SVG) of every plot."""
+    extra = ([("horizon", "Memory accuracy against horizon", _horizon_plot(rep.horizon))]
+             if rep.horizon is not None else [])
+    if not rep.rows:
+        return extra
     fams, conds = rep.families, rep.conditions
 
     def grid(fn):  # noqa: ANN001, ANN202
@@ -242,7 +290,7 @@ def _plots(rep: Report) -> list[tuple[str, str, str]]:
         note=grid(lambda c: f"{c.family} / {c.condition}: mean {c.mean(c.wall_s):.1f} s, "
                             f"min {c.wall_min:.1f} s, max {c.wall_max:.1f} s"))
     return [("success", "Success rate", success), ("planner-calls", "Planner calls per episode", calls),
-            ("wall", "Wall time per episode", wall)]
+            ("wall", "Wall time per episode", wall), *extra]
 
 
 def _md_cell(text: str) -> str:
@@ -250,13 +298,22 @@ def _md_cell(text: str) -> str:
 
 
 def _intro(rep: Report) -> list[str]:
+    suite = []
+    if rep.horizon is not None:
+        hs = rep.horizon
+        types = sorted({k for c in hs.cells.values() for k in c if k != ALL_TYPES})
+        suite = [f"Suite: {hs.suite}: {hs.episodes} episodes at horizons {', '.join(map(str, hs.horizons))}, "
+                 f"each replayed under {len(hs.memories)} memory configurations ({', '.join(hs.memories)}); "
+                 f"question types: {', '.join(types)}"]
+    if not rep.rows:
+        return suite
     total = sum(c.n for c in rep.cells.values())
     ok = sum(c.successes for c in rep.cells.values())
     lo, hi = wilson(ok, total)
     varying = ", ".join(rep.varying) if rep.varying else "none (one condition)"
     return [f"Results: {rep.source}", f"Episodes: {total}, successes: {ok} ({ok / total:.3f}, 95% CI "
             f"[{lo:.3f}, {hi:.3f}]); did not finish: {len(rep.unfinished)}",
-            f"Families: {', '.join(rep.families)}; conditions vary in: {varying}"]
+            f"Families: {', '.join(rep.families)}; conditions vary in: {varying}", *suite]
 
 
 def render_markdown(rep: Report, plot_files: Sequence[tuple[str, str]] = ()) -> str:
@@ -323,14 +380,28 @@ def _out_base(results: Path, folder: Path, out: str | Path | None) -> Path:
     return p.with_suffix("") if p.suffix in (".md", ".html") else p
 
 
-def write_report(results: str | Path, out: str | Path | None = None,
-                 against: str | Path | None = None) -> list[Path]:
+def write_report(results: str | Path | None, out: str | Path | None = None,
+                 against: str | Path | None = None, suite: str | Path | None = None, capacity: int = 16,
+                 policies: Sequence[str] | None = None) -> list[Path]:
     """Write ``OUT.md``, ``OUT.html`` and ``OUT-*.svg`` for the results at ``results`` (default
-    ``OUT``: ``<results folder>/report``); returns the paths written."""
-    rows, folder = read_results(results)
-    other = read_results(against)[0] if against is not None else None
-    rep = build_report(rows, str(results), other, str(against) if against is not None else "")
-    base = _out_base(Path(results), folder, out)
+    ``OUT``: ``<results folder>/report``); with ``suite``, also memory accuracy against horizon
+    per short-term policy (:func:`mnemobot.evaluation.horizon.score_suite`), and ``results`` may
+    be None (default ``OUT``: ``<suite>/report``). Returns the paths written."""
+    if results is None and suite is None:
+        raise UserError("nothing to report: give evaluation results, a suite (--suite), or both")
+    if results is not None:
+        rows, folder = read_results(results)
+        other = read_results(against)[0] if against is not None else None
+        rep = build_report(rows, str(results), other, str(against) if against is not None else "")
+    else:
+        if against is not None:
+            raise UserError("--against compares evaluation results: give the results too")
+        rep, folder = empty_report(), Path(suite)  # type: ignore[arg-type]
+    if suite is not None:
+        from mnemobot.evaluation.horizon import score_suite
+
+        rep.horizon = score_suite(suite, capacity=capacity, policies=policies)
+    base = _out_base(Path(results) if results is not None else folder, folder, out)
     base.parent.mkdir(parents=True, exist_ok=True)
     plots = _plots(rep)
     written: list[Path] = []

@@ -45,7 +45,10 @@ MIN_PIXELS = 40
 perception needs to extract it: the head camera shows a 5 cm cube on a table about 1 m away with
 some 60-200 pixels, so a stricter threshold would leave most objects unseen)."""
 REFERENCE_AREA = 320 * 240
-"""Image area (pixels) ``min_pixels`` refers to; other sizes scale it by their area."""
+"""Image area (pixels) ``min_pixels`` refers to; larger images scale it up by their area. Smaller
+ones keep :data:`MIN_PIXELS`: perception's extractor needs a fixed count of pixels whatever the
+image size (at 160x120 the scaled threshold, 10, would be half of it, and gold would count as
+seen what no memory could)."""
 GLIMPSE_PIXELS = 20
 VACANT_FRAMES = 2
 """Frames that must show a spot empty before the camera has established it (one frame at the edge
@@ -107,7 +110,7 @@ class SightingLog:
 
     ``backend``: the world's ground truth (a :class:`~mnemobot.sim.backend.PyBulletBackend`); when
     None it is taken from the skill context's robot on the first frame. ``min_pixels``: pixels of
-    a sighting, default :data:`MIN_PIXELS` scaled by the image area over 320x240.
+    a sighting, default :data:`MIN_PIXELS` scaled by the image area over 320x240 (never below it).
     """
 
     def __init__(self, backend: Any = None, min_pixels: int | None = None,
@@ -137,7 +140,7 @@ class SightingLog:
         self._labels = tuple(b.object_labels())
         if self.min_pixels is None:
             h, w = np.asarray(obs.instances).shape[:2]
-            self.min_pixels = max(1, int(round(MIN_PIXELS * h * w / REFERENCE_AREA)))
+            self.min_pixels = max(MIN_PIXELS, int(round(MIN_PIXELS * h * w / REFERENCE_AREA)))
         self._drawer_place = b.drawer_place()
         if self._drawer_place is not None:
             furniture = b.layout.place_spec(self._drawer_place).furniture

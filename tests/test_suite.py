@@ -319,6 +319,30 @@ def test_suite_gold_agrees_with_ground_truth(suite: tuple[Path, dict]) -> None:
 
 
 @pytest.mark.slow
+def test_report_plots_memory_accuracy_against_horizon(suite: tuple[Path, dict], tmp_path: Path) -> None:
+    from mnemobot.evaluation.report import write_report
+
+    out, _row = suite
+    r = subprocess.run([sys.executable, "-m", "mnemobot", "report", "--suite", str(out), "--policies", "lru",
+                        "--capacity", "4", "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "r.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"graph", "lru/4", "none"}
+    graph = float(rows["graph"].split(" | ")[1].split()[0])
+    assert graph >= 0.9, md  # the suite's own gold, on the default memory
+    svg = (tmp_path / "r-horizon.svg").read_text()
+    assert svg.startswith("<svg") and "horizon 1" in svg and "lru/4" in svg
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    with pytest.raises(UserError, match="not a suite folder"):
+        write_report(None, out=tmp_path / "x", suite=tmp_path)
+    with pytest.raises(UserError, match="unknown short-term policy"):
+        write_report(None, out=tmp_path / "x", suite=out, policies=["mru"])
+    with pytest.raises(UserError, match="nothing to report"):
+        write_report(None)
+
+
+@pytest.mark.slow
 def test_suite_never_overwrites_an_episode(suite: tuple[Path, dict]) -> None:
     out, row = suite
     before = (out / row["dir"] / "questions.jsonl").read_text()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,13 @@ def silent_url() -> Iterator[str]:
         for s in held:
             s.close()
         listener.close()
+
+
+@pytest.fixture(scope="session")
+def build_tiny_vlm() -> Callable[..., Path]:
+    """``tests/tiny_models.py``'s builder of a tiny vision-language model (random weights, offline)."""
+    spec = importlib.util.spec_from_file_location("tiny_models", Path(__file__).with_name("tiny_models.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_tiny_vlm

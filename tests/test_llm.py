@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -36,18 +34,6 @@ from mnemobot.agent.llm import (
     local_model_paths,
     start_llama_server,
 )
-
-
-def _load_tiny_models() -> ModuleType:
-    """``tests/tiny_models.py``, loaded by path (``tests/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("tiny_models", Path(__file__).with_name("tiny_models.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_tiny_vlm = _load_tiny_models().build_tiny_vlm
 
 PLAN_SCHEMA = {
     "type": "object",
@@ -407,7 +393,7 @@ def test_images_travel_as_png_data_urls(scripted) -> None:
 # A tiny vision-language model built offline
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory) -> HFVisionChatModel:
+def tiny_vlm(tmp_path_factory, build_tiny_vlm) -> HFVisionChatModel:
     if not _has("torch", "transformers", "tokenizers", "PIL"):
         pytest.skip("needs torch, transformers, tokenizers and pillow (mnemobot[vlm])")
     out = build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm"))
@@ -451,6 +437,6 @@ def test_tiny_vlm_image_reaches_the_model(tiny_vlm: HFVisionChatModel) -> None:
     assert not torch.allclose(a, b, atol=1e-6)
 
 
-def test_tiny_vlm_unknown_family_is_refused(tmp_path) -> None:
+def test_tiny_vlm_unknown_family_is_refused(tmp_path, build_tiny_vlm) -> None:
     with pytest.raises(ValueError, match="llava"):
         build_tiny_vlm(tmp_path, family="no_such_family")

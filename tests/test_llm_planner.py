@@ -10,8 +10,6 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -37,18 +35,6 @@ from mnemobot.agent.symbolic import SymbolicPlanner
 from mnemobot.control.skills import SKILLS
 from mnemobot.sim.layout import DEFAULT_LAYOUT
 from mnemobot.sim.tasks import TASK_FAMILIES, layout_for, make_task
-
-
-def _load_tiny_models() -> ModuleType:
-    """``tests/tiny_models.py``, loaded by path (``tests/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("tiny_models", Path(__file__).with_name("tiny_models.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_tiny_vlm = _load_tiny_models().build_tiny_vlm
 
 MUG = "put the mug on the shelf"
 
@@ -453,7 +439,7 @@ def test_gemma3_replan_from_the_body_state(gemma_url: str) -> None:
 # A tiny vision-language model built offline (random weights)
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory) -> HFVisionChatModel:
+def tiny_vlm(tmp_path_factory, build_tiny_vlm) -> HFVisionChatModel:
     if not _has("torch", "transformers", "tokenizers", "PIL"):
         pytest.skip("needs torch, transformers, tokenizers and pillow (mnemobot[vlm])")
     model = HFVisionChatModel(build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm")))

@@ -37,19 +37,29 @@ def journal_lines(out: Path) -> list[dict]:
 
 def worker_pids(parent: int) -> list[int]:
     """Episode processes (``mnemobot.evaluation.worker``) whose parent is ``parent``, from /proc."""
-    pids = []
+    return [pid for pid, (ppid, cmd) in _processes().items() if ppid == parent and "mnemobot.evaluation.worker" in cmd]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process, from /proc."""
+    out = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and "mnemobot.evaluation.worker" in cmd:
-            pids.append(int(entry.name))
-    return pids
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            out[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    return out
+
+
+def complete_rows(out: Path, n: int) -> list[dict]:
+    """The journal's rows, checked: ``n`` episodes, no duplicates, all in the results table."""
+    rows = journal_lines(out)
+    assert len(rows) == n and len({r["key"] for r in rows}) == n, rows  # complete, no duplicates
+    assert len(read_results(out)[0]) == n
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,11 +267,9 @@ def test_worker_killed_mid_episode_is_retried(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stdout + stderr
-    rows = journal_lines(out)
-    assert len(rows) == 2 and len({r["key"] for r in rows}) == 2  # complete, no duplicates
+    rows = complete_rows(out, 2)
     assert sorted(r["attempts"] for r in rows) == [1, 2]
     assert all(r["success"] and r["stop_reason"] == "" for r in rows)
-    assert len(read_results(out)[0]) == 2
     assert worker_pids(proc.pid) == []
 
 
@@ -298,20 +306,6 @@ def test_ray_executor(tmp_path: Path) -> None:
     rows = journal_lines(out)
     assert len(rows) == 1 and rows[0]["success"] is True and rows[0]["attempts"] == 1
     assert (out / "logs" / f"{rows[0]['key']}.log").read_text().strip()
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process, from /proc."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            out[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
-    return out
 
 
 def episode_pids_under(root: int) -> dict[int, int]:
@@ -362,10 +356,8 @@ def test_ray_worker_killed_mid_episode_is_retried(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stdout + stderr
-    rows = journal_lines(out)
-    assert len(rows) == 2 and len({r["key"] for r in rows}) == 2  # complete, no duplicates
+    rows = complete_rows(out, 2)
     assert all(r["success"] and r["stop_reason"] == "" for r in rows), rows  # the killed one ran again
-    assert len(read_results(out)[0]) == 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -484,6 +484,8 @@ def _changed(log: SightingLog, t1: float, t2: float) -> list[str] | None:
             glimpsed = log.first_glimpse(label)
             if glimpsed is not None and glimpsed <= t1 and gd > MOVE_M:
                 return None  # memory may have known it before t1
+            if gd > MOVE_M and any(label in f.held for f in log.frames_between(t1, t2)):
+                return None  # the robot carried it from a spot the camera never showed: memory knows from the body
             continue
         s2 = log.position_seen(label, t2) or s1
         sd = math.dist(s1, s2)

@@ -19,6 +19,7 @@ from mnemobot.evaluation.questions import QUESTION_TYPES, load_questions
 from mnemobot.evaluation.suite import (
     SuiteConfig,
     _count,  # noqa: PLC2701 - the gold rule itself
+    _changed,  # noqa: PLC2701
     _count_category,  # noqa: PLC2701
     add_suite_parser,
     add_twin_visits,
@@ -86,9 +87,10 @@ def frame(t: float, pixels: dict[int, int], size: tuple[int, int] = (240, 320)) 
     return SimpleNamespace(timestamp=t, instances=inst.reshape(size), labels=present)
 
 
-def scripted_log() -> tuple[SightingLog, FakeBackend]:
+def scripted_log(mug_seen_first: bool = True) -> tuple[SightingLog, FakeBackend]:
     """Mug and duck seen; the drawer seen at 4 s; the mug picked at 10 s, put on the living-room
-    table at 14 s and seen there; the drawer opened unseen at 20 s."""
+    table at 14 s and seen there; the drawer opened unseen at 20 s. ``mug_seen_first=False``: the
+    camera shows the mug only once it was put down."""
     b = FakeBackend()
     log = SightingLog(b)
     ctx = SimpleNamespace(held=None)
@@ -101,7 +103,8 @@ def scripted_log() -> tuple[SightingLog, FakeBackend]:
             b.centres["mug"] = np.array([6.0, 4.5, 0.55])
             b.places["mug"] = "living_room_table"
         b.opening = 0.3 if t >= 20.0 else 0.0
-        px = {1: 200 if t < 6.0 or 10.0 <= t < 18.0 else 0, 2: 200 if 2.0 <= t < 8.0 or t >= 14.0 else 0,
+        mug = (t < 6.0 or 10.0 <= t < 18.0) if mug_seen_first else 14.0 <= t < 18.0
+        px = {1: 200 if mug else 0, 2: 200 if 2.0 <= t < 8.0 or t >= 14.0 else 0,
               100: 300 if 4.0 <= t < 5.0 else 0}
         log(frame(t, px), ctx)
     return log, b
@@ -172,6 +175,16 @@ def test_changed_windows_around_an_unseen_move_are_not_asked() -> None:
     # the mug is in the hand at 12 s: no window may end there
     qs = make_questions(log, np.random.default_rng(1), [12.1], per_type=5)
     assert not [q for q in qs if q["type"] in ("changed", "locate") and q.get("object", "mug") == "mug"]
+
+
+def test_a_move_by_the_robot_from_a_spot_the_camera_never_showed_is_not_asked() -> None:
+    """Memory knows the mug moved from the body (grasped here, put down there) though the camera
+    never showed where it stood: a camera-only gold of "nothing moved" could be wrong either way."""
+    log, _ = scripted_log()
+    assert _changed(log, 1.0, 20.0) == ["mug"]
+    log, _ = scripted_log(mug_seen_first=False)
+    assert _changed(log, 1.0, 20.0) is None
+    assert _changed(log, 15.0, 20.0) == []  # after the move: asked
 
 
 def test_episode_plans() -> None:

@@ -18,8 +18,8 @@ from mnemobot.agent.errors import UserError
 from mnemobot.evaluation.questions import QUESTION_TYPES, load_questions
 from mnemobot.evaluation.suite import (
     SuiteConfig,
-    _count,  # noqa: PLC2701 - the gold rule itself
     _changed,  # noqa: PLC2701
+    _count,  # noqa: PLC2701 - the gold rule itself
     _count_category,  # noqa: PLC2701
     add_suite_parser,
     add_twin_visits,

@@ -82,6 +82,8 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
                    help="results folder (default: runs/eval-<timestamp>); an existing one of the same matrix "
                         "is resumed, one of another matrix is refused")
     add_executor_options(p)
+    p.add_argument("--rerun-unfinished", action="store_true",
+                   help="when resuming, run again the episodes that timed out, died or raised")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line; print only the summary")
 
     r = sub.add_parser(
@@ -141,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else default_out()
     cfg = EvalConfig(matrix=matrix, out=out, executor=args.executor, workers=args.workers,
                      episode_timeout_s=args.episode_timeout, retries=args.retries, address=args.address,
-                     command=_command(args, out))
+                     rerun_unfinished=args.rerun_unfinished, command=_command(args, out))
     progress = Progress(len(matrix), 0, enabled=not args.quiet)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     summary = run_eval(cfg, progress=progress, say=say)

@@ -48,6 +48,9 @@ class EvalConfig:
     episode_timeout_s: float = 900.0
     retries: int = 1
     address: str | None = None
+    rerun_unfinished: bool = False
+    """Run again the episodes whose rows say they timed out, died or raised (their new rows
+    replace the old ones)."""
     command: Sequence[str] = field(default_factory=list)
     """The command line, recorded in ``eval.json``."""
 
@@ -176,10 +179,13 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None,
     specs: list[EpisodeSpec] = cfg.matrix.episodes()
     _prepare_out(out, cfg.matrix, cfg.command)
     journal = Journal(out / "rows.jsonl")
-    todo = [s for s in specs if s.key not in journal]
+    unfinished = {k for k, r in journal.rows.items() if r.get("stop_reason") in (TIMEOUT, DIED, ERROR)}
+    todo = [s for s in specs if s.key not in journal or (cfg.rerun_unfinished and s.key in unfinished)]
     skipped = len(specs) - len(todo)
     if say is not None and skipped:
         say(f"eval: resuming {out}: {skipped} of {len(specs)} episodes already done")
+    if say is not None and unfinished and not cfg.rerun_unfinished:
+        say(f"eval: {len(unfinished)} of them timed out, died or raised; --rerun-unfinished runs them again")
     prog = progress if progress is not None else Progress(len(specs), skipped, enabled=False)
     prog.total, prog.done = len(specs), skipped
     by_key = {s.key: s for s in todo}

@@ -231,6 +231,16 @@ def test_episode_past_its_time_limit_is_killed(tmp_path: Path) -> None:
         assert 1.4 < row["process_s"] < 15
     assert "2 timed out/died/raised" in r.stdout
 
+    # resuming skips them (and says how to run them again); --rerun-unfinished replaces their rows
+    r = mnemobot("eval", *SMALL, "--seeds", "0-1", "--out", str(out), timeout=120)
+    assert r.returncode == 0 and "2 already done, 0 run" in r.stdout and "--rerun-unfinished" in r.stderr
+    r = mnemobot("eval", *SMALL, "--seeds", "0-1", "--workers", "2", "--rerun-unfinished", "--out", str(out), "-q",
+                 timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 already done, 2 run (2/2 succeeded)" in r.stdout
+    assert all(row["success"] and row["stop_reason"] == "" for row in read_results(out)[0])
+    assert len(read_results(out)[0]) == 2
+
 
 def kill_one_worker(proc: subprocess.Popen, out: Path, after_s: float) -> int:
     """SIGKILL one episode process of the eval ``proc`` ``after_s`` seconds into its episode."""

@@ -820,7 +820,8 @@ def _say_done(say: Callable[[str], None], name: str, manifest: dict[str, Any]) -
 
 
 def generate_suite(cfg: SuiteConfig, progress: Callable[[str], None] | None = None,
-                   executor: Any = None, on_tick: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                   executor: Any = None, on_tick: Callable[[int], None] | None = None,
+                   resume: bool = False) -> list[dict[str, Any]]:
     """Generate every episode of ``cfg`` (horizons x seeds); returns their manifests, each with its
     folder's name under ``dir``. Bad settings or an existing episode folder raise
     :class:`UserError` before anything runs.
@@ -829,7 +830,8 @@ def generate_suite(cfg: SuiteConfig, progress: Callable[[str], None] | None = No
     a process of its own, as many at a time as it runs, under its time limit; an episode that timed
     out, died or raised leaves no folder and is returned as ``{"dir", "success": False,
     "stop_reason", "error"}`` (a Ray cluster's nodes must see ``out_dir``: a shared file system).
-    Without one they run here, one after another.
+    Without one they run here, one after another. ``resume``: episodes whose folders exist (with
+    their manifest) are kept and not run again, instead of refusing to start.
     """
     say = progress or (lambda _m: None)
     cfg.check()
@@ -838,13 +840,23 @@ def generate_suite(cfg: SuiteConfig, progress: Callable[[str], None] | None = No
         raise UserError(f"{out} exists and is not a directory")
     plan = [(h, s) for h in cfg.horizons for s in cfg.seeds]
     taken = [episode_name(h, s) for h, s in plan if (out / episode_name(h, s)).exists()]
-    if taken:
+    done: list[dict[str, Any]] = []
+    if taken and resume:
+        for name in taken:
+            try:
+                done.append({"dir": name, **json.loads((out / name / "manifest.json").read_text(encoding="utf-8"))})
+            except (OSError, ValueError) as e:
+                raise UserError(f"{out / name} exists but its manifest cannot be read ({e}); remove it to "
+                                "record that episode again") from None
+        plan = [(h, s) for h, s in plan if episode_name(h, s) not in taken]
+        say(f"resuming {out}: {len(taken)} episode(s) already recorded")
+    elif taken:
         raise UserError(f"episode folder(s) already exist in {out}: {', '.join(taken)} "
-                        "(nothing was overwritten; choose another output folder or remove them)")
+                        "(nothing was overwritten; choose another output folder, remove them, or --resume)")
     if executor is not None:
         executor.check()
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(done)
     if executor is None:
         for h, s in plan:
             name = episode_name(h, s)
@@ -886,7 +898,7 @@ def generate_suite(cfg: SuiteConfig, progress: Callable[[str], None] | None = No
         work = out / ".work"
         if work.is_dir() and not any(work.iterdir()):
             work.rmdir()
-    order = {name: i for i, name in enumerate(episode_name(h, s) for h, s in plan)}
+    order = {episode_name(h, s): i for i, (h, s) in enumerate((h, s) for h in cfg.horizons for s in cfg.seeds)}
     return sorted(rows + failed, key=lambda r: order[r["dir"]])
 
 
@@ -932,6 +944,8 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     from mnemobot.evaluation.cli import add_executor_options
 
     add_executor_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the episodes OUT already holds and record only the others")
     p.add_argument("--in-process", action="store_true",
                    help="run the episodes here, one after another, instead of on the executor")
     p.add_argument("-q", "--quiet", action="store_true", help="print only one line per episode")
@@ -961,7 +975,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         out = Path(cfg.out_dir)
         executor = make_executor(args.executor, args.workers, args.episode_timeout, args.retries, out,
                                  getattr(args, "address", None))
-    rows = generate_suite(cfg, progress, executor=executor)
+    rows = generate_suite(cfg, progress, executor=executor, resume=getattr(args, "resume", False))
     for r in rows:
         if "questions_file" in r:
             print(f"{Path(cfg.out_dir) / r['dir']}  success={'yes' if r['success'] else 'no'}  "

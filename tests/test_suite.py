@@ -362,6 +362,12 @@ def test_suite_never_overwrites_an_episode(suite: tuple[Path, dict]) -> None:
     with pytest.raises(UserError, match="h1-s0"):
         generate_suite(SuiteConfig(out, horizons=(1,), seeds=(0,)))
     assert (out / row["dir"] / "questions.jsonl").read_text() == before
+    # --resume keeps it and runs nothing
+    said: list[str] = []
+    rows = generate_suite(SuiteConfig(out, horizons=(1,), seeds=(0,)), said.append, resume=True)
+    assert [r["dir"] for r in rows] == ["h1-s0"] and rows[0]["questions"] == row["questions"]
+    assert said == [f"resuming {out}: 1 episode(s) already recorded"]
+    assert (out / row["dir"] / "questions.jsonl").read_text() == before
 
 
 @pytest.mark.slow

@@ -158,6 +158,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
     paths = write_report(args.results, out=args.out, against=args.against, suite=args.suite,
-                         capacity=args.capacity, policies=policies)
+                         capacity=args.capacity, policies=policies,
+                         progress=lambda msg: print(f"report: {msg}", file=sys.stderr, flush=True))
     print(f"report: {paths[0]}, {paths[1]} ({len(paths) - 2} plots; {time.perf_counter() - t0:.2f} s)")
     return 0

@@ -136,6 +136,6 @@ def score_suite(suite: str | Path, capacity: int = 16, policies: Sequence[str] |
                 (rep.get("short_term") or {}).get("hit_rate") or 0.0)
             out.latency_p95_ms.append(rep["latency_ms"]["p95"])
         if progress is not None:
-            progress(f"{name}: {len(episodes)} episodes replayed")
+            progress(f"{name}: {len(episodes)} episodes replayed ({time.perf_counter() - t0:.0f} s)")
     out.wall_s = time.perf_counter() - t0
     return out

@@ -14,7 +14,7 @@ test); a lower success rate at p < 0.05 is flagged as a regression.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -382,7 +382,8 @@ def _out_base(results: Path, folder: Path, out: str | Path | None) -> Path:
 
 def write_report(results: str | Path | None, out: str | Path | None = None,
                  against: str | Path | None = None, suite: str | Path | None = None, capacity: int = 16,
-                 policies: Sequence[str] | None = None) -> list[Path]:
+                 policies: Sequence[str] | None = None, progress: Callable[[str], None] | None = None
+                 ) -> list[Path]:
     """Write ``OUT.md``, ``OUT.html`` and ``OUT-*.svg`` for the results at ``results`` (default
     ``OUT``: ``<results folder>/report``); with ``suite``, also memory accuracy against horizon
     per short-term policy (:func:`mnemobot.evaluation.horizon.score_suite`), and ``results`` may
@@ -400,7 +401,7 @@ def write_report(results: str | Path | None, out: str | Path | None = None,
     if suite is not None:
         from mnemobot.evaluation.horizon import score_suite
 
-        rep.horizon = score_suite(suite, capacity=capacity, policies=policies)
+        rep.horizon = score_suite(suite, capacity=capacity, policies=policies, progress=progress)
     base = _out_base(Path(results) if results is not None else folder, folder, out)
     base.parent.mkdir(parents=True, exist_ok=True)
     plots = _plots(rep)

@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-from mnemobot.agent.errors import UserError
-
 __all__ = ["add_eval_parsers", "add_executor_options", "cmd_eval", "cmd_report"]
 
 
@@ -138,8 +136,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    "model": args.model, "base_url": args.base_url, "width": args.width, "height": args.height,
                    "steps_limit": args.steps_limit})
     matrix = Matrix.build(*layers)
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
     out = args.out if args.out is not None else default_out()
     cfg = EvalConfig(matrix=matrix, out=out, executor=args.executor, workers=args.workers,
                      episode_timeout_s=args.episode_timeout, retries=args.retries, address=args.address,

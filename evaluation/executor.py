@@ -346,6 +346,8 @@ class RayExecutor:
 def make_executor(kind: str, workers: int, timeout_s: float, retries: int, out_dir: Path,
                   address: str | None = None) -> LocalExecutor | RayExecutor:
     """The executor ``kind`` (:data:`EXECUTORS`) writing logs under ``out_dir/logs``."""
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     if kind == "local":
         if address is not None:
             raise UserError("--address is for --executor ray")

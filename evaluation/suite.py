@@ -970,8 +970,6 @@ def cmd_suite(args: argparse.Namespace) -> int:
     if not getattr(args, "in_process", False):
         from mnemobot.evaluation.executor import make_executor
 
-        if args.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {args.workers}")
         out = Path(cfg.out_dir)
         executor = make_executor(args.executor, args.workers, args.episode_timeout, args.retries, out,
                                  getattr(args, "address", None))

@@ -10,7 +10,10 @@ database that every episode of the run reopens and writes (``RunConfig.memory_db
   that runs episode after episode). After each, with garbage collected: this process's RSS.
 
 Printed: database bytes per episode over the first and the last tenth of the run and their ratio
-(linear growth gives 1.0, growth that speeds up gives more); RSS after the first tenth against
+(linear growth gives 1.0, growth that speeds up gives more), the same per 1,000 simulator steps
+(episodes differ in length: a failed one runs to its limit), and the objects memory holds after
+the first tenth and at the end (each episode reshuffles the same house's objects: memory should
+re-identify them, not grow a copy per episode); RSS after the first tenth against
 the end (the first episodes load libraries and warm caches: that is the baseline) and the slope
 of a least-squares line through the second half (kB per episode). At the end each database must
 pass ``PRAGMA integrity_check``, reopen as a store with N episodes and a gapless op log, and load
@@ -57,6 +60,18 @@ def op_count(db: Path) -> int:
         con.close()
 
 
+def object_count(db: Path) -> int:
+    """Objects memory holds: added and not deleted (merged away), from the op log."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(con.execute(
+            "SELECT (SELECT COUNT(DISTINCT key) FROM ops WHERE target='node' AND kind='ADD' AND key LIKE 'obj:%')"
+            " - (SELECT COUNT(DISTINCT key) FROM ops WHERE target='node' AND kind='DELETE' AND key LIKE 'obj:%')"
+        ).fetchone()[0])
+    finally:
+        con.close()
+
+
 def check_db(db: Path, episodes: int) -> dict[str, object]:
     """Integrity, episode count, a gapless op log and a graph that loads."""
     from mnemobot.agent.memory_cli import load_graph
@@ -84,6 +99,17 @@ def growth(sizes: list[int], base: int) -> tuple[float, float, float]:
     return first, last, (last / first if first else float("inf"))
 
 
+def per_step(sizes: list[int], steps: list[int], base: int) -> tuple[float, float, float]:
+    """Bytes per 1,000 simulator steps over the first and the last tenth, and last / first.
+    Episodes differ in length (a failed one runs to its limit), so bytes per episode mixes what
+    memory stores per unit of robot activity with how long the robot was active."""
+    k = max(1, len(sizes) // 10)
+    series = [base, *sizes]
+    first = (series[k] - series[0]) / max(sum(steps[:k]), 1) * 1e3
+    last = (series[-1] - series[-1 - k]) / max(sum(steps[-k:]), 1) * 1e3
+    return first, last, (last / first if first else float("inf"))
+
+
 def rss_summary(rss: list[int]) -> dict[str, float]:
     k = max(1, len(rss) // 10)
     half = rss[len(rss) // 2:]
@@ -96,34 +122,38 @@ def run_executor(n: int, work: Path) -> dict[str, object]:
     db = work / "executor.db"
     base = 0
     ex = LocalExecutor(workers=1, timeout_s=600.0, retries=1, workdir=work / ".work", logdir=work / "logs")
-    sizes, ops, rss, ok = [], [], [], []
+    sizes, ops, rss, ok, steps, objects = [], [], [], [], [], []
     t0 = time.perf_counter()
 
     def on_result(job: Job, row: dict[str, object]) -> None:
         ok.append(bool(row.get("success")))
+        steps.append(int(row.get("steps") or 0))  # type: ignore[call-overload]
         sizes.append(db_bytes(db))
         ops.append(op_count(db))
+        objects.append(object_count(db))
         rss.append(rss_kb())
         if len(ok) % 10 == 0:
             print(f"  executor: {len(ok)}/{n} episodes, db {sizes[-1] / 1e6:.2f} MB, {ops[-1]} ops, "
-                  f"driver RSS {rss[-1] / 1024:.0f} MB", flush=True)
+                  f"{objects[-1]} objects, driver RSS {rss[-1] / 1024:.0f} MB", flush=True)
 
     jobs = [Job(f"place.s{i}", dict(KW, seed=i, memory_db=str(db))) for i in range(n)]
     ex.run(jobs, on_result)
-    return {"wall_s": time.perf_counter() - t0, "succeeded": sum(ok), "sizes": sizes, "ops": ops,
-            "growth": growth(sizes, base), "op_growth": growth(ops, 0), "driver_rss": rss_summary(rss),
-            "check": check_db(db, n)}
+    return {"wall_s": time.perf_counter() - t0, "succeeded": sum(ok), "sizes": sizes, "ops": ops, "steps": steps,
+            "objects": objects, "growth": growth(sizes, base), "per_step": per_step(sizes, steps, base),
+            "op_growth": growth(ops, 0), "driver_rss": rss_summary(rss), "check": check_db(db, n)}
 
 
 def run_process(n: int, work: Path) -> dict[str, object]:
     from mnemobot.agent.episode import RunConfig, run_episode
 
     db = work / "process.db"
-    rss, sizes, ok = [], [], []
+    rss, sizes, ok, steps, objects = [], [], [], [], []
     t0 = time.perf_counter()
     for i in range(n):
         summary = run_episode(RunConfig(**dict(KW, seed=i, memory_db=str(db))))
         ok.append(bool(summary.success))
+        steps.append(int(summary.steps))
+        objects.append(object_count(db))
         del summary
         gc.collect()
         rss.append(rss_kb())
@@ -132,7 +162,8 @@ def run_process(n: int, work: Path) -> dict[str, object]:
             print(f"  process: {i + 1}/{n} episodes, RSS {rss[-1] / 1024:.0f} MB, db {sizes[-1] / 1e6:.2f} MB",
                   flush=True)
     return {"wall_s": time.perf_counter() - t0, "succeeded": sum(ok), "rss": rss, "sizes": sizes,
-            "rss_summary": rss_summary(rss), "growth": growth(sizes, 0), "check": check_db(db, n)}
+            "steps": steps, "objects": objects, "rss_summary": rss_summary(rss), "growth": growth(sizes, 0),
+            "per_step": per_step(sizes, steps, 0), "check": check_db(db, n)}
 
 
 def main() -> int:
@@ -162,6 +193,12 @@ def main() -> int:
         print(f"\n{name}: {r['succeeded']}/{args.episodes} succeeded in {r['wall_s']:.0f} s")
         print(f"  database: {r['sizes'][-1] / 1e6:.2f} MB; bytes/episode first tenth {first / 1e3:.1f} kB, "
               f"last tenth {last / 1e3:.1f} kB, ratio {ratio:.2f}")
+        f1, l1, q1 = r["per_step"]  # type: ignore[misc]
+        print(f"  bytes/1,000 simulator steps first tenth {f1 / 1e3:.1f} kB, last tenth {l1 / 1e3:.1f} kB, "
+              f"ratio {q1:.2f}")
+        objs = r["objects"]
+        k = max(1, len(objs) // 10)  # type: ignore[arg-type]
+        print(f"  objects in memory: {objs[k - 1]} after the first tenth, {objs[-1]} at the end")  # type: ignore[index]
         if "op_growth" in r:
             f2, l2, q2 = r["op_growth"]  # type: ignore[misc]
             print(f"  ops/episode first tenth {f2:.0f}, last tenth {l2:.0f}, ratio {q2:.2f}")

@@ -194,6 +194,19 @@ def _memory(cfg: ReplayConfig, info: Any) -> Any:
     return mem
 
 
+def bag_inputs(topics: Path | None, labels: Path | None) -> tuple[Any, dict[int, str] | None]:
+    """The topic map (defaults without a file) and the instance labels of a bag to read; a bad
+    file raises :class:`UserError`."""
+    from mnemobot.ros2.bag import BagError, load_labels
+    from mnemobot.ros2.topics import TopicMap, TopicMapError
+
+    try:
+        return (TopicMap.from_yaml(topics) if topics is not None else TopicMap(),
+                load_labels(labels) if labels is not None else None)
+    except (TopicMapError, BagError) as e:
+        raise UserError(str(e)) from None
+
+
 def apply_body(memory: Any, body: dict[str, Any] | None, t: float) -> None:
     """Give memory the body facts a recorded frame carries (``/mnemobot/body``: held object,
     opened containers, place, hand), if it has any."""
@@ -205,8 +218,7 @@ def apply_body(memory: Any, body: dict[str, Any] | None, t: float) -> None:
 def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> ReplayResult:
     """Replay ``cfg.bag``; bad input (bag, topic map, labels, questions) raises :class:`UserError`."""
     from mnemobot.perception.types import ObservationError
-    from mnemobot.ros2.bag import BagError, BagSource, load_labels
-    from mnemobot.ros2.topics import TopicMap, TopicMapError
+    from mnemobot.ros2.bag import BagError, BagSource
 
     say = progress or (lambda _m: None)
     if cfg.changes_from not in ("graph", "short-term"):
@@ -216,10 +228,9 @@ def replay(cfg: ReplayConfig, progress: Callable[[str], None] | None = None) -> 
     try:
         if cfg.questions is not None:
             questions, problems = load_questions(cfg.questions)
-        topics = TopicMap.from_yaml(cfg.topics) if cfg.topics is not None else TopicMap()
-        labels = load_labels(cfg.labels) if cfg.labels is not None else None
-    except (QuestionError, TopicMapError, BagError) as e:
+    except QuestionError as e:
         raise UserError(str(e)) from None
+    topics, labels = bag_inputs(cfg.topics, cfg.labels)
     for p in problems:
         say(f"questions: {p} (skipped)")
     report = Report(cfg.tol_m, cfg.tol_s)

@@ -589,19 +589,14 @@ class VizResult:
 def viz_bag(cfg: VizBagConfig, progress: Callable[[str], None] | None = None) -> VizResult:
     """Replay ``cfg.bag`` frame by frame into memory (as ``mnemobot replay`` does, body facts
     included) and write what it shows to ``cfg.out``; bad input raises :class:`UserError`."""
-    from mnemobot.evaluation.replay import ReplayConfig, _memory, apply_body, prefetch
+    from mnemobot.evaluation.replay import ReplayConfig, _memory, apply_body, bag_inputs, prefetch
     from mnemobot.perception.types import ObservationError
-    from mnemobot.ros2.bag import BagError, BagSource, load_labels
-    from mnemobot.ros2.topics import TopicMap, TopicMapError
+    from mnemobot.ros2.bag import BagError, BagSource
 
     say = progress or (lambda _m: None)
     cfg.viz.check()
     out = check_output(cfg.out, cfg.force)
-    try:
-        topics = TopicMap.from_yaml(cfg.topics) if cfg.topics is not None else TopicMap()
-        labels = load_labels(cfg.labels) if cfg.labels is not None else None
-    except (TopicMapError, BagError) as e:
-        raise UserError(str(e)) from None
+    topics, labels = bag_inputs(cfg.topics, cfg.labels)
     rcfg = ReplayConfig(bag=cfg.bag, topics=cfg.topics, labels=cfg.labels, memory_policy=cfg.memory_policy,
                         short_term_capacity=cfg.short_term_capacity, sensor_profile=cfg.sensor_profile)
     bad = 0

@@ -181,13 +181,16 @@ class SceneGraph:
         self._scratch: dict[str, _Scratch] = {}
         self._label_of: dict[str, str] = {}
         self._sighting_noise = 0.0
-        self._place_margin = 0.0
-        self._border_px = 0.0
-        self._border_fx = -1.0
-        """The full noise margin of the sighting being integrated (pose errors included): how far
-        its estimate may lie off the map place it stands on."""
         """The local noise margin of the sighting being integrated (stored with the object: support
         relations compare objects seen in the same views, so pose errors cancel)."""
+        self._place_margin = 0.0
+        """The full noise margin of the sighting being integrated (pose errors included): how far
+        its estimate may lie off the map place it stands on."""
+        self._border_px = 0.0
+        self._border_fx = -1.0
+        self._unwatched = KeySet()
+        """Objects not seen at their remembered pose since the robot began watching
+        (:meth:`begin_watch`): beliefs from before a gap nobody watched (see :meth:`_moved_candidate`)."""
         self._wide = KeySet()
         """Objects judged by overlap: larger than ``large_size``, or only seen cut by the image border."""
         self._next_obj = 1
@@ -197,6 +200,12 @@ class SceneGraph:
         self.site = site
         if site is not None:
             self._places = dict(site.places)
+
+    def begin_watch(self) -> None:
+        """The robot starts watching after a gap (a new episode, a restart): every object memory
+        holds is a belief from before it, until a sighting at its remembered pose (or a move)
+        renews it."""
+        self._unwatched = KeySet(k for k in self.by_layer("object") if self.g.nodes[k].get("state") == PRESENT)
 
     # -- log / mutation ---------------------------------------------------------------------------
     def emit(self, kind: OpKind, target: str, key: str, cause: str, time: float,
@@ -226,6 +235,8 @@ class SceneGraph:
                 self.g.remove_edge(src, dst, key=rel)
             return
         key = op.key
+        if op.cause != "unconfirmed_move":  # a vote elsewhere is not a sighting where it was believed
+            self._unwatched.discard(key)
         if op.kind is OpKind.ADD:
             attrs = dict(op.data)
             if "history" in attrs:  # the node's history grows in place: never share the op's list
@@ -306,6 +317,7 @@ class SceneGraph:
         self._scratch.clear()
         self._label_of.clear()
         self._wide.clear()
+        self._unwatched.clear()
         self._change_t.clear()
         self._change_key.clear()
         for key, attrs in state.get("nodes", []):
@@ -652,22 +664,31 @@ class SceneGraph:
 
     def _moved_candidate(self, o: ObjectObservation, taken: set[str]) -> str | None:
         """A same-label object this sighting elsewhere re-identifies: one memory saw leave its
-        place (``missing``) or only guessed (a release placeholder). An object memory still
-        believes in stays where it is: a second one of the label is a second object."""
-        best: tuple[float, str] | None = None
+        place (``missing``) or only guessed (a release placeholder), or, failing those, one not
+        seen where memory holds it since the robot began watching (:meth:`begin_watch`). While the robot watches, an
+        object memory believes in stays where it is and a second sighting of its label elsewhere
+        is a second object; across a gap nobody watched, the one seen before is more likely this
+        one, moved, than a new one beside it. A moved object still votes like any other
+        (:meth:`_update`), so one false detection moves nothing. Wide objects (furniture in
+        the masks) and anonymous segments never count as moved this way."""
+        best: tuple[float, float, str] | None = None
         for key in self.by_label.get(o.label, ()):
             if key in taken:
                 continue
             d = self.g.nodes[key]
-            if d.get("state") != MISSING and not d.get("provisional"):
+            missing, provisional = d.get("state") == MISSING, bool(d.get("provisional"))
+            stale = key in self._unwatched and o.label != "unknown" and key not in self._wide
+            if not (missing or provisional or stale):
                 continue
             colour = self._appearance(o, d)
             if colour is None:
                 continue
-            score = colour - (0.5 if d.get("provisional") else 0.0)
-            if best is None or score < best[0]:
-                best = (score, key)
-        return None if best is None else best[1]
+            rank = 0.0 if provisional else 1.0 if missing else 2.0
+            if rank == 2.0:  # of look-alikes from before the gap, the nearest
+                colour += 0.01 * float(np.linalg.norm(np.asarray(d["centroid"]) - o.centroid))
+            if best is None or (rank, colour) < best[:2]:
+                best = (rank, colour, key)
+        return None if best is None else best[2]
 
     def _object_attrs(self, o: ObjectObservation, margin: float, box: tuple[Any, Any] | None = None
                       ) -> dict[str, Any]:

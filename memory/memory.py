@@ -134,6 +134,7 @@ class Memory:
         self.episode = self.store.begin_episode(dict(meta or {}, clock_offset=self.offset)) \
             if self.store is not None else self.episode + 1
         self.graph.episode = self.episode
+        self.graph.begin_watch()  # what memory holds from before was not watched since
         self._held, self._opened, self._at_place, self._last_t = None, {}, None, 0.0
         if self.graph.site is not None:
             self.graph.load_map(self.graph.site, self.offset)

@@ -153,6 +153,65 @@ def test_identical_objects_seen_apart_stay_two() -> None:
     assert q.count("red_cube") == 2 and q.moved_between(0.0, 31.0) == []
 
 
+def test_after_a_gap_nobody_watched_a_look_alike_elsewhere_is_the_same_object_moved() -> None:
+    """Within a watch, a second duck elsewhere is a second duck (above). Across a gap (a new
+    episode: :attr:`SceneGraph.watch_start`), the duck seen before is more likely this one,
+    moved: memory re-identifies it instead of growing a copy per episode. Of two look-alikes
+    from before, the nearer one; after that, a look-alike elsewhere is again a second object."""
+    g = graph()
+    (duck,) = g.integrate([obs("duck", surface("kitchen_table"), 1.0)], blind(1.0))
+    (cube,) = g.integrate([obs("red_cube", surface("kitchen_table", 0.2), 1.0)], blind(1.0))
+    (cube2,) = g.integrate([obs("red_cube", surface("bedroom_table"), 2.0)], blind(2.0))
+    assert cube2 != cube
+    g.begin_watch()  # a new episode: nobody watched the world since 2 s
+    assert g.integrate([obs("duck", surface("shelf"), 11.0)], blind(11.0)) == {duck: "moved"}
+    assert g.node(duck)["place"] == "shelf" and len(g.by_label["duck"]) == 1
+    # seen again after the re-identification, the kitchen spot holds a second duck
+    (other,) = g.integrate([obs("duck", surface("kitchen_table"), 12.0)], blind(12.0))
+    assert other != duck and MemoryQuery(g).count("duck") == 2
+    # of two red cubes from before the gap, the one nearer the sighting moved
+    near_bedroom = surface("bedroom_table", 0.25)
+    assert g.integrate([obs("red_cube", near_bedroom, 13.0)], blind(13.0)) == {cube2: "moved"}
+    assert g.node(cube)["place"] == "kitchen_table"
+
+
+def test_across_a_gap_a_noisy_sensor_still_needs_two_sightings_to_move_an_object() -> None:
+    from mnemobot.perception.sensor import sensor_model
+
+    g = SceneGraph(SceneGraphConfig(sensor=sensor_model("kinect")), SITE)
+    g.load_map(SITE)
+    (mug,) = g.integrate([obs("mug", surface("kitchen_table"), 1.0)], blind(1.0))
+    g.integrate([obs("mug", surface("kitchen_table"), 1.5)], blind(1.5))
+    g.begin_watch()
+    assert g.integrate([obs("mug", surface("shelf"), 11.0)], blind(11.0)) == {}  # one sighting: a vote
+    assert g.node(mug)["place"] == "kitchen_table" and len(g.by_label["mug"]) == 1
+    assert g.integrate([obs("mug", surface("shelf"), 11.5)], blind(11.5)) == {mug: "moved"}
+    assert g.node(mug)["place"] == "shelf" and len(g.by_label["mug"]) == 1
+
+
+def test_a_persistent_memory_does_not_grow_a_copy_per_episode(tmp_path: Path) -> None:
+    """Episode after episode into one database, the same two objects are put somewhere else
+    each time (a reshuffled house): memory keeps two objects, each with its history."""
+    db = tmp_path / "house.db"
+    places = ["kitchen_table", "bedroom_table", "shelf", "living_room_table"]
+    for episode in range(4):
+        where = {"duck": places[episode % 4], "mug": places[(episode + 2) % 4]}
+
+        def extractor(o: Observation, where=where) -> list[ObjectObservation]:
+            return [obs(label, surface(place), o.timestamp) for label, place in where.items()]
+
+        with Memory(MemoryConfig(db_path=db, embedder="none"), site=SITE, extractor=extractor) as m:
+            m.begin_episode({"episode": episode})
+            for t in (1.0, 2.0):
+                m.update(frame(t))
+            assert {label: m.locate(label).place for label in where} == where
+            m.end_episode({"success": True})
+    with Memory(MemoryConfig(db_path=db, embedder="none"), site=SITE) as m:
+        assert sorted(m.graph.node(k)["label"] for k in m.graph.by_layer("object")) == ["duck", "mug"]
+        duck = m.graph.best("duck")
+        assert [h[4] for h in m.graph.node(duck)["history"]] == places
+
+
 def test_two_same_label_objects_seen_together_stay_two() -> None:
     g = graph()
     g.integrate([obs("red_cube", surface("kitchen_table", -0.2), 1.0),

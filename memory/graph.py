@@ -669,15 +669,16 @@ class SceneGraph:
         object memory believes in stays where it is and a second sighting of its label elsewhere
         is a second object; across a gap nobody watched, the one seen before is more likely this
         one, moved, than a new one beside it. A moved object still votes like any other
-        (:meth:`_update`), so one false detection moves nothing. Wide objects (furniture in
-        the masks) and anonymous segments never count as moved this way."""
+        (:meth:`_update`), so one false detection moves nothing. Objects larger than
+        ``large_size`` (furniture in the masks) and anonymous segments never move this way."""
         best: tuple[float, float, str] | None = None
         for key in self.by_label.get(o.label, ()):
             if key in taken:
                 continue
             d = self.g.nodes[key]
             missing, provisional = d.get("state") == MISSING, bool(d.get("provisional"))
-            stale = key in self._unwatched and o.label != "unknown" and key not in self._wide
+            stale = (key in self._unwatched and o.label != "unknown"
+                     and float(np.max(d["extent"])) <= self.config.large_size)
             if not (missing or provisional or stale):
                 continue
             colour = self._appearance(o, d)

@@ -173,19 +173,43 @@ def _render_feedback(fb) -> str:  # noqa: ANN001 - ExecuteTask.Feedback
 
 def send_task(instruction: str, task_id: str = "", timeout_s: float = 30.0, action: str = ACTION_NAME,
               result_timeout_s: float = 3600.0, quiet: bool = False, out=sys.stdout) -> int:  # noqa: ANN001
-    """Send one ``ExecuteTask`` goal and wait for its result; the exit status of ``ros task``."""
+    """Send one ``ExecuteTask`` goal and wait for its result; the exit status of ``ros task``.
+
+    Ctrl-C (or SIGTERM) cancels the goal and waits, at most 10 s each, for the server to accept
+    the cancel and for the result. rclpy's own SIGINT handling is off: it would stop the
+    executor before the cancel request went out, and the robot would drive on."""
     try:
         import rclpy
         from mnemobot_interfaces.action import ExecuteTask
         from rclpy.action import ActionClient
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.signals import SignalHandlerOptions
         from std_msgs.msg import String
     except ImportError as e:
         raise ImportError(f"'mnemobot ros' needs ROS 2 (rclpy and mnemobot_interfaces): run scripts/setup.sh, "
                           f"or source a ROS 2 workspace where they are built ({e})") from None
-    rclpy.init(args=None)
+    rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(f"mnemobot_task_client_{uuid.uuid4().hex[:8]}")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    interrupted = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda _s, _f: interrupted.set())
     reasons: dict[str, str] = {}
+
+    def wait(done, seconds: float, interruptible: bool = True) -> bool:  # noqa: ANN001
+        """Spin until ``done()``; False after ``seconds``; Ctrl-C raises KeyboardInterrupt."""
+        deadline = time.monotonic() + seconds
+        while not done():
+            if interruptible and interrupted.is_set():
+                raise KeyboardInterrupt
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            executor.spin_once(timeout_sec=min(0.1, left))
+        return True
 
     def on_rejected(msg) -> None:  # noqa: ANN001
         try:
@@ -199,7 +223,7 @@ def send_task(instruction: str, task_id: str = "", timeout_s: float = 30.0, acti
     client = ActionClient(node, ExecuteTask, action)
     goal_handle = None
     try:
-        if not client.wait_for_server(timeout_sec=timeout_s):
+        if not wait(client.server_is_ready, timeout_s):
             print(f"mnemobot: error: no ExecuteTask action server on {action} within {timeout_s:g} s "
                   "(is 'mnemobot ros up' running, on the same ROS_DOMAIN_ID?)", file=sys.stderr)
             return EXIT_REJECTED
@@ -210,44 +234,49 @@ def send_task(instruction: str, task_id: str = "", timeout_s: float = 30.0, acti
 
         goal = ExecuteTask.Goal(instruction=instruction, task_id=task_id)
         future = client.send_goal_async(goal, feedback_callback=on_feedback)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout_s)
-        if not future.done():
+        if not wait(future.done, timeout_s):
             print(f"mnemobot: error: the action server did not answer the goal within {timeout_s:g} s", file=sys.stderr)
             return EXIT_REJECTED
         goal_handle = future.result()
         if not goal_handle.accepted:
             gid = bytes(goal_handle.goal_id.uuid).hex()
-            deadline = time.monotonic() + 3.0
-            while gid not in reasons and time.monotonic() < deadline:
-                rclpy.spin_once(node, timeout_sec=0.1)
+            wait(lambda: gid in reasons, 3.0)
             print(f"mnemobot: error: the goal was rejected: {reasons.get(gid, 'no reason given')}", file=sys.stderr)
             return EXIT_REJECTED
         result_future = goal_handle.get_result_async()
-        rclpy.spin_until_future_complete(node, result_future, timeout_sec=result_timeout_s)
-        if not result_future.done():
+        if not wait(result_future.done, result_timeout_s):
             print(f"mnemobot: error: no result within {result_timeout_s:g} s; cancelling", file=sys.stderr)
-            _cancel(node, goal_handle)
+            _cancel(wait, goal_handle, result_future)
             return EXIT_FAILED
         return _print_result(result_future.result(), out)
     except KeyboardInterrupt:
         if goal_handle is not None and goal_handle.accepted:
             print("mnemobot: cancelling the task (the robot stops)", file=sys.stderr)
-            _cancel(node, goal_handle)
+            result = _cancel(wait, goal_handle, goal_handle.get_result_async())
+            if result is not None:
+                _print_result(result, out)
         return EXIT_FAILED
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        executor.shutdown()
         client.destroy()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
 
 
-def _cancel(node, goal_handle, timeout_s: float = 10.0) -> None:  # noqa: ANN001
-    import rclpy
-
+def _cancel(wait, goal_handle, result_future, timeout_s: float = 10.0):  # noqa: ANN001, ANN202
+    """Cancel the goal and wait for the server to accept it and for the result (or None)."""
     fut = goal_handle.cancel_goal_async()
-    rclpy.spin_until_future_complete(node, fut, timeout_sec=timeout_s)
-    res = goal_handle.get_result_async()
-    rclpy.spin_until_future_complete(node, res, timeout_sec=timeout_s)
+    if not wait(fut.done, timeout_s, interruptible=False):
+        print(f"mnemobot: warning: the action server did not answer the cancel within {timeout_s:g} s",
+              file=sys.stderr)
+        return None
+    if not wait(result_future.done, timeout_s, interruptible=False):
+        print(f"mnemobot: warning: no result {timeout_s:g} s after the cancel", file=sys.stderr)
+        return None
+    return result_future.result()
 
 
 def _print_result(wrapped, out) -> int:  # noqa: ANN001 - GetResult response

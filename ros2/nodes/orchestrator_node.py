@@ -168,9 +168,14 @@ class OrchestratorNode(Node):
         self._score = self.create_client(Trigger, p["score_service"]) if p["score_service"] else None
         group = ReentrantCallbackGroup()
         self.server = _ReasonedActionServer(self, ExecuteTask, p["action_name"], execute_callback=self._execute,
-                                            goal_callback=self._on_goal, cancel_callback=lambda _g: CancelResponse.ACCEPT,
+                                            goal_callback=self._on_goal, cancel_callback=self._on_cancel,
                                             callback_group=group)
         self.get_logger().info(f"orchestrator ready: {p['action_name']} (planner {p['planner']}, mode {p['mode']})")
+
+    def _on_cancel(self, _goal: Any) -> Any:
+        """Accept every cancel request; the running task stops at its next control tick."""
+        self.get_logger().info(f"cancel requested: {self._running!r} stops at its next control tick")
+        return CancelResponse.ACCEPT
 
     # -- inputs ---------------------------------------------------------------------------------------
     def _on_site_map(self, msg: String) -> None:

@@ -10,7 +10,8 @@ database that every episode of the run reopens and writes (``RunConfig.memory_db
   that runs episode after episode). After each, with garbage collected: this process's RSS.
 
 Printed: database bytes per episode over the first and the last tenth of the run and their ratio
-(linear growth gives 1.0, growth that speeds up gives more), the same per 1,000 simulator steps
+(linear growth gives 1.0, growth that speeds up gives more), over the first and the second half,
+the same per 1,000 simulator steps
 (episodes differ in length: a failed one runs to its limit), and the objects memory holds after
 the first tenth and at the end (each episode reshuffles the same house's objects: memory should
 re-identify them, not grow a copy per episode); RSS after the first tenth against
@@ -97,6 +98,15 @@ def growth(sizes: list[int], base: int) -> tuple[float, float, float]:
     first = (series[k] - series[0]) / k
     last = (series[-1] - series[-1 - k]) / k
     return first, last, (last / first if first else float("inf"))
+
+
+def halves(sizes: list[int], base: int) -> tuple[float, float, float]:
+    """Bytes per episode over the first and the second half, and second / first (tenths are
+    few episodes: a run of long ones sways them)."""
+    h = len(sizes) // 2
+    first = (sizes[h - 1] - base) / h
+    second = (sizes[-1] - sizes[h - 1]) / (len(sizes) - h)
+    return first, second, (second / first if first else float("inf"))
 
 
 def per_step(sizes: list[int], steps: list[int], base: int) -> tuple[float, float, float]:
@@ -193,6 +203,8 @@ def main() -> int:
         print(f"\n{name}: {r['succeeded']}/{args.episodes} succeeded in {r['wall_s']:.0f} s")
         print(f"  database: {r['sizes'][-1] / 1e6:.2f} MB; bytes/episode first tenth {first / 1e3:.1f} kB, "
               f"last tenth {last / 1e3:.1f} kB, ratio {ratio:.2f}")
+        f0, l0, q0 = halves(r["sizes"], 0)  # type: ignore[arg-type]
+        print(f"  bytes/episode first half {f0 / 1e3:.1f} kB, second half {l0 / 1e3:.1f} kB, ratio {q0:.2f}")
         f1, l1, q1 = r["per_step"]  # type: ignore[misc]
         print(f"  bytes/1,000 simulator steps first tenth {f1 / 1e3:.1f} kB, last tenth {l1 / 1e3:.1f} kB, "
               f"ratio {q1:.2f}")

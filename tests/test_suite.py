@@ -254,15 +254,19 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, json.loads((out / rows[0]["dir"] / "manifest.json").read_text()) | {"dir": rows[0]["dir"]}
 
 
+def _suite_cli(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``mnemobot suite OUT --horizons 1 ARGS -q`` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "mnemobot", "suite", str(out), "--horizons", "1", *args, "-q"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_suite_episode_past_its_time_limit_leaves_nothing_half_written(tmp_path: Path) -> None:
     """On the executor, each episode in its own process: one killed at its time limit leaves no
     episode folder (not even a partial one) and is reported as not recorded."""
     pytest.importorskip("pybullet")
     pytest.importorskip("rosbags")
     out = tmp_path / "s"
-    r = subprocess.run([sys.executable, "-m", "mnemobot", "suite", str(out), "--horizons", "1", "--seeds", "0,1",
-                        "--workers", "2", "--episode-timeout", "3", "--width", "64", "--height", "48", "-q"],
-                       capture_output=True, text=True, timeout=300)
+    r = _suite_cli(out, "--seeds", "0,1", "--workers", "2", "--episode-timeout", "3", "--width", "64", "--height", "48")
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout.splitlines() == [f"{out / f'h1-s{s}'}  not recorded: timeout" for s in (0, 1)]
     assert sorted(p.name for p in out.iterdir()) == ["logs"]  # no episode, no .partial, no suite.json
@@ -277,9 +281,8 @@ def test_suite_runs_on_ray(tmp_path: Path) -> None:
     pytest.importorskip("rosbags")
     pytest.importorskip("ray")
     out = tmp_path / "s"
-    r = subprocess.run([sys.executable, "-m", "mnemobot", "suite", str(out), "--horizons", "1", "--seeds", "0",
-                        "--executor", "ray", "--workers", "1", "--width", "96", "--height", "72", "-q"],
-                       capture_output=True, text=True, timeout=600)
+    r = _suite_cli(out, "--seeds", "0", "--executor", "ray", "--workers", "1", "--width", "96", "--height", "72",
+                   timeout=600)
     if r.returncode == 2 and "could not start a local Ray instance" in r.stderr:
         pytest.skip(f"Ray does not start here: {r.stderr.strip()}")
     assert r.returncode in (0, 1), r.stdout + r.stderr

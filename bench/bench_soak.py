@@ -11,10 +11,9 @@ database that every episode of the run reopens and writes (``RunConfig.memory_db
 
 Printed: database bytes per episode over the first and the last tenth of the run and their ratio
 (linear growth gives 1.0, growth that speeds up gives more), over the first and the second half,
-the same per 1,000 simulator steps
-(episodes differ in length: a failed one runs to its limit), and the objects memory holds after
-the first tenth and at the end (each episode reshuffles the same house's objects: memory should
-re-identify them, not grow a copy per episode); RSS after the first tenth against
+and per 1,000 simulator steps (episodes differ in length: a failed one runs to its limit); the
+objects memory holds after the first tenth and at the end (each episode rearranges the same
+house's objects: memory should re-identify them, not grow a copy per episode); RSS after the first tenth against
 the end (the first episodes load libraries and warm caches: that is the baseline) and the slope
 of a least-squares line through the second half (kB per episode). At the end each database must
 pass ``PRAGMA integrity_check``, reopen as a store with N episodes and a gapless op log, and load
@@ -149,7 +148,8 @@ def run_executor(n: int, work: Path) -> dict[str, object]:
     jobs = [Job(f"place.s{i}", dict(KW, seed=i, memory_db=str(db))) for i in range(n)]
     ex.run(jobs, on_result)
     return {"wall_s": time.perf_counter() - t0, "succeeded": sum(ok), "sizes": sizes, "ops": ops, "steps": steps,
-            "objects": objects, "growth": growth(sizes, base), "per_step": per_step(sizes, steps, base),
+            "objects": objects, "growth": growth(sizes, base), "halves": halves(sizes, base),
+            "per_step": per_step(sizes, steps, base),
             "op_growth": growth(ops, 0), "driver_rss": rss_summary(rss), "check": check_db(db, n)}
 
 
@@ -173,7 +173,7 @@ def run_process(n: int, work: Path) -> dict[str, object]:
                   flush=True)
     return {"wall_s": time.perf_counter() - t0, "succeeded": sum(ok), "rss": rss, "sizes": sizes,
             "steps": steps, "objects": objects, "rss_summary": rss_summary(rss), "growth": growth(sizes, 0),
-            "per_step": per_step(sizes, steps, 0), "check": check_db(db, n)}
+            "halves": halves(sizes, 0), "per_step": per_step(sizes, steps, 0), "check": check_db(db, n)}
 
 
 def main() -> int:
@@ -203,7 +203,7 @@ def main() -> int:
         print(f"\n{name}: {r['succeeded']}/{args.episodes} succeeded in {r['wall_s']:.0f} s")
         print(f"  database: {r['sizes'][-1] / 1e6:.2f} MB; bytes/episode first tenth {first / 1e3:.1f} kB, "
               f"last tenth {last / 1e3:.1f} kB, ratio {ratio:.2f}")
-        f0, l0, q0 = halves(r["sizes"], 0)  # type: ignore[arg-type]
+        f0, l0, q0 = r["halves"]  # type: ignore[misc]
         print(f"  bytes/episode first half {f0 / 1e3:.1f} kB, second half {l0 / 1e3:.1f} kB, ratio {q0:.2f}")
         f1, l1, q1 = r["per_step"]  # type: ignore[misc]
         print(f"  bytes/1,000 simulator steps first tenth {f1 / 1e3:.1f} kB, last tenth {l1 / 1e3:.1f} kB, "

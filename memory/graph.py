@@ -665,27 +665,30 @@ class SceneGraph:
     def _moved_candidate(self, o: ObjectObservation, taken: set[str]) -> str | None:
         """A same-label object this sighting elsewhere re-identifies: one memory saw leave its
         place (``missing``) or only guessed (a release placeholder), or, failing those, one not
-        seen where memory holds it since the robot began watching (:meth:`begin_watch`). While the robot watches, an
-        object memory believes in stays where it is and a second sighting of its label elsewhere
+        seen where memory holds it since the robot began watching (:meth:`begin_watch`). While the
+        robot watches, an object memory believes in stays where it is and a second sighting of its label elsewhere
         is a second object; across a gap nobody watched, the one seen before is more likely this
         one, moved, than a new one beside it. A moved object still votes like any other
         (:meth:`_update`), so one false detection moves nothing. Objects larger than
         ``large_size`` (furniture in the masks) and anonymous segments never move this way."""
-        best: tuple[float, float, str] | None = None
+        best: tuple[int, float, str] | None = None
         for key in self.by_label.get(o.label, ()):
             if key in taken:
                 continue
             d = self.g.nodes[key]
-            missing, provisional = d.get("state") == MISSING, bool(d.get("provisional"))
-            stale = (key in self._unwatched and o.label != "unknown"
-                     and float(np.max(d["extent"])) <= self.config.large_size)
-            if not (missing or provisional or stale):
+            if d.get("provisional"):
+                rank = 0
+            elif d.get("state") == MISSING:
+                rank = 1
+            elif (key in self._unwatched and o.label != "unknown"
+                  and float(np.max(d["extent"])) <= self.config.large_size):
+                rank = 2
+            else:
                 continue
             colour = self._appearance(o, d)
             if colour is None:
                 continue
-            rank = 0.0 if provisional else 1.0 if missing else 2.0
-            if rank == 2.0:  # of look-alikes from before the gap, the nearest
+            if rank == 2:  # of look-alikes from before the gap, the nearest
                 colour += 0.01 * float(np.linalg.norm(np.asarray(d["centroid"]) - o.centroid))
             if best is None or (rank, colour) < best[:2]:
                 best = (rank, colour, key)

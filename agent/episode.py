@@ -342,8 +342,10 @@ def _learned_skill(cfg: RunConfig):  # noqa: ANN202 - SkillSpec
     data = meta.get("dataset", {})
     fps = float(data.get("fps", 10.0))
     mean_s = float(data.get("frames", 0)) / max(int(data.get("episodes", 1)), 1) / fps
-    # one action of a chunk per `action_stride` recorded frames
-    return learned_skill(policy, fps=fps / policy.config.action_stride, max_s=max(30.0, 1.5 * mean_s), seed=cfg.seed)
+    # one action of a chunk per `action_stride` recorded frames; keyframes are reached at the
+    # skill's own pace, which may be slower than the expert's
+    slack = 2.0 if policy.config.action_mode == "keyframes" else 1.5
+    return learned_skill(policy, fps=fps / policy.config.action_stride, max_s=max(30.0, slack * mean_s), seed=cfg.seed)
 
 
 def _parse(cfg: RunConfig, instruction: str, pctx: PlanningContext) -> list[Goal]:

@@ -9,14 +9,18 @@ For each memory-dependent workcell family: success over the evaluation seeds of
 * both off (chance level is the target: 1/3, 1/4, 1/2).
 
 Demonstrations are recorded into ``OUT/demos-FAMILY`` (seeds from 100 on, disjoint from the
-evaluation seeds 0..N-1) and checkpoints trained into ``OUT/ckpt-FAMILY-VARIANT``; both are reused
-(and a stopped training resumed) when the script runs again, so a long run can be split. Also
-printed: parameters, inference time per chunk (median over 50 calls, batch 1) and the training
-time and loss curve of each checkpoint.
+evaluation seeds 0..N-1). By default one keyframe policy per variant is trained on all the
+families together (``OUT/ckpt-all-VARIANT``; ``--per-family`` trains ``OUT/ckpt-FAMILY-VARIANT``
+instead, ``--frames`` the per-frame policy). Demonstrations and checkpoints are reused (a stopped
+training resumed) when the script runs again, so a long run can be split, and checkpoints can be
+trained beforehand with ``mnemobot train`` into those folders with the same settings. Episodes
+are evaluated ``--workers`` at a time, each in a process of its own. Also printed: parameters,
+inference time per chunk (median over 50 calls, batch 1, one thread) and the training time and
+loss curve of each checkpoint.
 
 Usage::
 
-    python bench/bench_policy.py --out runs/policy                    # 25 demos, 25 seeds, defaults
+    python bench/bench_policy.py --out runs/policy                    # 24 demos, 25 seeds, defaults
     python bench/bench_policy.py --out runs/policy --families put_block_back --seeds 5 --steps 500
     python bench/bench_policy.py --out /tmp/p --size tiny --steps 3 --demos 1 --seeds 1   # smoke run
 """
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,30 +62,41 @@ def record(out: Path, family: str, demos: int) -> Path:
     return root
 
 
-def train_variant(out: Path, family: str, data: Path, variant: str, size: str, steps: int, history: int,
-                  threads: int) -> tuple[Path, float]:
+def train_variant(out: Path, name: str, families: list[str], data: list[Path], variant: str, size: str, steps: int,
+                  history: int, threads: int, keyframes: bool) -> tuple[Path, float]:
     from mnemobot.policy.cli import SIZES
     from mnemobot.policy.train import TrainConfig, train
 
-    ckpt = out / f"ckpt-{family}-{variant}"
+    ckpt = out / f"ckpt-{name}-{variant}"
     t0 = time.perf_counter()
-    train(data, ckpt, {**SIZES[size], **VARIANTS[variant]},
+    mode = {"action_mode": "keyframes", "step_token": True} if keyframes else {}
+    train(data[0] if len(data) == 1 else data, ckpt, {**SIZES[size], **VARIANTS[variant], **mode},
           TrainConfig(steps=steps, history=history, threads=threads, save_every=max(50, steps // 10)),
-          families=[family], progress=lambda m: print(f"  [{family}/{variant}] {m}", flush=True))
+          families=families, progress=lambda m: print(f"  [{name}/{variant}] {m}", flush=True))
     return ckpt, time.perf_counter() - t0
 
 
-def evaluate(family: str, seeds: list[int], ckpt: Path | None) -> tuple[int, list[str]]:
+def _episode(job: tuple[str, int, str | None]) -> tuple[str, int, bool, str]:
+    """One evaluation episode (in a worker process): ``(family, seed, success, why not)``."""
+    import torch
+
     from mnemobot.agent.episode import RunConfig, run_episode
 
-    ok, cells = 0, []
-    for s in seeds:
-        cfg = (RunConfig(task_id=family, seed=s, agent="expert") if ckpt is None else
-               RunConfig(task_id=family, seed=s, policy="learned", checkpoint=str(ckpt)))
-        r = run_episode(cfg)
-        ok += bool(r.success)
-        cells.append(f"{s}:{'ok' if r.success else '-'}")
-    return ok, cells
+    torch.set_num_threads(1)
+    family, seed, ckpt = job
+    cfg = (RunConfig(task_id=family, seed=seed, agent="expert") if ckpt is None else
+           RunConfig(task_id=family, seed=seed, policy="learned", checkpoint=ckpt))
+    r = run_episode(cfg)
+    why = "" if r.success else next((f"{k['skill']}:{k['reason']}" for k in r.skills if not k["success"]),
+                                    r.stop_reason or "goal not reached")
+    return family, seed, bool(r.success), why
+
+
+def evaluate(pool: ProcessPoolExecutor, family: str, seeds: list[int], ckpt: Path | None
+             ) -> tuple[int, list[str]]:
+    results = list(pool.map(_episode, [(family, s, None if ckpt is None else str(ckpt)) for s in seeds]))
+    cells = [f"{s}:{'ok' if ok else why}" for _, s, ok, why in results]
+    return sum(ok for _, _, ok, _ in results), cells
 
 
 def inference_ms(ckpt: Path, calls: int = 50) -> float:
@@ -108,36 +125,47 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="work folder (demos and checkpoints are reused)")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--demos", type=int, default=25, help="demonstrations per family")
+    ap.add_argument("--demos", type=int, default=24, help="demonstrations per family")
     ap.add_argument("--seeds", type=int, default=25, help="evaluation seeds 0..N-1")
-    ap.add_argument("--steps", type=int, default=1500, help="training steps per checkpoint")
+    ap.add_argument("--steps", type=int, default=3000, help="training steps per checkpoint")
     ap.add_argument("--history", type=int, default=8)
     ap.add_argument("--size", default="default", choices=("default", "small", "tiny"))
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads while training")
+    ap.add_argument("--workers", type=int, default=2, help="evaluation episodes at a time")
+    ap.add_argument("--per-family", action="store_true", help="one checkpoint per family and variant")
+    ap.add_argument("--frames", action="store_true", help="the per-frame policy instead of keyframes")
     ap.add_argument("--skip-expert", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
     rows: list[dict[str, Any]] = []
-    for fam in args.families:
-        data = record(args.out, fam, args.demos)
+    data = {fam: record(args.out, fam, args.demos) for fam in args.families}
+    groups = [[f] for f in args.families] if args.per_family else [list(args.families)]
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
         if not args.skip_expert:
-            ok, cells = evaluate(fam, seeds, None)
-            rows.append({"family": fam, "variant": "scripted expert", "ok": ok, "n": len(seeds), "cells": cells})
-            print(f"{fam} expert: {ok}/{len(seeds)}", flush=True)
+            for fam in args.families:
+                ok, cells = evaluate(pool, fam, seeds, None)
+                rows.append({"family": fam, "variant": "scripted expert", "ok": ok, "n": len(seeds), "cells": cells})
+                print(f"{fam} expert: {ok}/{len(seeds)}", flush=True)
         for var in args.variants:
-            ckpt, train_s = train_variant(args.out, fam, data, var, args.size, args.steps, args.history, args.threads)
-            ok, cells = evaluate(fam, seeds, ckpt)
-            log = [json.loads(x) for x in (ckpt / "train_log.jsonl").read_text().splitlines() if x.strip()]
-            rows.append({"family": fam, "variant": var, "ok": ok, "n": len(seeds), "cells": cells,
-                         "train_s": train_s, "ms_per_chunk": inference_ms(ckpt),
-                         "curve": [(r["step"], round(r["loss"], 4)) for r in log[:: max(1, len(log) // 8)]]})
-            print(f"{fam} {var}: {ok}/{len(seeds)}", flush=True)
+            for group in groups:
+                name = group[0] if args.per_family else "all"
+                ckpt, train_s = train_variant(args.out, name, group, [data[f] for f in group], var, args.size,
+                                              args.steps, args.history, args.threads, not args.frames)
+                log = [json.loads(x) for x in (ckpt / "train_log.jsonl").read_text().splitlines() if x.strip()]
+                ms = inference_ms(ckpt)
+                for fam in group:
+                    ok, cells = evaluate(pool, fam, seeds, ckpt)
+                    rows.append({"family": fam, "variant": var, "ok": ok, "n": len(seeds), "cells": cells,
+                                 "train_s": train_s, "train_log_s": sum(r.get("s", 0) for r in log),
+                                 "ms_per_chunk": ms,
+                                 "curve": [(r["step"], round(r["loss"], 4)) for r in log[:: max(1, len(log) // 8)]]})
+                    print(f"{fam} {var}: {ok}/{len(seeds)}  {' '.join(cells)}", flush=True)
     print("\n== success on the memory-dependent workcell families ==")
     print(f"{'family':15s} {'variant':16s} {'success':>9s} {'chance':>7s} {'ms/chunk':>9s} {'train s':>8s}")
     for r in rows:
         ms = f"{r['ms_per_chunk']:.1f}" if "ms_per_chunk" in r else ""
-        tr = f"{r['train_s']:.0f}" if "train_s" in r else ""
+        tr = f"{r['train_log_s']:.0f}" if "train_log_s" in r else ""
         print(f"{r['family']:15s} {r['variant']:16s} {100 * r['ok'] / r['n']:8.1f}% {100 * CHANCE[r['family']]:6.0f}% "
               f"{ms:>9s} {tr:>8s}")
     for var in ["scripted expert", *args.variants]:

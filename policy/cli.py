@@ -49,7 +49,9 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     )
     tr.add_argument("--task", required=True,
                     help="task family (or comma list) the data shows; a checkpoint runs only on these")
-    tr.add_argument("--data", type=Path, required=True, help="dataset folder (LeRobot v3.0 layout)")
+    tr.add_argument("--data", required=True,
+                    help="dataset folder (LeRobot v3.0 layout), or a comma list of folders recorded alike "
+                         "(one per family, trained together)")
     tr.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     tr.add_argument("--steps", type=_count, default=3000, help="optimizer steps (default: 3000)")
     tr.add_argument("--batch-size", type=_count, default=8, help="batch size (default: 8)")
@@ -63,6 +65,9 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
                     help="full bank: merge the most similar adjacent pair (default) or drop the oldest")
     tr.add_argument("--stride", type=_count, default=1,
                     help="recorded frames per action of a chunk (default: 1; e.g. 5 at 10 fps: a chunk spans 8 s)")
+    tr.add_argument("--keyframes", action="store_true",
+                    help="act in keyframes: each action of a chunk is the next whole-body pose at which the expert "
+                         "stopped, turned or worked its fingers (see README); default: one action per frame")
     tr.add_argument("--save-every", type=_count, default=500, help="checkpoint every N steps (default: 500)")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
@@ -101,7 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"unknown task family {unknown or args.task!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
     overrides = dict(SIZES[args.size])
     overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_symbolic_memory,
-                     bank_merge=args.bank_merge, action_stride=args.stride)
+                     bank_merge=args.bank_merge, action_stride=args.stride,
+                     action_mode="keyframes" if args.keyframes else "frames", step_token=args.keyframes)
+    if args.keyframes and args.stride != 1:
+        raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           history=args.history, save_every=args.save_every, threads=args.threads)
@@ -109,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     try:
-        meta = train(args.data, args.out, overrides, cfg, families=families,
+        data = [Path(d.strip()) for d in str(args.data).split(",") if d.strip()]
+        meta = train(data[0] if len(data) == 1 else data, args.out, overrides, cfg, families=families,
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     except (DatasetError, CheckpointError, FloatingPointError) as e:
         raise UserError(str(e)) from None

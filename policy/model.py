@@ -38,7 +38,10 @@ wrap it thinly. Batches use lerobot's key names where they exist:
 * training only: ``action`` ``(B, chunk_size, action_dim)``, ``action_is_pad`` ``(B, chunk)``,
   and the history the banks were built from: ``history.images.head`` ``(B, T, 3, H, W)``,
   ``history.state``, ``history.memory``, ``history.memory_mask``, ``history.age`` ``(B, T)``
-  (seconds before now), ``history_mask`` ``(B, T)``.
+  (seconds before now), ``history_mask`` ``(B, T)``;
+* with ``step_token``: ``step`` ``(B,)``, the actions the skill has executed so far (keyframes:
+  where in the demonstration the robot is, which one posture visited several times does not
+  tell), and ``history.step`` ``(B, T)`` in training.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ class MemoryPolicyConfig:
     chunk_size: int = 16
     n_action_steps: int = 8
     action_stride: int = 1  # recorded frames per chunk step: a chunk spans chunk_size * stride frames
+    action_mode: str = "frames"  # "frames" (one action per recorded frame) or "keyframes" (mnemobot.policy.keyframes)
+    step_token: bool = False  # a token encoding how many actions the skill has executed (``step`` in the batch)
     d_model: int = 256
     n_heads: int = 8
     cognition_layers: int = 6
@@ -101,6 +106,10 @@ class MemoryPolicyConfig:
             raise PolicyConfigError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
         if self.action_stride < 1:
             raise PolicyConfigError(f"action_stride must be >= 1, got {self.action_stride}")
+        if self.action_mode not in ("frames", "keyframes"):
+            raise PolicyConfigError(f"action_mode must be 'frames' or 'keyframes', got {self.action_mode!r}")
+        if self.action_mode == "keyframes" and self.action_stride != 1:
+            raise PolicyConfigError("keyframe actions take no stride (each action is the next keyframe)")
         if self.flow_steps < 1 or self.bank_capacity < 2:
             raise PolicyConfigError("flow_steps must be >= 1 and bank_capacity >= 2")
 
@@ -344,6 +353,9 @@ class MemoryPolicy(nn.Module):
         self.retrieve_p = Retrieval(d, cfg.n_heads)
         self.retrieve_c = Retrieval(d, cfg.n_heads)
         self.head = FlowHead(cfg)
+        if cfg.step_token:
+            self.step_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+            self.step_type = nn.Parameter(torch.randn(d) * 0.02)
         s = stats or {}
 
         def buf(key: str, size: int, default: float) -> Tensor:
@@ -399,7 +411,8 @@ class MemoryPolicy(nn.Module):
 
     # -- internals -----------------------------------------------------------------------------------
     def _step_tokens(self, img: Tensor, state: Tensor, memory: Tensor | None, memory_mask: Tensor | None,
-                     words: Tensor, word_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     words: Tensor, word_mask: Tensor, step: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One step's ``(perceptual (B, P, d), cognitive (B, 1, d), context tokens, their padding)``."""
         cfg = self.config
         te = self.type_embed
@@ -410,6 +423,12 @@ class MemoryPolicy(nn.Module):
         pads = [torch.zeros(img.shape[0], 1, dtype=torch.bool, device=img.device), ~word_mask,
                 torch.zeros(img.shape[0], 1, dtype=torch.bool, device=img.device),
                 torch.zeros(img.shape[0], p.shape[1], dtype=torch.bool, device=img.device)]
+        if cfg.step_token:
+            if step is None:
+                raise PolicyConfigError("this policy reads the skill's step count: the batch needs 'step'")
+            st = torch.as_tensor(step, dtype=torch.float32, device=img.device).reshape(-1).expand(img.shape[0])
+            parts.append((self.step_mlp(sinusoid(st, cfg.d_model, scale=256.0)) + self.step_type)[:, None])
+            pads.append(torch.zeros(img.shape[0], 1, dtype=torch.bool, device=img.device))
         if cfg.symbolic_memory and memory is not None and memory.shape[1] > 0:
             m = memory[:, : cfg.max_memory_tokens]
             mm = memory_mask[:, : cfg.max_memory_tokens].bool() if memory_mask is not None else \
@@ -438,7 +457,7 @@ class MemoryPolicy(nn.Module):
         img = batch["observation.images.head"].float()
         words, wmask = hash_words(list(batch["task"]), cfg.vocab_buckets, cfg.max_task_words)
         p, c, context, pad = self._step_tokens(img, batch["observation.state"], batch.get("observation.memory"),
-                                               batch.get("observation.memory_mask"), words, wmask)
+                                               batch.get("observation.memory_mask"), words, wmask, batch.get("step"))
         bank_p, bank_c = self._banks
         b = img.shape[0]
         now = torch.as_tensor(batch.get("time", float(len(bank_c))), dtype=torch.float32).expand(b)
@@ -460,7 +479,7 @@ class MemoryPolicy(nn.Module):
         b = img.shape[0]
         words, wmask = hash_words(list(batch["task"]), cfg.vocab_buckets, cfg.max_task_words)
         p, c, context, pad = self._step_tokens(img, batch["observation.state"], batch.get("observation.memory"),
-                                               batch.get("observation.memory_mask"), words, wmask)
+                                               batch.get("observation.memory_mask"), words, wmask, batch.get("step"))
         banks: tuple[Any, Any] = (None, None)
         hist = batch.get("history.images.head")
         if cfg.latent_memory and hist is not None and hist.shape[1] > 0:
@@ -471,10 +490,11 @@ class MemoryPolicy(nn.Module):
                 hwm = wmask.repeat_interleave(t_hist, 0)
                 mem = batch.get("history.memory")
                 mmask = batch.get("history.memory_mask")
+                hstep = batch.get("history.step")
                 hp, hc, _, _ = self._step_tokens(
                     hist.flatten(0, 1).float(), batch["history.state"].flatten(0, 1),
                     None if mem is None else mem.flatten(0, 1), None if mmask is None else mmask.flatten(0, 1),
-                    hw, hwm)
+                    hw, hwm, None if hstep is None else hstep.flatten(0, 1))
             hp = hp.reshape(b, t_hist, *hp.shape[1:])
             hc = hc.reshape(b, t_hist, *hc.shape[1:])
             ages = batch["history.age"].float()

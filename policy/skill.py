@@ -14,6 +14,15 @@ joint, speed and e-stop checks: a command the brainstem refuses ends the skill w
 failure, and a hand target outside the workspace ends it as ``unreachable``; nothing outside the
 limits is executed.
 
+A policy trained on keyframes (``action_mode="keyframes"``, :mod:`mnemobot.policy.keyframes`)
+gives whole-body poses instead: the hand pose is solved by the brainstem's IK (workspace box
+included) from the joints held now (a pose missed by less than :data:`REACH_SLACK_M` is taken
+as the nearest one reached; a farther one ends the skill as ``out_of_reach``), and the joints, the base (by feedback on its believed pose
+along the line) and the head move together along straight lines to it, eased in and out at
+:data:`KEYFRAME_PACE` of their limits; then the base and joints settle, then the fingers move
+to the keyframe's opening. It ends when a chunk's keyframes
+are all where the robot already is.
+
 The skill ends when the policy has come to rest (two chunks in a row moving the hand less than
 ``rest_m`` and leaving the fingers alone) after ``min_s``, or fails after ``max_s`` robot seconds.
 """
@@ -21,16 +30,18 @@ The skill ends when the policy has come to rest (two chunks in a row moving the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mnemobot.control.motion import gripper_move, wrap_angle
 from mnemobot.control.skills import SKILLS, SkillContext, SkillSpec, _fail, _ok
-from mnemobot.control.types import ActionChunk, ControlTarget, WorkspaceLimitError
+from mnemobot.control.types import ActionChunk, ControlTarget, SkillResult, WorkspaceLimitError
 from mnemobot.perception.types import Pose, quat_from_matrix
-from mnemobot.policy.features import IMAGE_SIZE, body_action, image_features, state_features
+from mnemobot.policy.features import IMAGE_SIZE, body_action, from_rot6d, image_features, state_features
 from mnemobot.policy.tokens import memory_tokens
 
 __all__ = ["learned_skill", "registered"]
@@ -90,6 +101,120 @@ def _step_towards(pos: np.ndarray, rot: np.ndarray, goal_pos: np.ndarray, goal_r
     return new_pos, new_rot
 
 
+@dataclass(frozen=True)
+class _Keyframe:
+    hand: Pose  # arm-base frame
+    gripper: float
+    base: np.ndarray  # believed (x, y, yaw), map frame
+    head: np.ndarray
+
+
+def _keyframe(a: np.ndarray) -> _Keyframe:
+    """A keyframe action vector as the skill takes it; ``ValueError`` for NaN or a degenerate rotation."""
+    v = np.asarray(a, dtype=float)
+    if v.shape != (15,) or not np.all(np.isfinite(v)):
+        raise ValueError(f"a keyframe is 15 finite numbers, got {np.round(v, 3).tolist()}")
+    return _Keyframe(Pose(v[:3], quat_from_matrix(from_rot6d(v[3:9]))), float(v[9]), v[10:13].copy(), v[13:15].copy())
+
+
+KEYFRAME_PACE = 0.6
+"""Fraction of each joint's, the base's and the head's speed limit a move between keyframes
+peaks at (the scripted skills' joint moves use the same)."""
+REACH_SLACK_M, REACH_SLACK_RAD = 0.02, 0.1
+"""A keyframe the arm misses by less than 2 cm and 6 degrees (a learned pose just past the reach)
+is taken as the nearest pose it reaches; a farther one ends the skill as ``out_of_reach``."""
+FINE_MOVE = (0.15, 0.08)
+"""A hand move shorter than 15 cm between keyframes (a descent onto a block, a push on the
+button, a lift) goes at no more than 8 cm/s on average, as the scripted skills' contact moves do."""
+
+
+def _to_keyframe(ctx: SkillContext, kf: _Keyframe, task: str, settle_s: float = 1.5
+                 ) -> Generator[ActionChunk, None, SkillResult | None]:
+    """Move the whole body to keyframe ``kf`` (see :func:`learned_skill`); the failed result, or
+    None once there."""
+    spec = ctx.spec
+    dt = spec.control_dt
+    q0 = ctx.commanded_q().copy()
+    # the hand pose in the arm-base frame (the workspace box checked), solved from the joints held
+    # now, or from the ready posture when the arm is folded (as the scripted skills seed it: the
+    # solution then lies in front of the robot); the other seed if the first finds none
+    folded = min(np.max(np.abs(q0 - spec.stow)), np.max(np.abs(q0 - spec.look))) < 0.05
+    seeds = (spec.arm_home, q0) if folded else (q0, spec.arm_home)
+    p = kf.hand.position
+    if np.any(p < spec.workspace_min) or np.any(p > spec.workspace_max):
+        return _fail("act", {"task": task}, "out_of_reach",
+                     f"end-effector target {np.round(p, 3).tolist()} m (arm-base frame) outside the workspace box "
+                     f"{np.asarray(spec.workspace_min).tolist()} .. {np.asarray(spec.workspace_max).tolist()}")
+    q1, err, best = None, math.inf, None
+    for seed_q in seeds:  # restarts as the scripted skills' IK: a keyframe is a long reach, not a tick's step
+        res = ctx.controller.kinematics.ik(kf.hand, np.asarray(seed_q, dtype=float), spec.arm_lower, spec.arm_upper,
+                                           restarts=4)
+        if res.success:
+            q1 = res.q
+            break
+        if res.pos_err < err:
+            err, best = res.pos_err, res
+    if q1 is None and best is not None and err < REACH_SLACK_M and best.rot_err < REACH_SLACK_RAD:
+        q1 = best.q  # the nearest pose the arm reaches (within its joint limits): a learned pose's small error
+    if q1 is None:
+        return _fail("act", {"task": task}, "out_of_reach",
+                     f"unreachable: end-effector target {np.round(p, 3).tolist()} m in the arm-base frame; "
+                     f"IK stopped {err * 1000:.1f} mm away")
+    head0 = ctx.commanded_head().copy()
+    head1 = np.clip(kf.head, spec.head_lower, spec.head_upper)
+    b0 = np.asarray(ctx.state.base_pose, dtype=float)[:3].copy()
+    b1 = np.array([kf.base[0], kf.base[1], b0[2] + wrap_angle(float(kf.base[2]) - b0[2])])
+    # smoothstep timing peaks at 1.5x the mean speed: size the move so the peak stays at the pace
+    pace = KEYFRAME_PACE
+    kin = ctx.controller.kinematics
+    reach = float(np.linalg.norm(kin.fk(q1).position - kin.fk(q0).position))
+    fine = reach / FINE_MOVE[1] / dt if reach < FINE_MOVE[0] else 0.0
+    ticks = max(float(np.max(np.abs(q1 - q0) / np.asarray(spec.arm_velocity, dtype=float))),
+                float(np.linalg.norm(b1[:2] - b0[:2])) / spec.base_max_linear, abs(b1[2] - b0[2]) / spec.base_max_angular,
+                float(np.max(np.abs(head1 - head0))) / spec.head_velocity) * 1.5 / (pace * dt)
+    n = max(2, math.ceil(ticks), math.ceil(fine))
+
+    def ease(k: float) -> float:
+        t = min(1.0, k / n)
+        return t * t * (3 - 2 * t)
+
+    def twist(k: float) -> np.ndarray:
+        """Base-frame twist tracking the eased line from ``b0`` to ``b1`` at tick ``k``."""
+        x, y, yaw = (float(v) for v in ctx.state.base_pose)
+        want, ahead = b0 + ease(k) * (b1 - b0), b0 + ease(k + 1) * (b1 - b0)
+        ff = (ahead - want) / dt
+        v_world = ff[:2] + 2.0 * (want[:2] - np.array([x, y]))
+        sp = float(np.linalg.norm(v_world))
+        if sp > 0.95 * spec.base_max_linear:
+            v_world = v_world * (0.95 * spec.base_max_linear / sp)
+        wz = float(np.clip(ff[2] + 2.0 * wrap_angle(float(want[2]) - yaw), -0.95 * spec.base_max_angular,
+                           0.95 * spec.base_max_angular))
+        c, si = math.cos(yaw), math.sin(yaw)
+        return np.array([c * v_world[0] + si * v_world[1], -si * v_world[0] + c * v_world[1], wz])
+
+    k = 0
+    while k < n:
+        tw = twist(k + 2)  # base feedback once per 4-tick block, on the measured (believed) pose
+        targets = []
+        for _ in range(min(4, n - k)):
+            k += 1
+            s = ease(k)
+            targets.append(ControlTarget(arm_q=q0 + s * (q1 - q0), base_twist=tw, head=head0 + s * (head1 - head0)))
+        yield ActionChunk(targets)
+    # settle: the base closes on the keyframe's pose and the joints on their targets
+    t_end = ctx.state.t + settle_s
+    while ctx.state.t < t_end:
+        st = ctx.state
+        if (float(np.linalg.norm(b1[:2] - st.base_pose[:2])) < 0.01 and abs(wrap_angle(float(b1[2] - st.base_pose[2]))) < 0.01
+                and float(np.max(np.abs(st.arm_q - q1))) < 0.005):
+            break
+        yield ActionChunk([ControlTarget(arm_q=q1, base_twist=twist(n), head=head1) for _ in range(4)])
+    grip = float(np.clip(kf.gripper, spec.gripper_min, spec.gripper_max))
+    if abs(grip - ctx.commanded_gripper()) > 2e-3:
+        yield gripper_move(spec, ctx.commanded_gripper(), grip, settle_ticks=6)
+    return None
+
+
 def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2.0, rest_m: float = 0.004,
                   seed: int = 0, name: str = "act", max_speed: float = 1.0, max_turn: float = 3.0) -> SkillSpec:
     """The policy as a skill (see the module docstring); ``fps``: the rate its actions were
@@ -97,6 +222,36 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
     m/s and turns at most ``max_turn`` rad/s: a jump in the policy's output is spread over ticks
     (the brainstem would refuse the joint speed it needs) instead of ending the skill."""
     import torch
+
+    def act_keyframes(ctx: SkillContext, task: str) -> Iterator[ActionChunk]:
+        n_steps = policy.config.n_action_steps
+        policy.reset()
+        gen = torch.Generator().manual_seed(seed)
+        t0 = ctx.state.t
+        done = 0  # keyframes executed: the policy's step count
+        while ctx.state.t - t0 < max_s:
+            chunk = policy.predict_action_chunk({**_batch(ctx, policy, task, ctx.state.t - t0), "step": float(done)},
+                                                generator=gen)
+            try:
+                frames = [_keyframe(a) for a in chunk[0, :n_steps].cpu().numpy().astype(float)]
+            except ValueError as e:
+                return _fail("act", {"task": task}, "bad_action", f"the policy gave an unusable keyframe: {e}")
+            ee0 = ctx.controller.kinematics.fk(ctx.commanded_q())
+            base0 = np.asarray(ctx.state.base_pose, dtype=float)[:3]
+            grip0, head0 = ctx.commanded_gripper(), ctx.commanded_head()
+            if ctx.state.t - t0 >= min_s and all(
+                    np.linalg.norm(f.hand.position - ee0.position) < max(rest_m, 0.015) and abs(f.gripper - grip0) < 2e-3
+                    and np.linalg.norm(f.base[:2] - base0[:2]) < 0.03 and abs(wrap_angle(f.base[2] - base0[2])) < 0.03
+                    and np.max(np.abs(f.head - head0)) < 0.05 for f in frames):
+                return _ok("act", {"task": task}, f"the policy came to rest after {ctx.state.t - t0:.1f} s")
+            for f in frames:
+                failed = yield from _to_keyframe(ctx, f, task)
+                if failed is not None:
+                    return failed
+                done += 1
+                if ctx.state.t - t0 >= max_s:
+                    break
+        return _fail("act", {"task": task}, "timeout", f"the policy did not come to rest within {max_s:.0f} s")
 
     def act(ctx: SkillContext, task: str) -> Iterator[ActionChunk]:
         spec = ctx.spec
@@ -164,7 +319,8 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
                 return _ok("act", {"task": task}, f"the policy came to rest after {ctx.state.t - t0:.1f} s")
         return _fail("act", {"task": task}, "timeout", f"the policy did not come to rest within {max_s:.0f} s")
 
-    return SkillSpec(name, ("task",), act, max_s + 5.0, "run the learned policy on a sub-task until it comes to rest")
+    run = act_keyframes if getattr(policy.config, "action_mode", "frames") == "keyframes" else act
+    return SkillSpec(name, ("task",), run, max_s + 5.0, "run the learned policy on a sub-task until it comes to rest")
 
 
 @contextmanager

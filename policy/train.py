@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -74,35 +74,47 @@ class TrainConfig:
 
 # -- data ---------------------------------------------------------------------------------------------
 class TrainData:
-    """All frames of a dataset in memory, with episode boundaries, ready to sample batches from."""
+    """All frames of a dataset in memory, with episode boundaries, ready to sample batches from.
+    ``keyframes``: the actions are the episodes' keyframes (:mod:`mnemobot.policy.keyframes`),
+    and samples are drawn at the frames the policy is called at in that mode (the start and each
+    keyframe)."""
 
-    def __init__(self, root: str | Path) -> None:
-        ds = Dataset(root)
-        missing = [k for k in REQUIRED if k not in ds.features]
-        if missing:
-            raise DatasetError(f"{root}: the dataset lacks {missing}; record it with 'mnemobot record-demos'")
-        self.root, self.fps = Path(root), ds.fps
-        self.features = ds.features
-        self.has_memory = "observation.memory" in ds.features
+    def __init__(self, root: str | Path | Sequence[str | Path], keyframes: bool = False) -> None:
+        roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
+        if not roots:
+            raise DatasetError("no dataset folder given")
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("img", "state", "action", "memory", "mask")}
         self.starts, self.ends, self.tasks = [], [], []
         at = 0
-        for i in range(ds.num_episodes):
-            keys = list(REQUIRED) + (["observation.memory", "observation.memory_mask"] if self.has_memory else [])
-            ep = ds.episode(i, keys)
-            n = len(ep["action"])
-            cols["img"].append(ep[IMAGE_KEY])
-            cols["state"].append(ep["observation.state"].reshape(n, -1))
-            cols["action"].append(ep["action"].reshape(n, -1))
-            if self.has_memory:
-                cols["memory"].append(ep["observation.memory"].reshape(n, -1, TOKEN_DIM))
-                cols["mask"].append(ep["observation.memory_mask"].reshape(n, -1).astype(bool))
-            self.starts.append(at)
-            self.ends.append(at + n)
-            self.tasks.append(ds.task_of(i))
-            at += n
+        for k, one in enumerate(roots):
+            ds = Dataset(one)
+            missing = [f for f in REQUIRED if f not in ds.features]
+            if missing:
+                raise DatasetError(f"{one}: the dataset lacks {missing}; record it with 'mnemobot record-demos'")
+            if k == 0:
+                self.fps, self.features = ds.fps, ds.features
+                self.has_memory = "observation.memory" in ds.features
+            elif ds.fps != self.fps or ds.features != self.features:
+                raise DatasetError(f"{one}: its fps or features differ from {roots[0]}'s; "
+                                   "datasets trained together must be recorded alike")
+            for i in range(ds.num_episodes):
+                keys = list(REQUIRED) + (["observation.memory", "observation.memory_mask"] if self.has_memory else [])
+                ep = ds.episode(i, keys)
+                n = len(ep["action"])
+                cols["img"].append(ep[IMAGE_KEY])
+                cols["state"].append(ep["observation.state"].reshape(n, -1))
+                cols["action"].append(ep["action"].reshape(n, -1))
+                if self.has_memory:
+                    cols["memory"].append(ep["observation.memory"].reshape(n, -1, TOKEN_DIM))
+                    cols["mask"].append(ep["observation.memory_mask"].reshape(n, -1).astype(bool))
+                self.starts.append(at)
+                self.ends.append(at + n)
+                self.tasks.append(ds.task_of(i))
+                at += n
+        self.roots = roots
+        self.root = roots[0]
         if at == 0:
-            raise DatasetError(f"{root}: the dataset has no frames")
+            raise DatasetError(f"{', '.join(map(str, roots))}: no frames")
         self.img = np.concatenate(cols["img"])
         self.state = np.concatenate(cols["state"]).astype(np.float32)
         self.action = np.concatenate(cols["action"]).astype(np.float32)
@@ -110,26 +122,38 @@ class TrainData:
         self.mask = np.concatenate(cols["mask"]) if self.has_memory else None
         self.episode_of = np.repeat(np.arange(len(self.starts)), np.diff([0, *self.ends]))
         self.image_size = tuple(self.img.shape[1:3])
+        self.keyframes = keyframes
+        self.kf_frames: list[np.ndarray] = []  # per episode: the frames of its calls (start, then each keyframe)
+        self.kf_action: list[np.ndarray] = []  # per episode: the keyframe actions of those frames
+        if keyframes:
+            from mnemobot.policy.keyframes import keyframe_actions, keyframe_indices
+
+            for s, e in zip(self.starts, self.ends, strict=True):
+                local = np.concatenate([[0], keyframe_indices(self.state[s:e], self.action[s:e])]).astype(int)
+                self.kf_frames.append(s + local)
+                self.kf_action.append(keyframe_actions(self.state[s:e], self.action[s:e], local))
+            self.kf_calls = np.array([(k, j) for k, f in enumerate(self.kf_frames) for j in range(len(f) - 1)], int)
+            if len(self.kf_calls) == 0:
+                raise DatasetError(f"{root}: no episode has a keyframe (every episode stands still)")
 
     def __len__(self) -> int:
         return len(self.action)
 
     def stats(self) -> dict[str, list[float]]:
+        act = np.concatenate([a[1:] for a in self.kf_action]) if self.keyframes else self.action
         return {"state_mean": self.state.mean(0).tolist(), "state_std": self.state.std(0).tolist(),
-                "action_mean": self.action.mean(0).tolist(), "action_std": self.action.std(0).tolist()}
+                "action_mean": act.mean(0).tolist(), "action_std": act.std(0).tolist()}
 
     def summary(self) -> dict[str, Any]:
-        return {"path": str(self.root.resolve()), "frames": len(self), "episodes": len(self.starts), "fps": self.fps,
+        paths = [str(r.resolve()) for r in self.roots]
+        return {"path": paths[0] if len(paths) == 1 else paths, "frames": len(self), "episodes": len(self.starts), "fps": self.fps,
                 "tasks": sorted(set(self.tasks)), "state_dim": int(self.state.shape[1]),
                 "action_dim": int(self.action.shape[1]), "image_size": list(self.image_size),
-                "memory_tokens": int(self.memory.shape[1]) if self.memory is not None else 0}
+                "memory_tokens": int(self.memory.shape[1]) if self.memory is not None else 0,
+                **({"keyframes": int(sum(len(f) - 1 for f in self.kf_frames))} if self.keyframes else {})}
 
-    def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
-              stride: int = 1) -> dict[str, Any]:
-        """A training batch: ``chunk`` actions ``stride`` frames apart from a random frame; the
-        history of the calls before it, one every ``period`` frames."""
-        import torch
-
+    def _frame_samples(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
+                       stride: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         idx = rng.integers(0, len(self), size=size)
         acts, pads, hist = [], [], []
         for i in idx:
@@ -143,6 +167,42 @@ class TrainData:
             if len(calls) > history:
                 calls = calls[np.round(np.linspace(0, len(calls) - 1, history)).astype(int)]
             hist.append(calls)
+        return idx, acts, pads, hist
+
+    def _keyframe_samples(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int
+                          ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Samples at the calls of keyframe mode: the robot at the start or at rest at keyframe
+        ``j`` (seen up to two frames later: it settles there at run time), the next ``chunk``
+        keyframes (past the episode's end the last one again, a target like the others: the
+        policy learns to stay put when done), and the calls ``period`` keyframes apart before."""
+        picks = self.kf_calls[rng.integers(0, len(self.kf_calls), size=size)]
+        idx = np.zeros(size, int)
+        acts, pads, hist, steps = [], [], [], []
+        for k, (e, j) in enumerate(picks):
+            frames, kf = self.kf_frames[e], self.kf_action[e]
+            nxt = int(frames[j + 1])
+            idx[k] = min(int(frames[j]) + int(rng.integers(0, 3)), max(int(frames[j]), nxt - 1))
+            at = j + 1 + np.arange(chunk)
+            acts.append(kf[np.minimum(at, len(kf) - 1)])
+            pads.append(np.zeros(chunk, bool))  # past the end the robot stays put: that is learned too
+            calls = np.arange(j - period, -1, -period)[::-1] if history > 0 else np.zeros(0, int)
+            if len(calls) > history:
+                calls = calls[np.round(np.linspace(0, len(calls) - 1, history)).astype(int)]
+            hist.append(frames[calls].astype(int))
+            steps.append((j, calls))
+        self._last_steps = steps  # keyframes executed at the sample's call and at its history's calls
+        return idx, acts, pads, hist
+
+    def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
+              stride: int = 1) -> dict[str, Any]:
+        """A training batch: ``chunk`` actions ``stride`` frames apart from a random frame; the
+        history of the calls before it, one every ``period`` frames."""
+        import torch
+
+        if self.keyframes:
+            idx, acts, pads, hist = self._keyframe_samples(rng, size, chunk, period, history)
+        else:
+            idx, acts, pads, hist = self._frame_samples(rng, size, chunk, period, history, stride)
         t_max = max((len(h) for h in hist), default=0)
         b: dict[str, Any] = {
             IMAGE_KEY: torch.from_numpy(self.img[idx]).permute(0, 3, 1, 2).float() / 255.0,
@@ -154,6 +214,13 @@ class TrainData:
         if self.memory is not None:
             b["observation.memory"] = torch.from_numpy(self.memory[idx])
             b["observation.memory_mask"] = torch.from_numpy(self.mask[idx])
+        if self.keyframes:
+            b["step"] = torch.tensor([float(j) for j, _ in self._last_steps])
+            h_step = np.zeros((size, max(t_max, 0)), np.float32)
+            for k, (_, calls) in enumerate(self._last_steps):
+                h_step[k, : len(calls)] = calls
+            if t_max > 0:
+                b["history.step"] = torch.from_numpy(h_step)
         if t_max > 0:
             h_idx = np.zeros((size, t_max), dtype=int)
             h_mask = np.zeros((size, t_max), dtype=bool)
@@ -279,7 +346,7 @@ def _resume(out: Path, model: Any, opt: Any, rng: np.random.Generator) -> int:
 
 
 # -- training -----------------------------------------------------------------------------------------
-def train(data_dir: str | Path, out: str | Path, policy_overrides: dict[str, Any] | None = None,
+def train(data_dir: str | Path | Sequence[str | Path], out: str | Path, policy_overrides: dict[str, Any] | None = None,
           config: TrainConfig | None = None, families: list[str] | None = None,
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train (or resume) into ``out``; returns the final config.json content. ``policy_overrides``:
@@ -292,7 +359,8 @@ def train(data_dir: str | Path, out: str | Path, policy_overrides: dict[str, Any
     tc = config or TrainConfig()
     tc.check()
     say = progress or (lambda m: print(m, file=sys.stderr, flush=True))
-    data = TrainData(data_dir)
+    over0 = dict(policy_overrides or {})
+    data = TrainData(data_dir, keyframes=over0.get("action_mode") == "keyframes")
     base = {f.name for f in fields(MemoryPolicyConfig)}
     over = dict(policy_overrides or {})
     unknown = sorted(set(over) - base)

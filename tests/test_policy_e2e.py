@@ -90,6 +90,63 @@ def test_train_then_run_the_learned_policy_through_the_brainstem(recorded: Path,
     assert "trained on put_block_back, not reopen_drawer" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a keyframe policy must learn is enough: the recorded episode's own keyframes, given
+    to the skill as a policy's chunks would be (16 at a time, 8 executed), solve the same seed
+    through IK, the brainstem's limits and the simulator's contacts."""
+    import torch
+
+    from mnemobot.agent import episode
+    from mnemobot.policy.model import MemoryPolicyConfig
+    from mnemobot.policy.skill import learned_skill
+    from mnemobot.policy.train import TrainData
+
+    keys = TrainData(recorded, keyframes=True).kf_action[0][1:]
+    assert 20 <= len(keys) <= 80, len(keys)  # a few per skill, not one per frame
+
+    class Replay:
+        config = MemoryPolicyConfig(action_mode="keyframes")
+        calls = 0
+
+        def reset(self) -> None:
+            self.at = 0
+
+        def predict_action_chunk(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+            assert batch["observation.memory_mask"].any()  # the agent's memory is read at every call
+            Replay.calls += 1
+            at = np.minimum(np.arange(self.at, self.at + 16), len(keys) - 1)
+            self.at += 8
+            return torch.from_numpy(keys[at][None])
+
+    monkeypatch.setattr(episode, "_learned_skill", lambda cfg: learned_skill(Replay(), fps=10, max_s=150))
+    s = episode.run_episode(episode.RunConfig(task_id="put_block_back", seed=3))
+    assert s.success, s.stop_reason
+    (act,) = s.skills
+    assert act["skill"] == "act" and act["success"] and "came to rest" in act["message"]
+    assert Replay.calls == -(-len(keys) // 8) + 1  # every 8 keyframes, and once more to see it is done
+
+
+@pytest.mark.slow
+def test_a_keyframe_policy_trains_and_runs_through_the_brainstem(recorded: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "kf"
+    assert main(["train", "--task", "put_block_back", "--data", str(recorded), "--out", str(ckpt), "--steps", "3",
+                 "--size", "tiny", "--batch-size", "2", "--keyframes"]) == 0
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["policy"]["action_mode"] == "keyframes" and 20 <= cfg["dataset"]["keyframes"] <= 80
+    summary = tmp_path / "s.json"
+    assert main(["run", "--task-id", "put_block_back", "--seed", "0", "--policy", "learned", "--checkpoint",
+                 str(ckpt), "--steps-limit", "200", "-q", "--summary-json", str(summary)]) == 1
+    s = json.loads(summary.read_text())
+    assert s["steps"] > 0, s
+    # an untrained policy's keyframes are refused before the controller when out of reach, or
+    # executed within the limits until the budget ends
+    if s["steps"] < 200:
+        (act,) = s["skills"]
+        assert act["reason"] in ("out_of_reach", "bad_action") or act["reason"].startswith("safety:"), act
+
+
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cases = [
         (["record-demos", "--task", "juggle", "--out", str(tmp_path / "x")], "unknown task family"),

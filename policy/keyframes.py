@@ -1,0 +1,117 @@
+"""Keyframes of a demonstration: the few poses whose straight interpolation redraws it.
+
+A recorded demonstration holds one command every ``1 / fps`` seconds. Most of them lie on
+straight lines between a few poses: where the hand stops above the block, where the fingers close,
+where the base stops in front of the button. Keyframe policies (PerAct, RVT, SAM2Act) predict
+only those poses and let a motion layer move between them; a chunk of 16 keyframes then spans a
+whole sub-task instead of 1.6 s, and the decision that needs memory ("which patch was it?") is
+one output instead of a hundred.
+
+:func:`keyframe_indices` finds them without knowing the expert's script:
+
+* around every change of the finger command: the frame before it (the hand arrives with the old
+  opening) and the frame the command reaches its new value (the fingers moved there);
+* the vertices of a Ramer-Douglas-Peucker simplification of the whole-body path between those
+  frames, in the coordinates the skill interpolates in (arm joints, base pose, head), each scaled
+  by how far off it may be (:data:`TOLERANCE`): the straight path between consecutive keyframes
+  passes within those tolerances of every recorded pose. The expert swings its arm between the
+  carry posture and the bench in straight joint-space moves (a wide arc of the hand, no keyframe
+  in between); moving its base first and its arm after is a corner, and so a keyframe;
+* the last frame.
+
+A keyframe's action (:func:`keyframe_actions`, ``KEYFRAME_ACTION_NAMES``) is the frame's hand
+command, finger opening and head command, with the base's *pose* (the believed ``x, y, yaw`` of
+that frame's state) in place of the base twist. The skill solves the hand pose by IK from the
+joints it holds, moves the joints, base and head together along straight lines to it, then
+the fingers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mnemobot.policy.features import ACTION_NAMES, STATE_NAMES
+
+__all__ = ["KEYFRAME_ACTION_NAMES", "TOLERANCE", "keyframe_actions", "keyframe_indices"]
+
+KEYFRAME_ACTION_NAMES = [*ACTION_NAMES[:10], "base_x", "base_y", "base_yaw", *ACTION_NAMES[13:]]
+"""A keyframe action: hand pose (arm-base frame, position and 6D rotation), finger opening, base
+pose ``(x, y, yaw)`` in the map frame, head pan and tilt."""
+
+TOLERANCE = {"joint_rad": 0.03, "base_m": 0.02, "yaw_rad": 0.03, "head_rad": 0.05}
+"""How far the straight path between keyframes may stray from a recorded pose: 0.03 rad of arm
+joint (at the Panda's reach, about 1 cm of hand for one joint), 2 cm of base position, 1.7
+degrees of heading, 3 degrees of head angle."""
+
+_BASE = [STATE_NAMES.index(n) for n in ("base_x", "base_y", "base_yaw")]
+_JOINTS = [STATE_NAMES.index(f"q{i}") for i in range(1, 8)]
+_GRIP = ACTION_NAMES.index("gripper")
+
+
+def _signal(state: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Per-frame whole-body pose (arm joints as measured, base, commanded head), each column
+    divided by its tolerance."""
+    tol = TOLERANCE
+    base = state[:, _BASE].astype(float)
+    yaw = np.unwrap(base[:, 2])
+    return np.concatenate([
+        state[:, _JOINTS] / tol["joint_rad"], base[:, :2] / tol["base_m"], yaw[:, None] / tol["yaw_rad"],
+        action[:, 13:15] / tol["head_rad"],
+    ], axis=1)
+
+
+def _rdp(points: np.ndarray, lo: int, hi: int, out: set[int]) -> None:
+    """Vertices of the Ramer-Douglas-Peucker simplification of ``points[lo..hi]`` (distance of a
+    point from the segment between two kept ones, at most 1); iterative."""
+    stack = [(lo, hi)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        seg = points[b] - points[a]
+        rel = points[a + 1 : b] - points[a]
+        ll = float(seg @ seg)
+        s = np.clip(rel @ seg / ll, 0.0, 1.0) if ll > 1e-12 else np.zeros(len(rel))
+        dev = np.linalg.norm(rel - s[:, None] * seg, axis=1)
+        k = int(np.argmax(dev))
+        if dev[k] > 1.0:
+            m = a + 1 + k
+            out.add(m)
+            stack.extend([(a, m), (m, b)])
+
+
+def keyframe_indices(state: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Frame indices of the keyframes of one episode (sorted, without frame 0 unless it is the
+    only frame; see the module docstring). ``state``: ``(N, len(STATE_NAMES))``, ``action``:
+    ``(N, len(ACTION_NAMES))``."""
+    state, action = np.asarray(state, float), np.asarray(action, float)
+    n = len(action)
+    if n == 0:
+        return np.zeros(0, int)
+    if n == 1:
+        return np.array([0])
+    grip = action[:, _GRIP]
+    change = np.flatnonzero(np.abs(np.diff(grip)) > 1e-4) + 1  # frames whose command differs from the last
+    anchors = {0, n - 1}
+    for k, i in enumerate(change):
+        if k == 0 or change[k - 1] != i - 1:  # a ramp starts: the hand has arrived
+            anchors.add(int(i) - 1)
+        if k == len(change) - 1 or change[k + 1] != i + 1:  # the ramp ends: the new opening
+            anchors.add(int(i))
+    points = _signal(state, action)
+    keys = set(anchors)
+    order = sorted(anchors)
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        _rdp(points, a, b, keys)
+    keys.discard(0)
+    return np.array(sorted(keys), dtype=int)
+
+
+def keyframe_actions(state: np.ndarray, action: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``KEYFRAME_ACTION_NAMES`` at ``indices`` (float32 ``(K, 15)``); the yaw unwrapped along
+    the episode, so that consecutive keyframes never differ by a turn."""
+    state, action = np.asarray(state, float), np.asarray(action, float)
+    yaw = np.unwrap(state[:, _BASE[2]])
+    idx = np.asarray(indices, int)
+    out = np.concatenate([action[idx, :10], state[idx][:, _BASE[:2]], yaw[idx, None], action[idx, 13:15]], axis=1)
+    return out.astype(np.float32)

@@ -69,7 +69,7 @@ def train_variant(out: Path, name: str, families: list[str], data: list[Path], v
 
     ckpt = out / f"ckpt-{name}-{variant}"
     t0 = time.perf_counter()
-    mode = {"action_mode": "keyframes", "step_token": True} if keyframes else {}
+    mode = {"action_mode": "keyframes", "step_token": True, "direct_state": True, "flow_target": "sample"} if keyframes else {}
     train(data[0] if len(data) == 1 else data, ckpt, {**SIZES[size], **VARIANTS[variant], **mode},
           TrainConfig(steps=steps, history=history, threads=threads, save_every=max(50, steps // 10)),
           families=families, progress=lambda m: print(f"  [{name}/{variant}] {m}", flush=True))
@@ -92,11 +92,27 @@ def _episode(job: tuple[str, int, str | None]) -> tuple[str, int, bool, str]:
     return family, seed, bool(r.success), why
 
 
-def evaluate(pool: ProcessPoolExecutor, family: str, seeds: list[int], ckpt: Path | None
+def evaluate(pool: ProcessPoolExecutor, out: Path, family: str, seeds: list[int], ckpt: Path | None
              ) -> tuple[int, list[str]]:
-    results = list(pool.map(_episode, [(family, s, None if ckpt is None else str(ckpt)) for s in seeds]))
-    cells = [f"{s}:{'ok' if ok else why}" for _, s, ok, why in results]
-    return sum(ok for _, _, ok, _ in results), cells
+    """Success over ``seeds``; each episode's result is kept in ``OUT/episodes.jsonl`` (keyed by
+    family, seed and checkpoint folder and step) and reused by a later run."""
+    cache_file = out / "episodes.jsonl"
+    tag = "expert" if ckpt is None else f"{ckpt.resolve()}@{json.loads((ckpt / 'config.json').read_text())['step']}"
+    done: dict[tuple[str, int, str], tuple[bool, str]] = {}
+    if cache_file.is_file():
+        for line in cache_file.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["family"], r["seed"], r["tag"])] = (r["ok"], r["why"])
+    todo = [s for s in seeds if (family, s, tag) not in done]
+    with cache_file.open("a") as f:
+        for fam, seed, ok, why in pool.map(_episode, [(family, s, None if ckpt is None else str(ckpt)) for s in todo]):
+            done[(fam, seed, tag)] = (ok, why)
+            f.write(json.dumps({"family": fam, "seed": seed, "tag": tag, "ok": ok, "why": why}) + "\n")
+            f.flush()
+    results = [(s, *done[(family, s, tag)]) for s in seeds]
+    cells = [f"{s}:{'ok' if ok else why}" for s, ok, why in results]
+    return sum(ok for _, ok, _ in results), cells
 
 
 def inference_ms(ckpt: Path, calls: int = 50) -> float:
@@ -135,6 +151,8 @@ def main() -> None:
     ap.add_argument("--per-family", action="store_true", help="one checkpoint per family and variant")
     ap.add_argument("--frames", action="store_true", help="the per-frame policy instead of keyframes")
     ap.add_argument("--skip-expert", action="store_true")
+    ap.add_argument("--no-train", action="store_true",
+                    help="evaluate only checkpoints that exist (trained beforehand); skip the others")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
@@ -144,18 +162,24 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
         if not args.skip_expert:
             for fam in args.families:
-                ok, cells = evaluate(pool, fam, seeds, None)
+                ok, cells = evaluate(pool, args.out, fam, seeds, None)
                 rows.append({"family": fam, "variant": "scripted expert", "ok": ok, "n": len(seeds), "cells": cells})
                 print(f"{fam} expert: {ok}/{len(seeds)}", flush=True)
         for var in args.variants:
             for group in groups:
                 name = group[0] if args.per_family else "all"
+                if args.no_train and not (args.out / f"ckpt-{name}-{var}" / "config.json").is_file():
+                    print(f"no checkpoint {name}-{var}: skipped", flush=True)
+                    continue
+                steps = args.steps
+                if args.no_train:  # as trained, however far
+                    steps = json.loads((args.out / f"ckpt-{name}-{var}" / "config.json").read_text())["step"]
                 ckpt, train_s = train_variant(args.out, name, group, [data[f] for f in group], var, args.size,
-                                              args.steps, args.history, args.threads, not args.frames)
+                                              steps, args.history, args.threads, not args.frames)
                 log = [json.loads(x) for x in (ckpt / "train_log.jsonl").read_text().splitlines() if x.strip()]
                 ms = inference_ms(ckpt)
                 for fam in group:
-                    ok, cells = evaluate(pool, fam, seeds, ckpt)
+                    ok, cells = evaluate(pool, args.out, fam, seeds, ckpt)
                     rows.append({"family": fam, "variant": var, "ok": ok, "n": len(seeds), "cells": cells,
                                  "train_s": train_s, "train_log_s": sum(r.get("s", 0) for r in log),
                                  "ms_per_chunk": ms,

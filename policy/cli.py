@@ -107,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = dict(SIZES[args.size])
     overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_symbolic_memory,
                      bank_merge=args.bank_merge, action_stride=args.stride,
-                     action_mode="keyframes" if args.keyframes else "frames", step_token=args.keyframes)
+                     action_mode="keyframes" if args.keyframes else "frames", step_token=args.keyframes,
+                     direct_state=args.keyframes, flow_target="sample" if args.keyframes else "velocity")
     if args.keyframes and args.stride != 1:
         raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:

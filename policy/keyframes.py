@@ -32,7 +32,7 @@ import numpy as np
 
 from mnemobot.policy.features import ACTION_NAMES, STATE_NAMES
 
-__all__ = ["KEYFRAME_ACTION_NAMES", "TOLERANCE", "keyframe_actions", "keyframe_indices"]
+__all__ = ["ACTION_FLOOR", "KEYFRAME_ACTION_NAMES", "TOLERANCE", "keyframe_actions", "keyframe_indices"]
 
 KEYFRAME_ACTION_NAMES = [*ACTION_NAMES[:10], "base_x", "base_y", "base_yaw", *ACTION_NAMES[13:]]
 """A keyframe action: hand pose (arm-base frame, position and 6D rotation), finger opening, base
@@ -42,6 +42,11 @@ TOLERANCE = {"joint_rad": 0.03, "base_m": 0.02, "yaw_rad": 0.03, "head_rad": 0.0
 """How far the straight path between keyframes may stray from a recorded pose: 0.03 rad of arm
 joint (at the Panda's reach, about 1 cm of hand for one joint), 2 cm of base position, 1.7
 degrees of heading, 3 degrees of head angle."""
+
+ACTION_FLOOR = np.array([0.01] * 3 + [0.05] * 6 + [0.005] + [0.02] * 2 + [0.03] + [0.05] * 2, dtype=np.float32)
+"""Per keyframe action: the error that does not matter (1 cm of hand, 3 degrees of hand rotation
+per 6D component, 5 mm of finger opening, 2 cm and 1.7 degrees of base, 3 degrees of head); the
+policy's normalisation never divides by less."""
 
 _BASE = [STATE_NAMES.index(n) for n in ("base_x", "base_y", "base_yaw")]
 _JOINTS = [STATE_NAMES.index(f"q{i}") for i in range(1, 8)]

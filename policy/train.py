@@ -140,9 +140,20 @@ class TrainData:
         return len(self.action)
 
     def stats(self) -> dict[str, list[float]]:
-        act = np.concatenate([a[1:] for a in self.kf_action]) if self.keyframes else self.action
+        """Normalisation. Keyframe actions are scaled by their spread, but never by less than the
+        error that does not matter (:data:`~mnemobot.policy.keyframes.ACTION_FLOOR`): a quantity
+        that hardly varies (the hand's tilt, the heading) stays near constant for the model
+        instead of becoming unit-variance noise it must learn."""
+        if self.keyframes:
+            from mnemobot.policy.keyframes import ACTION_FLOOR
+
+            act = np.concatenate([a[1:] for a in self.kf_action])
+            std = np.maximum(act.std(0), ACTION_FLOOR)
+        else:
+            act = self.action
+            std = act.std(0)
         return {"state_mean": self.state.mean(0).tolist(), "state_std": self.state.std(0).tolist(),
-                "action_mean": act.mean(0).tolist(), "action_std": act.std(0).tolist()}
+                "action_mean": act.mean(0).tolist(), "action_std": std.tolist()}
 
     def summary(self) -> dict[str, Any]:
         paths = [str(r.resolve()) for r in self.roots]

@@ -131,7 +131,7 @@ def inference_ms(ckpt: Path, calls: int = 50) -> float:
     times = []
     for i in range(calls):
         t0 = time.perf_counter()
-        model.predict_action_chunk({**batch, "time": 0.8 * i})
+        model.predict_action_chunk({**batch, "time": 0.8 * i, "step": float(8 * i)})
         times.append(time.perf_counter() - t0)
     return float(np.median(times[5:])) * 1e3
 

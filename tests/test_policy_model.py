@@ -99,6 +99,37 @@ def test_chunks_are_deterministic_and_the_banks_and_tokens_matter() -> None:
     assert len(model._banks[0]) == 2 and acts[0].shape == (1, 3)
 
 
+def test_keyframe_policy_reads_its_step_and_predicts_samples_that_it_learns_fast() -> None:
+    torch.manual_seed(0)
+    cfg = tiny(action_mode="keyframes", step_token=True, direct_state=True, flow_target="sample")
+    model = MemoryPolicy(cfg).eval()
+    b = live_batch()
+    with pytest.raises(PolicyConfigError, match="'step'"):
+        model.predict_action_chunk(b)
+    chunks = []
+    for step in (0.0, 0.0, 8.0):
+        model.reset()
+        chunks.append(model.predict_action_chunk({**b, "step": step}, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(chunks[0], chunks[1]) and not torch.allclose(chunks[0], chunks[2])
+    with pytest.raises(PolicyConfigError, match="flow_target"):
+        tiny(flow_target="noise").check()
+    # two states, two chunks: the sample head fits them in a few dozen steps, noise or not
+    model.train()
+    states = torch.tensor([[1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]])
+    targets = torch.stack([torch.full((4, 3), 0.5), torch.full((4, 3), -0.5)])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = {**live_batch(b=2), "observation.state": states, "action": targets, "step": torch.zeros(2)}
+    for _ in range(150):
+        loss, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.reset()
+    got = model.predict_action_chunk({**batch, "step": 0.0}, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(got, targets, atol=0.05), got
+
+
 def _dataset(root: Path, episodes: int = 4, n: int = 14) -> None:
     rng = np.random.default_rng(0)
     feats = {"observation.images.head": Feature("image", (H, W, 3)), "observation.state": Feature("float32", (4,)),

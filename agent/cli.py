@@ -125,6 +125,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
                    help="checkpoint folder written by 'mnemobot train' (for --policy learned)")
     add_sensor_profile_option(p)
+    p.add_argument("--policy-temperature", type=float, default=1.0, metavar="T",
+                   help="learned policy: scale of the noise its flow starts from (default 1; 0: from its mean)")
     p.add_argument("--viz", type=Path, default=None, metavar="FILE.rrd",
                    help="write a rerun recording of the episode (camera, depth points, memory's objects, path, "
                         "events, memory operations) to FILE.rrd, which must not exist")
@@ -335,6 +337,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sensor_profile=args.sensor_profile,
         policy=args.policy,
         checkpoint=str(args.checkpoint) if args.checkpoint is not None else None,
+        policy_temperature=args.policy_temperature,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     viz = None

@@ -80,6 +80,9 @@ class RunConfig:
     """Action expert: ``skills`` (the planner's skills) or ``learned`` (the policy of ``checkpoint``
     does the whole task as one sub-task, conditioned on this run's memory)."""
     checkpoint: str | None = None
+    policy_temperature: float = 1.0
+    """Scale of the noise the learned policy's flow starts from (1: its trained distribution;
+    0: from the noise's mean, one chunk per observation)."""
 
 
 @dataclass
@@ -332,6 +335,8 @@ def _learned_skill(cfg: RunConfig):  # noqa: ANN202 - SkillSpec
         raise UserError("--policy learned needs --checkpoint CKPT (written by 'mnemobot train')")
     if cfg.task_text is not None:
         raise UserError("--policy learned runs a task family (--task-id), not free text")
+    if not 0.0 <= cfg.policy_temperature <= 2.0:
+        raise UserError(f"--policy-temperature must be in 0..2, got {cfg.policy_temperature}")
     from mnemobot.policy.skill import learned_skill
     from mnemobot.policy.train import CheckpointError, load_policy
 
@@ -345,7 +350,8 @@ def _learned_skill(cfg: RunConfig):  # noqa: ANN202 - SkillSpec
     # one action of a chunk per `action_stride` recorded frames; keyframes are reached at the
     # skill's own pace, which may be slower than the expert's
     slack = 2.0 if policy.config.action_mode == "keyframes" else 1.5
-    return learned_skill(policy, fps=fps / policy.config.action_stride, max_s=max(30.0, slack * mean_s), seed=cfg.seed)
+    return learned_skill(policy, fps=fps / policy.config.action_stride, max_s=max(30.0, slack * mean_s), seed=cfg.seed,
+                         temperature=cfg.policy_temperature)
 
 
 def _parse(cfg: RunConfig, instruction: str, pctx: PlanningContext) -> list[Goal]:

@@ -76,28 +76,29 @@ def train_variant(out: Path, name: str, families: list[str], data: list[Path], v
     return ckpt, time.perf_counter() - t0
 
 
-def _episode(job: tuple[str, int, str | None]) -> tuple[str, int, bool, str]:
+def _episode(job: tuple[str, int, str | None, float]) -> tuple[str, int, bool, str]:
     """One evaluation episode (in a worker process): ``(family, seed, success, why not)``."""
     import torch
 
     from mnemobot.agent.episode import RunConfig, run_episode
 
     torch.set_num_threads(1)
-    family, seed, ckpt = job
+    family, seed, ckpt, temperature = job
     cfg = (RunConfig(task_id=family, seed=seed, agent="expert") if ckpt is None else
-           RunConfig(task_id=family, seed=seed, policy="learned", checkpoint=ckpt))
+           RunConfig(task_id=family, seed=seed, policy="learned", checkpoint=ckpt, policy_temperature=temperature))
     r = run_episode(cfg)
     why = "" if r.success else next((f"{k['skill']}:{k['reason']}" for k in r.skills if not k["success"]),
                                     r.stop_reason or "goal not reached")
     return family, seed, bool(r.success), why
 
 
-def evaluate(pool: ProcessPoolExecutor, out: Path, family: str, seeds: list[int], ckpt: Path | None
-             ) -> tuple[int, list[str]]:
+def evaluate(pool: ProcessPoolExecutor, out: Path, family: str, seeds: list[int], ckpt: Path | None,
+             temperature: float = 1.0) -> tuple[int, list[str]]:
     """Success over ``seeds``; each episode's result is kept in ``OUT/episodes.jsonl`` (keyed by
     family, seed and checkpoint folder and step) and reused by a later run."""
     cache_file = out / "episodes.jsonl"
-    tag = "expert" if ckpt is None else f"{ckpt.resolve()}@{json.loads((ckpt / 'config.json').read_text())['step']}"
+    tag = "expert" if ckpt is None else \
+        f"{ckpt.resolve()}@{json.loads((ckpt / 'config.json').read_text())['step']}@T{temperature:g}"
     done: dict[tuple[str, int, str], tuple[bool, str]] = {}
     if cache_file.is_file():
         for line in cache_file.read_text().splitlines():
@@ -106,7 +107,8 @@ def evaluate(pool: ProcessPoolExecutor, out: Path, family: str, seeds: list[int]
                 done[(r["family"], r["seed"], r["tag"])] = (r["ok"], r["why"])
     todo = [s for s in seeds if (family, s, tag) not in done]
     with cache_file.open("a") as f:
-        for fam, seed, ok, why in pool.map(_episode, [(family, s, None if ckpt is None else str(ckpt)) for s in todo]):
+        jobs = [(family, s, None if ckpt is None else str(ckpt), temperature) for s in todo]
+        for fam, seed, ok, why in pool.map(_episode, jobs):
             done[(fam, seed, tag)] = (ok, why)
             f.write(json.dumps({"family": fam, "seed": seed, "tag": tag, "ok": ok, "why": why}) + "\n")
             f.flush()
@@ -150,6 +152,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="evaluation episodes at a time")
     ap.add_argument("--per-family", action="store_true", help="one checkpoint per family and variant")
     ap.add_argument("--frames", action="store_true", help="the per-frame policy instead of keyframes")
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="scale of the noise the policy's flow starts from (1: as trained; 0: its mean)")
     ap.add_argument("--skip-expert", action="store_true")
     ap.add_argument("--no-train", action="store_true",
                     help="evaluate only checkpoints that exist (trained beforehand); skip the others")
@@ -179,13 +183,13 @@ def main() -> None:
                 log = [json.loads(x) for x in (ckpt / "train_log.jsonl").read_text().splitlines() if x.strip()]
                 ms = inference_ms(ckpt)
                 for fam in group:
-                    ok, cells = evaluate(pool, args.out, fam, seeds, ckpt)
+                    ok, cells = evaluate(pool, args.out, fam, seeds, ckpt, args.temperature)
                     rows.append({"family": fam, "variant": var, "ok": ok, "n": len(seeds), "cells": cells,
                                  "train_s": train_s, "train_log_s": sum(r.get("s", 0) for r in log),
                                  "ms_per_chunk": ms,
                                  "curve": [(r["step"], round(r["loss"], 4)) for r in log[:: max(1, len(log) // 8)]]})
                     print(f"{fam} {var}: {ok}/{len(seeds)}  {' '.join(cells)}", flush=True)
-    print("\n== success on the memory-dependent workcell families ==")
+    print(f"\n== success on the memory-dependent workcell families (policy temperature {args.temperature:g}) ==")
     print(f"{'family':15s} {'variant':16s} {'success':>9s} {'chance':>7s} {'ms/chunk':>9s} {'train s':>8s}")
     for r in rows:
         ms = f"{r['ms_per_chunk']:.1f}" if "ms_per_chunk" in r else ""

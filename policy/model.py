@@ -45,7 +45,8 @@ wrap it thinly. Batches use lerobot's key names where they exist:
   (seconds before now), ``history_mask`` ``(B, T)``;
 * with ``step_token``: ``step`` ``(B,)``, the actions the skill has executed so far (keyframes:
   where in the demonstration the robot is, which one posture visited several times does not
-  tell), and ``history.step`` ``(B, T)`` in training.
+  tell), and ``history.step`` ``(B, T)`` in training;
+* optional at run time: ``temperature`` (default 1), the scale of the noise the flow starts from.
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ class MemoryPolicy(nn.Module):
         current observation; the step's tokens are written into the episode's banks (time:
         ``batch["time"]`` seconds, default the number of calls so far)."""
         cond, p, c = self._condition_live(batch)
-        return self._sample(cond, generator) * self.action_std + self.action_mean
+        return self._sample(cond, generator, float(batch.get("temperature", 1.0))) * self.action_std + self.action_mean
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Flow-matching loss on a training batch (see the module docstring for its keys)."""
@@ -552,11 +553,13 @@ class MemoryPolicy(nn.Module):
     def _velocity(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]]) -> Tensor:
         return self.head(x, tau, film)
 
-    def _sample(self, cond: tuple[Tensor, ...], generator: torch.Generator | None) -> Tensor:
+    def _sample(self, cond: tuple[Tensor, ...], generator: torch.Generator | None, temperature: float = 1.0) -> Tensor:
+        """Integrate the flow from noise scaled by ``temperature`` (1: the trained distribution; 0:
+        from its mean, one deterministic chunk)."""
         cfg = self.config
         b = cond[0].shape[0]
         cross = self._cross(cond)
-        x = torch.randn(b, cfg.chunk_size, cfg.action_dim, generator=generator, device=cond[0].device)
+        x = temperature * torch.randn(b, cfg.chunk_size, cfg.action_dim, generator=generator, device=cond[0].device)
         dt = 1.0 / cfg.flow_steps
         for k in range(cfg.flow_steps):
             tau = torch.full((b,), k * dt, device=x.device)

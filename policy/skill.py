@@ -16,8 +16,8 @@ limits is executed.
 
 A policy trained on keyframes (``action_mode="keyframes"``, :mod:`mnemobot.policy.keyframes`)
 gives whole-body poses instead: the hand pose is solved by the brainstem's IK (workspace box
-included) from the joints held now (a pose missed by less than :data:`REACH_SLACK_M` is taken
-as the nearest one reached; a farther one ends the skill as ``out_of_reach``), and the joints, the base (by feedback on its believed pose
+included) from the joints held now (a pose the arm misses by less than :data:`REACH_SLACK_M` is
+clipped to the nearest one it reaches; a farther one ends the skill as ``out_of_reach``), and the joints, the base (by feedback on its believed pose
 along the line) and the head move together along straight lines to it, eased in and out at
 :data:`KEYFRAME_PACE` of their limits; then the base and joints settle, then the fingers move
 to the keyframe's opening. It ends when a chunk's keyframes
@@ -117,12 +117,24 @@ def _keyframe(a: np.ndarray) -> _Keyframe:
     return _Keyframe(Pose(v[:3], quat_from_matrix(from_rot6d(v[3:9]))), float(v[9]), v[10:13].copy(), v[13:15].copy())
 
 
+def _same_place(a: _Keyframe, b: _Keyframe, rest_m: float) -> bool:
+    """Whether keyframe ``a`` asks for no move from ``b``: hand within ``max(rest_m, 1.5 cm)``,
+    fingers within 1 cm, base within 3 cm and 3 degrees, head within 6 degrees (about the
+    normalisation floor of a keyframe policy's outputs: the scatter of its "stay here")."""
+    return (float(np.linalg.norm(a.hand.position - b.hand.position)) < max(rest_m, 0.015)
+            and abs(a.gripper - b.gripper) < 0.01 and float(np.linalg.norm(a.base[:2] - b.base[:2])) < 0.03
+            and abs(wrap_angle(float(a.base[2] - b.base[2]))) < 0.05 and float(np.max(np.abs(a.head - b.head))) < 0.1)
+
+
 KEYFRAME_PACE = 0.6
 """Fraction of each joint's, the base's and the head's speed limit a move between keyframes
 peaks at (the scripted skills' joint moves use the same)."""
-REACH_SLACK_M, REACH_SLACK_RAD = 0.02, 0.1
-"""A keyframe the arm misses by less than 2 cm and 6 degrees (a learned pose just past the reach)
-is taken as the nearest pose it reaches; a farther one ends the skill as ``out_of_reach``."""
+REACH_SLACK_M, REACH_SLACK_RAD = 0.15, 0.5
+"""A keyframe the arm cannot reach exactly is clipped to the nearest pose it reaches (the IK's
+best, within the joint limits) when that is less than 15 cm and 29 degrees away: a learned pose a
+little past the reach, or a blend of two postures in a swing, is moved into reach rather than
+ending the task; a farther one ends the skill as ``out_of_reach``. A clipped pose at a contact
+misses its target, which the task's score shows."""
 FINE_MOVE = (0.15, 0.08)
 """A hand move shorter than 15 cm between keyframes (a descent onto a block, a push on the
 button, a lift) goes at no more than 8 cm/s on average, as the scripted skills' contact moves do."""
@@ -155,7 +167,7 @@ def _to_keyframe(ctx: SkillContext, kf: _Keyframe, task: str, settle_s: float = 
         if res.pos_err < err:
             err, best = res.pos_err, res
     if q1 is None and best is not None and err < REACH_SLACK_M and best.rot_err < REACH_SLACK_RAD:
-        q1 = best.q  # the nearest pose the arm reaches (within its joint limits): a learned pose's small error
+        q1 = best.q  # clipped to the nearest pose the arm reaches (within its joint limits)
     if q1 is None:
         return _fail("act", {"task": task}, "out_of_reach",
                      f"unreachable: end-effector target {np.round(p, 3).tolist()} m in the arm-base frame; "
@@ -216,7 +228,8 @@ def _to_keyframe(ctx: SkillContext, kf: _Keyframe, task: str, settle_s: float = 
 
 
 def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2.0, rest_m: float = 0.004,
-                  seed: int = 0, name: str = "act", max_speed: float = 1.0, max_turn: float = 3.0) -> SkillSpec:
+                  seed: int = 0, name: str = "act", max_speed: float = 1.0, max_turn: float = 3.0,
+                  temperature: float = 1.0) -> SkillSpec:
     """The policy as a skill (see the module docstring); ``fps``: the rate its actions were
     recorded at (one action per recorded frame). The hand's target moves at most ``max_speed``
     m/s and turns at most ``max_turn`` rad/s: a jump in the policy's output is spread over ticks
@@ -229,26 +242,26 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
         gen = torch.Generator().manual_seed(seed)
         t0 = ctx.state.t
         done = 0  # keyframes executed: the policy's step count
+        last: _Keyframe | None = None  # the last keyframe executed
         while ctx.state.t - t0 < max_s:
-            chunk = policy.predict_action_chunk({**_batch(ctx, policy, task, ctx.state.t - t0), "step": float(done)},
-                                                generator=gen)
+            chunk = policy.predict_action_chunk({**_batch(ctx, policy, task, ctx.state.t - t0), "step": float(done),
+                                                 "temperature": temperature}, generator=gen)
             try:
                 frames = [_keyframe(a) for a in chunk[0, :n_steps].cpu().numpy().astype(float)]
             except ValueError as e:
                 return _fail("act", {"task": task}, "bad_action", f"the policy gave an unusable keyframe: {e}")
-            ee0 = ctx.controller.kinematics.fk(ctx.commanded_q())
-            base0 = np.asarray(ctx.state.base_pose, dtype=float)[:3]
-            grip0, head0 = ctx.commanded_gripper(), ctx.commanded_head()
-            if ctx.state.t - t0 >= min_s and all(
-                    np.linalg.norm(f.hand.position - ee0.position) < max(rest_m, 0.015) and abs(f.gripper - grip0) < 2e-3
-                    and np.linalg.norm(f.base[:2] - base0[:2]) < 0.03 and abs(wrap_angle(f.base[2] - base0[2])) < 0.03
-                    and np.max(np.abs(f.head - head0)) < 0.05 for f in frames):
+            here = _Keyframe(Pose(ctx.controller.kinematics.fk(ctx.commanded_q()).position), ctx.commanded_gripper(),
+                             np.asarray(ctx.state.base_pose, dtype=float)[:3], ctx.commanded_head())
+            # at rest: every keyframe of the chunk is where the robot is, or where the last keyframe
+            # sent it (a pose clipped into reach stays apart from what the policy keeps asking for)
+            if ctx.state.t - t0 >= min_s and any(
+                    ref is not None and all(_same_place(f, ref, rest_m) for f in frames) for ref in (here, last)):
                 return _ok("act", {"task": task}, f"the policy came to rest after {ctx.state.t - t0:.1f} s")
             for f in frames:
                 failed = yield from _to_keyframe(ctx, f, task)
                 if failed is not None:
                     return failed
-                done += 1
+                done, last = done + 1, f
                 if ctx.state.t - t0 >= max_s:
                     break
         return _fail("act", {"task": task}, "timeout", f"the policy did not come to rest within {max_s:.0f} s")
@@ -262,7 +275,8 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
         t0 = ctx.state.t
         still = 0
         while ctx.state.t - t0 < max_s:
-            chunk = policy.predict_action_chunk(_batch(ctx, policy, task, ctx.state.t - t0), generator=gen)
+            chunk = policy.predict_action_chunk({**_batch(ctx, policy, task, ctx.state.t - t0),
+                                                 "temperature": temperature}, generator=gen)
             actions = chunk[0, :n_steps].cpu().numpy().astype(float)
             last = ctx.controller.kinematics.fk(ctx.commanded_q())
             grip0 = ctx.commanded_gripper()

@@ -111,6 +111,13 @@ def test_keyframe_policy_reads_its_step_and_predicts_samples_that_it_learns_fast
         model.reset()
         chunks.append(model.predict_action_chunk({**b, "step": step}, generator=torch.Generator().manual_seed(1)))
     assert torch.equal(chunks[0], chunks[1]) and not torch.allclose(chunks[0], chunks[2])
+    # at temperature 0 the flow starts from the noise's mean: the seed no longer matters
+    cold = []
+    for seed in (1, 2):
+        model.reset()
+        cold.append(model.predict_action_chunk({**b, "step": 0.0, "temperature": 0.0},
+                                               generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(cold[0], cold[1]) and not torch.allclose(cold[0], chunks[0])
     with pytest.raises(PolicyConfigError, match="flow_target"):
         tiny(flow_target="noise").check()
     # two states, two chunks: the sample head fits them in a few dozen steps, noise or not

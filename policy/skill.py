@@ -15,16 +15,18 @@ failure, and a hand target outside the workspace ends it as ``unreachable``; not
 limits is executed.
 
 A policy trained on keyframes (``action_mode="keyframes"``, :mod:`mnemobot.policy.keyframes`)
-gives whole-body poses instead: the hand pose is solved by the brainstem's IK (workspace box
-included) from the joints held now (a pose the arm misses by less than :data:`REACH_SLACK_M` is
-clipped to the nearest one it reaches; a farther one ends the skill as ``out_of_reach``), and the joints, the base (by feedback on its believed pose
-along the line) and the head move together along straight lines to it, eased in and out at
-:data:`KEYFRAME_PACE` of their limits; then the base and joints settle, then the fingers move
-to the keyframe's opening. It ends when a chunk's keyframes
-are all where the robot already is.
+gives whole-body poses instead, and is told how many keyframes it has executed. Each hand pose is
+solved by the brainstem's IK (workspace box included) from the joints held now (a pose the arm
+misses by less than :data:`REACH_SLACK_M` is clipped to the nearest one it reaches; a farther one
+ends the skill as ``out_of_reach``); the joints, the base (by feedback on its believed pose along
+the line) and the head move together along straight lines to it, eased in and out at
+:data:`KEYFRAME_PACE` of their limits; then the base and joints settle, then the fingers move to
+the keyframe's opening. It ends when a chunk's keyframes all stay where the robot is, or where
+the last keyframe sent it.
 
-The skill ends when the policy has come to rest (two chunks in a row moving the hand less than
-``rest_m`` and leaving the fingers alone) after ``min_s``, or fails after ``max_s`` robot seconds.
+A per-frame policy's skill ends when it has come to rest (two chunks in a row moving the hand less
+than ``rest_m`` and leaving the fingers alone) after ``min_s``. Either fails after ``max_s`` robot
+seconds.
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ class Controller:
         """Arm joints (rad) that put ``spec.ee_link`` at ``ee_world`` (world frame) from the
         measured base pose, or :class:`WorkspaceLimitError` if outside the box or unreachable."""
         local = self.world_to_arm_base(state) @ ee_world
-        self._check_workspace(local.position)
+        self.check_workspace(local.position)
         res = self.kinematics.ik(
             local, q_seed, self.spec.arm_lower, self.spec.arm_upper, restarts=self.ik_restarts
         )
@@ -296,7 +296,8 @@ class Controller:
             )
         return res.q
 
-    def _check_workspace(self, p_arm: np.ndarray) -> None:
+    def check_workspace(self, p_arm: np.ndarray) -> None:
+        """Raise :class:`WorkspaceLimitError` for a hand position (arm-base frame) outside the box."""
         lo, hi = self.spec.workspace_min, self.spec.workspace_max
         if np.any(p_arm < lo) or np.any(p_arm > hi):
             raise WorkspaceLimitError(

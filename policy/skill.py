@@ -155,10 +155,10 @@ def _to_keyframe(ctx: SkillContext, kf: _Keyframe, task: str, settle_s: float = 
     folded = min(np.max(np.abs(q0 - spec.stow)), np.max(np.abs(q0 - spec.look))) < 0.05
     seeds = (spec.arm_home, q0) if folded else (q0, spec.arm_home)
     p = kf.hand.position
-    if np.any(p < spec.workspace_min) or np.any(p > spec.workspace_max):
-        return _fail("act", {"task": task}, "out_of_reach",
-                     f"end-effector target {np.round(p, 3).tolist()} m (arm-base frame) outside the workspace box "
-                     f"{np.asarray(spec.workspace_min).tolist()} .. {np.asarray(spec.workspace_max).tolist()}")
+    try:
+        ctx.controller.check_workspace(p)
+    except WorkspaceLimitError as e:
+        return _fail("act", {"task": task}, "out_of_reach", str(e))
     q1, err, best = None, math.inf, None
     for seed_q in seeds:  # restarts as the scripted skills' IK: a keyframe is a long reach, not a tick's step
         res = ctx.controller.kinematics.ik(kf.hand, np.asarray(seed_q, dtype=float), spec.arm_lower, spec.arm_upper,

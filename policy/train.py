@@ -181,7 +181,8 @@ class TrainData:
         return idx, acts, pads, hist
 
     def _keyframe_samples(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int
-                          ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+                          ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray],
+                                     list[tuple[int, np.ndarray]]]:
         """Samples at the calls of keyframe mode: the robot at the start or at rest at keyframe
         ``j`` (seen up to two frames later: it settles there at run time), the next ``chunk``
         keyframes (past the episode's end the last one again, a target like the others: the
@@ -200,9 +201,8 @@ class TrainData:
             if len(calls) > history:
                 calls = calls[np.round(np.linspace(0, len(calls) - 1, history)).astype(int)]
             hist.append(frames[calls].astype(int))
-            steps.append((j, calls))
-        self._last_steps = steps  # keyframes executed at the sample's call and at its history's calls
-        return idx, acts, pads, hist
+            steps.append((j, calls))  # keyframes executed at the sample's call and at its history's calls
+        return idx, acts, pads, hist, steps
 
     def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
               stride: int = 1) -> dict[str, Any]:
@@ -210,8 +210,9 @@ class TrainData:
         history of the calls before it, one every ``period`` frames."""
         import torch
 
+        steps: list[tuple[int, np.ndarray]] | None = None
         if self.keyframes:
-            idx, acts, pads, hist = self._keyframe_samples(rng, size, chunk, period, history)
+            idx, acts, pads, hist, steps = self._keyframe_samples(rng, size, chunk, period, history)
         else:
             idx, acts, pads, hist = self._frame_samples(rng, size, chunk, period, history, stride)
         t_max = max((len(h) for h in hist), default=0)
@@ -225,10 +226,10 @@ class TrainData:
         if self.memory is not None:
             b["observation.memory"] = torch.from_numpy(self.memory[idx])
             b["observation.memory_mask"] = torch.from_numpy(self.mask[idx])
-        if self.keyframes:
-            b["step"] = torch.tensor([float(j) for j, _ in self._last_steps])
+        if steps is not None:
+            b["step"] = torch.tensor([float(j) for j, _ in steps])
             h_step = np.zeros((size, max(t_max, 0)), np.float32)
-            for k, (_, calls) in enumerate(self._last_steps):
+            for k, (_, calls) in enumerate(steps):
                 h_step[k, : len(calls)] = calls
             if t_max > 0:
                 b["history.step"] = torch.from_numpy(h_step)

@@ -70,6 +70,9 @@ from mnemobot.perception.types import CameraIntrinsics, Pose
 __all__ = ["HELD", "MISSING", "PRESENT", "FrameInfo", "SceneGraph", "SceneGraphConfig", "replay"]
 
 PRESENT, MISSING, HELD = "present", "missing", "held"
+GRASP_REACH_M = 0.15
+"""An object the body grasps is within this of the grasp point (half a hand's span plus the
+remembered position's error): which of several same-label objects was taken."""
 
 
 @dataclass
@@ -1085,8 +1088,19 @@ class SceneGraph:
         return None if best is None else (best[2], best[3])
 
     # -- body events (from proprioception and skill outcomes, never from the simulator) ----------
-    def grasped(self, label: str, t: float) -> str | None:
-        key = self.best(label, (PRESENT, MISSING))
+    def grasped(self, label: str, t: float, hand: Sequence[float] | None = None) -> str | None:
+        """The body holds ``label``. With ``hand`` (the grasp point in the world), the object of
+        that label nearest it (within :data:`GRASP_REACH_M`): of two look-alike blocks, the one the
+        fingers closed on, not the one seen last."""
+        key = None
+        at = np.asarray(hand, dtype=float).reshape(-1) if hand is not None else None
+        if at is not None and at.shape == (3,) and np.all(np.isfinite(at)):
+            keys = [k for k in self.by_label.get(label, ()) if self.g.nodes[k].get("state") in (PRESENT, MISSING)]
+            dist = {k: float(np.linalg.norm(np.asarray(self.g.nodes[k]["position"], dtype=float) - at)) for k in keys}
+            near = [k for k in keys if dist[k] <= GRASP_REACH_M]
+            key = min(near, key=lambda k: dist[k], default=None)
+        if key is None:
+            key = self.best(label, (PRESENT, MISSING))
         if key is None:
             return None
         self.emit(OpKind.UPDATE, "node", key, "grasped", t,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mnemobot.memory.articulation import perceive_openings
 from mnemobot.memory.graph import HELD, PRESENT, FrameInfo, SceneGraph, SceneGraphConfig
 from mnemobot.memory.retrieval import Hit, MemoryQuery, build_context
 from mnemobot.memory.short_term import ShortTermConfig, ShortTermMemory, StateChange
@@ -42,6 +43,9 @@ __all__ = ["Memory", "MemoryConfig"]
 
 log = logging.getLogger(__name__)
 
+OPENING_CHANGE_M = 0.05
+"""A drawer seen this much more or less open than memory holds has been opened or closed (less
+is the noise of the panel's percentile, and a push that did not move it)."""
 _STM_CHANGES = {"observed": "appeared", "moved": "moved", "not_seen": "missing", "reappeared": "appeared",
                 "grasped": "grasped", "released": "released", "opened": "opened", "closed": "closed"}
 
@@ -196,7 +200,7 @@ class Memory:
                         data["moved_m"] = round(math.dist(hist[-1][1:4], hist[-2][1:4]), 3)
                     changes.append((key, self._held, "released", data))
             if held is not None:
-                key = self.graph.grasped(held, when)
+                key = self.graph.grasped(held, when, hand=hand)
                 if key:
                     changes.append((key, held, "grasped", {}))
             self._held = held
@@ -231,6 +235,7 @@ class Memory:
         if obs.proprio is not None:
             x, y, yaw = (float(v) for v in obs.proprio.base_pose)
             self.graph.agent_at((x, y), yaw, place, t)
+        self._look_at_drawers(obs, t)
         for key, cause in changes.items():
             if key in self.graph.g:
                 d = self.graph.node(key)
@@ -239,6 +244,21 @@ class Memory:
                 self._remember(key, d["label"], _STM_CHANGES.get(cause, cause), when, {"place": d.get("place")})
         self._flush()
         return changes
+
+    def _look_at_drawers(self, obs: Observation, t: float) -> None:
+        """Drawers seen open or closed (:mod:`mnemobot.memory.articulation`): a change of more than
+        :data:`OPENING_CHANGE_M` from what memory holds becomes an opened/closed change."""
+        site = self.graph.site
+        if site is None or obs.instances is None:
+            return
+        views = perceive_openings(obs, site.places.values(), self.graph.config.static_labels, self.graph.margin)
+        for name, view in views.items():
+            node = self.graph.g.nodes.get(f"place:{name}")
+            if node is None or abs(view.opening - float(node.get("opening", 0.0))) <= OPENING_CHANGE_M:
+                continue
+            self.graph.articulated(name, view.opening, t)
+            self._remember(f"place:{name}", name, "opened" if view.opening > 0.02 else "closed", t,
+                           {"opening": round(view.opening, 3), "seen": True})
 
     def _remember(self, key: str, label: str, change: str, t: float, data: dict[str, Any]) -> None:
         if change == "refined":

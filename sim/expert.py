@@ -22,7 +22,7 @@ from mnemobot.control.site import SiteMap
 from mnemobot.memory.types import ObjectEstimate
 from mnemobot.perception.types import Observation, Pose
 from mnemobot.sim.backend import PyBulletBackend
-from mnemobot.sim.tasks import DRAWER_OPEN_MIN, Task
+from mnemobot.sim.tasks import BESIDE, DRAWER_OPEN_MIN, Task
 from mnemobot.sim.workcell import CENTRE_PATCH
 
 __all__ = ["EXPERT_SCRIPTS", "ExpertCall", "GroundTruthLocator", "expert_script"]
@@ -118,14 +118,14 @@ def _put_block_back(backend: PyBulletBackend, task: Task) -> list[ExpertCall]:
 
 
 def _rearrange(backend: PyBulletBackend, task: Task) -> list[ExpertCall]:
-    """Remember which block stands on the centre patch now; move it to the patch the instruction
-    names, press, then move the other block to the centre."""
+    """Remember which block stands on the centre patch now; move it to the coloured patch beside
+    the other block, press, then move the other block to the centre."""
     labels = backend.object_labels()
     moved = next((lb for lb in labels if _patch_of(backend, lb) == CENTRE_PATCH), None)
     if moved is None:
         raise RuntimeError("no block on the centre patch at the start")
     other = next(lb for lb in labels if lb != moved)
-    free = task.milestones[0].place  # named in the instruction ("... to the blue patch")
+    free = BESIDE[_patch_of(backend, other)]
     return [*_move(moved, free), *_press(_button(backend)), *_move(other, CENTRE_PATCH)]
 
 

@@ -27,8 +27,8 @@ same for every seed, so only memory of the episode can beat chance.
 * ``put_block_back``: a block starts on one of four coloured patches; move it to the centre
   patch, press the button, then put it back on its patch (chance 1/4);
 * ``rearrange``: two look-alike blocks, one on a coloured patch, one on the centre patch; move
-  the centre one to a named free patch, press the button, then move the other block to the
-  centre (chance 1/2; see :func:`_make_rearrange`).
+  the centre one to the coloured patch beside the other, press the button, then move the other
+  block to the centre (chance 1/2; see :func:`_make_rearrange`).
 
 Their initial state is set by ``"start"`` world events, applied when the task is attached.
 
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from mnemobot.sim.backend import PyBulletBackend
 
 __all__ = [
+    "BESIDE",
     "DRAWER_CLOSED_TOL",
     "DRAWER_OPEN_MIN",
     "EVENT_ACTIONS",
@@ -454,14 +455,21 @@ def _make_put_block_back(rng: np.random.Generator, seed: int, layout: HouseLayou
     return Task("put_block_back", seed, instruction, obj, origin, "on", events=events, milestones=milestones)
 
 
+BESIDE = {"red_patch": "green_patch", "green_patch": "red_patch", "blue_patch": "yellow_patch",
+          "yellow_patch": "blue_patch"}
+"""Each coloured patch's coloured neighbour (the two on the same side of the centre patch)."""
+
+
 def _make_rearrange(rng: np.random.Generator, seed: int, layout: HouseLayout, placements: dict[str, str]) -> Task:
-    """Workcell: move the centre block to a free patch, press the button, then the other block to the centre.
+    """Workcell: move the centre block beside the other one, press the button, then the other block to the centre.
 
     The two blocks look alike (same shape, colour and detector class), one starts on a coloured
-    patch and one on the centre patch. After the button both stand on coloured patches and the
-    instruction says only "the other block": which one that is, the scene no longer shows, so
-    the answer needs memory of which block was moved (chance 1/2). The free patch is named by its
-    colour, since three coloured patches are free at the start.
+    patch and one on the centre patch. The centre one goes to the coloured patch beside the other
+    (:data:`BESIDE`: red and green, blue and yellow are neighbours), so after the button the two
+    blocks stand side by side on one pair, and either could have been the one moved: the scene and
+    the instruction (the same words for every seed) no longer tell which is "the other block";
+    only memory of the episode does (chance 1/2). A first version named the free patch by its
+    colour, which told a reader of the instruction where the moved block stood.
     """
     _workcell_places(layout, "rearrange", (CENTRE_PATCH, *COLOUR_PATCHES))
     if len(placements) < 2:
@@ -469,10 +477,10 @@ def _make_rearrange(rng: np.random.Generator, seed: int, layout: HouseLayout, pl
     button = _button(layout, "rearrange")
     first, second = sorted(placements)[:2]
     start = _pick(rng, COLOUR_PATCHES)
-    free = _pick(rng, [p for p in COLOUR_PATCHES if p != start])
+    free = BESIDE[start]
     name = _words(layout.object_spec(second).detected_as)
-    instruction = (f"move the {name} on the {_words(CENTRE_PATCH)} to the {_words(free)}, press the button, "
-                   f"then move the other {name} to the {_words(CENTRE_PATCH)}")
+    instruction = (f"move the {name} on the {_words(CENTRE_PATCH)} to the patch beside the other {name}, "
+                   f"press the button, then move the other {name} to the {_words(CENTRE_PATCH)}")
     events = (WorldEvent("start", "put_object", object=first, place=start),
               WorldEvent("start", "put_object", object=second, place=CENTRE_PATCH))
     milestones = (Milestone("placed_at", object=second, place=free), Milestone("button_pressed", place=button))

@@ -286,6 +286,17 @@ def test_missing_object_found_elsewhere_is_a_move() -> None:
     assert changes == {key: "moved"} and g.node(key)["place"] == "shelf"
 
 
+def test_grasp_of_one_of_two_look_alikes_takes_the_one_at_the_hand() -> None:
+    g = graph()
+    here, there = surface("living_room_table"), surface("shelf")
+    (a,) = g.integrate([obs("block", here, 1.0, size=0.05)], blind(1.0))
+    (b,) = g.integrate([obs("block", there, 2.0, size=0.05)], blind(2.0))  # seen last: best() would pick it
+    assert g.grasped("block", 3.0, hand=here + [0.0, 0.0, 0.02]) == a
+    assert g.node(a)["state"] == HELD and g.node(b)["state"] != HELD
+    # without a hand, or with the hand far from both, the most recently seen one
+    assert g.grasped("block", 4.0, hand=[50.0, 50.0, 1.0]) == b
+
+
 def test_grasp_release_and_container_state() -> None:
     g = graph()
     (key,) = g.integrate([obs("teddy", surface("bedroom_table"), 1.0)], blind(1.0))

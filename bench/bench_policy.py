@@ -64,12 +64,12 @@ def record(out: Path, family: str, demos: int) -> Path:
 
 def train_variant(out: Path, name: str, families: list[str], data: list[Path], variant: str, size: str, steps: int,
                   history: int, threads: int, keyframes: bool) -> tuple[Path, float]:
-    from mnemobot.policy.cli import SIZES
+    from mnemobot.policy.cli import KEYFRAME_MODE, SIZES
     from mnemobot.policy.train import TrainConfig, train
 
     ckpt = out / f"ckpt-{name}-{variant}"
     t0 = time.perf_counter()
-    mode = {"action_mode": "keyframes", "step_token": True, "direct_state": True, "flow_target": "sample"} if keyframes else {}
+    mode = KEYFRAME_MODE if keyframes else {}
     train(data[0] if len(data) == 1 else data, ckpt, {**SIZES[size], **VARIANTS[variant], **mode},
           TrainConfig(steps=steps, history=history, threads=threads, save_every=max(50, steps // 10)),
           families=families, progress=lambda m: print(f"  [{name}/{variant}] {m}", flush=True))
@@ -131,10 +131,15 @@ def inference_ms(ckpt: Path, calls: int = 50) -> float:
              "task": ["put the block back"]}
     model.reset()
     times = []
-    for i in range(calls):
-        t0 = time.perf_counter()
-        model.predict_action_chunk({**batch, "time": 0.8 * i, "step": float(8 * i)})
-        times.append(time.perf_counter() - t0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the target: 2 cores (timed between variants, with no episode running)
+    try:
+        for i in range(calls):
+            t0 = time.perf_counter()
+            model.predict_action_chunk({**batch, "time": 0.8 * i, "step": float(8 * i)})
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
     return float(np.median(times[5:])) * 1e3
 
 

@@ -19,6 +19,11 @@ SIZES = {
 """Policy sizes for ``mnemobot train --size``: ``default`` (about 15M parameters), ``small`` and
 ``tiny`` (tests and smoke runs)."""
 
+KEYFRAME_MODE = {"action_mode": "keyframes", "step_token": True, "direct_state": True, "flow_target": "sample",
+                 "anchors": True}
+"""``mnemobot train --keyframes``: keyframe actions, a step token, proprioception's short path to
+the head, a sample-predicting head and base poses anchored on the memory's points."""
+
 
 def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     from mnemobot.agent.cli import _positive_int as _count
@@ -106,9 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"unknown task family {unknown or args.task!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
     overrides = dict(SIZES[args.size])
     overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_symbolic_memory,
-                     bank_merge=args.bank_merge, action_stride=args.stride,
-                     action_mode="keyframes" if args.keyframes else "frames", step_token=args.keyframes,
-                     direct_state=args.keyframes, flow_target="sample" if args.keyframes else "velocity")
+                     bank_merge=args.bank_merge, action_stride=args.stride)
+    if args.keyframes:
+        overrides.update(KEYFRAME_MODE)
     if args.keyframes and args.stride != 1:
         raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:

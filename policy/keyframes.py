@@ -32,7 +32,7 @@ import numpy as np
 
 from mnemobot.policy.features import ACTION_NAMES, STATE_NAMES
 
-__all__ = ["ACTION_FLOOR", "KEYFRAME_ACTION_NAMES", "TOLERANCE", "keyframe_actions", "keyframe_indices"]
+__all__ = ["ACTION_FLOOR", "KEYFRAME_ACTION_NAMES", "TOLERANCE", "event_sites", "keyframe_actions", "keyframe_indices"]
 
 KEYFRAME_ACTION_NAMES = [*ACTION_NAMES[:10], "base_x", "base_y", "base_yaw", *ACTION_NAMES[13:]]
 """A keyframe action: hand pose (arm-base frame, position and 6D rotation), finger opening, base
@@ -120,3 +120,41 @@ def keyframe_actions(state: np.ndarray, action: np.ndarray, indices: np.ndarray)
     idx = np.asarray(indices, int)
     out = np.concatenate([action[idx, :10], state[idx][:, _BASE[:2]], yaw[idx, None], action[idx, 13:15]], axis=1)
     return out.astype(np.float32)
+
+
+def event_sites(keyframes: np.ndarray, arm_mount_xy: tuple[float, float] | None = None) -> np.ndarray:
+    """Where the hand event each keyframe belongs to happens: ``(K, 2)`` map-frame ``(x, y)``, NaN
+    for a keyframe of an episode without events.
+
+    An event is a keyframe where the finger command changes (the fingers close on a block or a
+    handle, open to release it, close to press a button), together with the keyframe before it
+    (the hand arrived there with the old opening). Every keyframe belongs to the event before it
+    or the one after it, whichever its base stands nearer (``|dx, dy| + 0.3 m/rad * |dyaw|``; on a
+    tie the one after): driving to a patch and reaching down belong to the grasp there, lifting
+    the block away to the grasp before. The event's site is the hand's position then: the base
+    pose of the keyframe composed with the hand pose in the arm-base frame, mounted at
+    ``arm_mount_xy`` on the base (default: the mobile Panda's mount,
+    :data:`mnemobot.control.robots.ARM_MOUNT`). The policy's anchors
+    (:func:`mnemobot.policy.model.anchor_targets`) take the memory point nearest that site."""
+    kf = np.asarray(keyframes, dtype=float)
+    n = len(kf)
+    if arm_mount_xy is None:
+        from mnemobot.control.robots import ARM_MOUNT
+
+        arm_mount_xy = (float(ARM_MOUNT.position[0]), float(ARM_MOUNT.position[1]))
+    mx, my = arm_mount_xy
+    x, y, yaw = kf[:, 10], kf[:, 11], kf[:, 12]
+    hx, hy = kf[:, 0] + mx, kf[:, 1] + my
+    hand = np.stack([x + np.cos(yaw) * hx - np.sin(yaw) * hy, y + np.sin(yaw) * hx + np.cos(yaw) * hy], axis=1)
+    grip = kf[:, 9]
+    change = np.flatnonzero(np.abs(np.diff(grip)) > 1e-3) + 1
+    events = np.unique(np.concatenate([change, change - 1])).astype(int) if len(change) else np.zeros(0, int)
+    out = np.full((n, 2), np.nan)
+    if len(events) == 0:
+        return out
+    for i in range(n):
+        before, after = events[events <= i], events[events >= i]
+        cands = ([int(after[0])] if len(after) else []) + ([int(before[-1])] if len(before) else [])
+        far = [float(np.hypot(x[k] - x[i], y[k] - y[i]) + 0.3 * abs(yaw[k] - yaw[i])) for k in cands]
+        out[i] = hand[cands[int(np.argmin(far))]]  # argmin keeps the first of a tie: the event after
+    return out

@@ -27,8 +27,21 @@ scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (ex
   prediction: with a few dozen demonstrations it learns precise chunks many times faster (a
   head alone fit 41 keyframe chunks to 1 cm in 300 steps, against 24 cm with velocity).
 
+* **anchors** (keyframes, ``anchors=True``): the contact poses of manipulation are offsets from
+  things the memory holds (a block now, the patch it was first seen on, the drawer seen open). So
+  each keyframe's base position is given relative to an anchor point the policy points at: the
+  map origin (absolute), or a symbolic token's position now or when first seen
+  (:func:`anchor_points`). A query per keyframe (the head's pooled condition plus a learned
+  per-position vector) scores keys built from each token's output of the cognition transformer;
+  the flow head predicts the chunk in the picked anchors' frames (:func:`to_anchor_frame`: the
+  base's offset, and for anchored keyframes the hand's offset from the point), told which
+  keyframes are anchored. Training labels (:func:`anchor_targets`) are the memory point nearest
+  the hand at the finger event each keyframe leads to or follows
+  (:func:`mnemobot.policy.keyframes.event_sites`); the pointer is trained by the likelihood of
+  any fitting point. Without symbolic memory only the origin is there: everything is absolute.
+
 Actions and proprioception are normalised with the dataset's mean and std, kept in the model's
-buffers (they travel with the checkpoint).
+buffers (they travel with the checkpoint); anchored columns per kind (absolute, anchored).
 
 The interface mirrors lerobot's policies (``reset``, ``select_action``, ``predict_action_chunk``,
 ``forward`` returning ``(loss, info)``, a config dataclass), so a ``lerobot_policy_*`` plugin can
@@ -40,6 +53,7 @@ wrap it thinly. Batches use lerobot's key names where they exist:
   ``(B, M)`` (True: a real object);
 * ``task``: ``B`` strings;
 * training only: ``action`` ``(B, chunk_size, action_dim)``, ``action_is_pad`` ``(B, chunk)``,
+  with anchors ``action.site`` ``(B, chunk, 2)`` (where each keyframe's finger event is, NaN: none),
   and the history the banks were built from: ``history.images.head`` ``(B, T, 3, H, W)``,
   ``history.state``, ``history.memory``, ``history.memory_mask``, ``history.age`` ``(B, T)``
   (seconds before now), ``history_mask`` ``(B, T)``;
@@ -85,6 +99,9 @@ class MemoryPolicyConfig:
     step_token: bool = False  # a token encoding how many actions the skill has executed (``step`` in the batch)
     direct_state: bool = False  # the action head also reads proprioception (and the step) directly, not only tokens
     flow_target: str = "velocity"  # what the head predicts: "velocity" (x1 - x0) or "sample" (x1; see FlowHead)
+    anchors: bool = False  # keyframes: each base position is an offset from a point the memory holds (see anchor_points)
+    max_keyframes: int = 0  # keyframes: the skill ends after this many (0: only when at rest); from the demonstrations
+    arm_mount_xy: tuple[float, float] = (0.10, 0.0)  # where the arm base sits on the mobile base (anchors)
     d_model: int = 256
     n_heads: int = 8
     cognition_layers: int = 6
@@ -119,6 +136,10 @@ class MemoryPolicyConfig:
             raise PolicyConfigError(f"action_mode must be 'frames' or 'keyframes', got {self.action_mode!r}")
         if self.action_mode == "keyframes" and self.action_stride != 1:
             raise PolicyConfigError("keyframe actions take no stride (each action is the next keyframe)")
+        if self.anchors and self.action_mode != "keyframes":
+            raise PolicyConfigError("anchors need action_mode='keyframes' (a base pose to anchor)")
+        if self.max_keyframes < 0:
+            raise PolicyConfigError(f"max_keyframes must be >= 0, got {self.max_keyframes}")
         if self.flow_steps < 1 or self.bank_capacity < 2:
             raise PolicyConfigError("flow_steps must be >= 1 and bank_capacity >= 2")
 
@@ -244,20 +265,29 @@ class FlowHead(nn.Module):
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, w))
                                     for _ in range(cfg.decoder_layers))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.chunk_size * cfg.action_dim))
+        self.kind = nn.Linear(cfg.chunk_size * 2, w) if cfg.anchors else None  # per action: absolute or anchored
         self.d, self.shape = d, (cfg.chunk_size, cfg.action_dim)
 
-    def condition(self, tokens: Tensor, pad: Tensor, direct: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
-        """Per block ``(scale, shift)`` from the condition tokens (padding ignored); ``direct``
-        ``(B, head_width)``: a condition added past the pooling (proprioception's short path)."""
+    def context(self, tokens: Tensor, pad: Tensor, direct: Tensor | None = None) -> Tensor:
+        """The chunk's condition ``(B, head_width)`` from the condition tokens (padding ignored);
+        ``direct`` ``(B, head_width)``: added past the pooling (proprioception's short path)."""
         q = self.pool.queries[None].expand(tokens.shape[0], -1, -1)
         pooled, _ = self.pool.attn(q, tokens, tokens, key_padding_mask=pad, need_weights=False)
         c = self.cond(self.pool.norm(pooled + q).flatten(1))
-        if direct is not None:
-            c = c + direct
+        return c if direct is None else c + direct
+
+    def condition(self, tokens: Tensor, pad: Tensor, direct: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Per block ``(scale, shift)`` (see :meth:`context`)."""
+        return self.film_of(self.context(tokens, pad, direct))
+
+    def film_of(self, c: Tensor) -> list[tuple[Tensor, Tensor]]:
         return [tuple(f(c).chunk(2, dim=-1)) for f in self.film]  # type: ignore[misc]
 
-    def forward(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def forward(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]], kind: Tensor | None = None) -> Tensor:
+        """``kind`` ``(B, chunk, 2)``: per action, one-hot absolute / anchored (with anchors)."""
         h = self.inp(x.flatten(1)) + self.time(sinusoid(tau, self.d))
+        if self.kind is not None:
+            h = h + self.kind(kind.flatten(1).float())
         for norm, block, (scale, shift) in zip(self.norms, self.blocks, film, strict=True):
             h = h + block(norm(h) * (1 + scale) + shift)
         return self.out(h).view(x.shape[0], *self.shape)
@@ -340,6 +370,102 @@ class Retrieval(nn.Module):
         return self.norm(g * retrieved + (1 - g) * current)
 
 
+# -- anchors: keyframe base positions relative to what the memory holds --------------------------------
+BASE_XY = slice(10, 12)
+"""The base position ``(x, y)`` in a keyframe action (``KEYFRAME_ACTION_NAMES``)."""
+ANCHORED = [0, 1, 10, 11]
+"""The columns of a keyframe action that anchoring rewrites: hand ``(x, y)``, base ``(x, y)``."""
+STATE_BASE = slice(17, 20)
+"""The believed base pose ``(x, y, yaw)`` in the state (``STATE_NAMES``)."""
+OBJECT_REACH_M = 0.08
+"""A hand event (fingers closing or opening) belongs to an object within this distance: a 5 cm
+block is grasped at its centre, and neighbouring patches are 22 cm apart."""
+PLACE_REACH_M = 0.6
+"""... and to an articulated place (a drawer, whose token is its centre) within this one: its
+handle is at its front, up to half a 0.6 m deep cabinet plus its opening away."""
+
+
+def anchor_points(state: Tensor, memory: Tensor | None, mask: Tensor | None, max_tokens: int,
+                  use_tokens: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """The points a keyframe's base position may be given relative to, in the map frame:
+    ``(points (B, K, 2), valid (B, K), reach (B, K))`` with ``K = 1 + 2 * max_tokens``.
+
+    Point 0 is the map origin (an absolute position: the bench, the button). Then, per symbolic
+    memory token (:mod:`mnemobot.policy.tokens`: positions in the base frame), its position now
+    (``1 .. max_tokens``) and where it was first seen (``max_tokens + 1 ..``), turned into the map
+    frame with the believed base pose of ``state``. ``reach``: how far from the point a hand
+    event may be to belong to it (:data:`OBJECT_REACH_M`, :data:`PLACE_REACH_M`)."""
+    b = state.shape[0]
+    pts = state.new_zeros(b, 1 + 2 * max_tokens, 2)
+    valid = torch.zeros(b, 1 + 2 * max_tokens, dtype=torch.bool, device=state.device)
+    reach = state.new_zeros(b, 1 + 2 * max_tokens)
+    valid[:, 0] = True
+    if not use_tokens or memory is None or memory.shape[1] == 0:
+        return pts, valid, reach
+    m = memory[:, :max_tokens].float()
+    n = m.shape[1]
+    mm = mask[:, :max_tokens].bool() if mask is not None else torch.ones(b, n, dtype=torch.bool, device=m.device)
+    x, y, yaw = state[:, STATE_BASE].float().unbind(-1)
+    c, s = torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]
+    for k, col in enumerate((4, 7)):  # now, first seen
+        px, py = m[..., col], m[..., col + 1]
+        lo = 1 + k * max_tokens
+        pts[:, lo : lo + n, 0] = x[:, None] + c * px - s * py
+        pts[:, lo : lo + n, 1] = y[:, None] + s * px + c * py
+        valid[:, lo : lo + n] = mm
+        reach[:, lo : lo + n] = torch.where(m[..., 3] > 0.5, PLACE_REACH_M, OBJECT_REACH_M)
+    return pts, valid, reach
+
+
+def to_anchor_frame(action: Tensor, point: Tensor, anchored: Tensor, mount_xy: tuple[float, float]) -> Tensor:
+    """Keyframe actions ``(..., 15)`` relative to their anchor points ``(..., 2)``: the base
+    position becomes its offset from the point; where ``anchored``, the hand's ``(x, y)`` (arm-base
+    frame) becomes the hand's offset from the point in the keyframe base's heading frame (a grasp
+    right at the anchor is ``(0, 0)`` whatever the base's offset). The map origin leaves the hand
+    as it is. :func:`from_anchor_frame` inverts it."""
+    out = action.clone()
+    yaw = action[..., 12]
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    off = action[..., BASE_XY] - point
+    out[..., BASE_XY] = off
+    ox, oy = off.unbind(-1)
+    hx = action[..., 0] + mount_xy[0] + (c * ox + s * oy)
+    hy = action[..., 1] + mount_xy[1] + (-s * ox + c * oy)
+    out[..., 0] = torch.where(anchored, hx, action[..., 0])
+    out[..., 1] = torch.where(anchored, hy, action[..., 1])
+    return out
+
+
+def from_anchor_frame(rel: Tensor, point: Tensor, anchored: Tensor, mount_xy: tuple[float, float]) -> Tensor:
+    """The inverse of :func:`to_anchor_frame`: keyframe actions in the map and arm-base frames."""
+    out = rel.clone()
+    yaw = rel[..., 12]
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    ox, oy = rel[..., BASE_XY].unbind(-1)
+    out[..., BASE_XY] = rel[..., BASE_XY] + point
+    hx = rel[..., 0] - mount_xy[0] - (c * ox + s * oy)
+    hy = rel[..., 1] - mount_xy[1] - (-s * ox + c * oy)
+    out[..., 0] = torch.where(anchored, hx, rel[..., 0])
+    out[..., 1] = torch.where(anchored, hy, rel[..., 1])
+    return out
+
+
+def anchor_targets(site: Tensor, points: Tensor, valid: Tensor, reach: Tensor, tie_m: float = 0.01) -> Tensor:
+    """Which anchor points fit each keyframe: ``(B, C, K)`` bool. ``site`` ``(B, C, 2)``: where the
+    hand event the keyframe leads to (or follows) happens, NaN for none. The nearest valid point
+    within its reach fits (and any other within ``tie_m`` as near: an object that has not moved
+    is at its first-seen point too); with none, the map origin."""
+    d = torch.linalg.vector_norm(site[:, :, None, :] - points[:, None, :, :], dim=-1)  # (B, C, K)
+    ok = valid[:, None, :] & (d <= reach[:, None, :]) & torch.isfinite(d)
+    ok[..., 0] = False
+    d = torch.where(ok, d, torch.full_like(d, float("inf")))
+    best = d.min(dim=-1, keepdim=True).values
+    good = ok & (d <= best + tie_m)
+    none = ~good.any(dim=-1)
+    good[..., 0] = none
+    return good
+
+
 # -- the policy -----------------------------------------------------------------------------------------
 class MemoryPolicy(nn.Module):
     """See the module docstring. ``stats``: normalisation (``state_mean``, ``state_std``,
@@ -372,12 +498,21 @@ class MemoryPolicy(nn.Module):
             extra = d if cfg.step_token else 0
             self.direct = nn.Sequential(nn.Linear(cfg.state_dim + extra, cfg.head_width), nn.SiLU(),
                                         nn.Linear(cfg.head_width, cfg.head_width))
+        if cfg.anchors:  # which point each keyframe's base position is relative to: a pointer over the memory
+            self.anchor_q = nn.Linear(cfg.head_width, d)
+            self.anchor_k = nn.Linear(d, d)
+            self.anchor_step = nn.Parameter(torch.randn(cfg.chunk_size, d) * 0.02)
+            self.anchor_kind = nn.Parameter(torch.randn(3, d) * 0.02)  # the map origin, a token now, first seen
         s = stats or {}
 
         def buf(key: str, size: int, default: float) -> Tensor:
             v = s.get(key)
             t = torch.full((size,), default) if v is None else torch.as_tensor(v, dtype=torch.float32).reshape(size)
             return t.clone()
+
+        if cfg.anchors:  # normalisation of the ANCHORED columns: row 0 absolute keyframes, row 1 anchored ones
+            self.register_buffer("anchor_mean", buf("anchor_mean", 8, 0.0).reshape(2, 4))
+            self.register_buffer("anchor_std", buf("anchor_std", 8, 1.0).clamp_min(1e-3).reshape(2, 4))
 
         self.register_buffer("state_mean", buf("state_mean", cfg.state_dim, 0.0))
         self.register_buffer("state_std", buf("state_std", cfg.state_dim, 1.0).clamp_min(1e-3))
@@ -408,22 +543,58 @@ class MemoryPolicy(nn.Module):
         current observation; the step's tokens are written into the episode's banks (time:
         ``batch["time"]`` seconds, default the number of calls so far)."""
         cond, p, c = self._condition_live(batch)
-        return self._sample(cond, generator, float(batch.get("temperature", 1.0))) * self.action_std + self.action_mean
+        return self._chunk(cond, batch, generator)
+
+    def _chunk(self, cond: tuple[Tensor, ...], batch: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+        """The chunk in the dataset's units from the condition (anchored positions made absolute)."""
+        temperature = float(batch.get("temperature", 1.0))
+        if not self.config.anchors:
+            return self._sample(cond, generator, temperature) * self.action_std + self.action_mean
+        ctx = self.head.context(*cond)
+        points, valid, _ = self._points(batch)
+        logits = self._anchor_logits(ctx, cond, batch, valid)
+        pick = logits.argmax(-1)  # (B, C)
+        z = self._sample(cond, generator, temperature, anchored=pick > 0, ctx=ctx)
+        return from_anchor_frame(self._denormalise(z, pick > 0), self._point(points, pick), pick > 0,
+                                 self.config.arm_mount_xy)
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Flow-matching loss on a training batch (see the module docstring for its keys)."""
         cond = self._condition_train(batch)
-        target = (batch["action"].float() - self.action_mean) / self.action_std  # (B, T, A)
+        action = batch["action"].float()
+        pad = batch.get("action_is_pad")
+        keep = (~pad.bool()).float() if pad is not None else torch.ones_like(action[..., 0])
+        anchored, kind, pointer_loss = None, None, None
+        if self.config.anchors:
+            ctx = self.head.context(*cond)
+            film = self.head.film_of(ctx)
+            points, valid, reach = self._points(batch)
+            good = anchor_targets(batch["action.site"].float(), points, valid, reach)  # (B, C, K)
+            logits = self._anchor_logits(ctx, cond, batch, valid)
+            # the likelihood of picking any fitting point (several fit when they coincide)
+            ll = torch.logsumexp(logits.masked_fill(~good, float("-inf")), -1) - torch.logsumexp(logits, -1)
+            pointer_loss = -(ll * keep).sum() / keep.sum().clamp_min(1.0)
+            pick = good.float().argmax(-1)
+            anchored = pick > 0
+            kind = F.one_hot(anchored.long(), 2)
+            rel = to_anchor_frame(action, self._point(points, pick), anchored, self.config.arm_mount_xy)
+            target = self._normalise(rel, anchored)
+        else:
+            film = self._cross(cond)
+            target = (action - self.action_mean) / self.action_std  # (B, T, A)
         b = target.shape[0]
         noise = torch.randn_like(target)
         tau = torch.rand(b, device=target.device)
         x_tau = (1 - tau)[:, None, None] * noise + tau[:, None, None] * target
-        out = self._velocity(x_tau, tau, self._cross(cond))
+        out = self._velocity(x_tau, tau, film, kind)
         err = (out - (target if self.config.flow_target == "sample" else target - noise)) ** 2
-        pad = batch.get("action_is_pad")
-        keep = (~pad.bool()).float()[..., None] if pad is not None else torch.ones_like(err[..., :1])
-        loss = (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
-        return loss, {"loss": float(loss.detach())}
+        loss = (err * keep[..., None]).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
+        info = {"flow_loss": float(loss.detach())}
+        if pointer_loss is not None:
+            loss = loss + pointer_loss
+            info["pointer_loss"] = float(pointer_loss.detach())
+        info["loss"] = float(loss.detach())
+        return loss, info
 
     # -- internals -----------------------------------------------------------------------------------
     def _step_tokens(self, img: Tensor, state: Tensor, memory: Tensor | None, memory_mask: Tensor | None,
@@ -550,20 +721,61 @@ class MemoryPolicy(nn.Module):
             parts.append(sinusoid(st.expand(state.shape[0]), cfg.d_model, scale=256.0))
         return self.direct(torch.cat(parts, -1))
 
-    def _velocity(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]]) -> Tensor:
-        return self.head(x, tau, film)
+    def _velocity(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]], kind: Tensor | None = None) -> Tensor:
+        return self.head(x, tau, film, kind)
 
-    def _sample(self, cond: tuple[Tensor, ...], generator: torch.Generator | None, temperature: float = 1.0) -> Tensor:
+    # -- anchors ---------------------------------------------------------------------------------------
+    def _points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        cfg = self.config
+        return anchor_points(batch["observation.state"].float(), batch.get("observation.memory"),
+                             batch.get("observation.memory_mask"), cfg.max_memory_tokens, cfg.symbolic_memory)
+
+    def _anchor_logits(self, ctx: Tensor, cond: tuple[Tensor, ...], batch: dict[str, Any], valid: Tensor) -> Tensor:
+        """``(B, chunk, K)``: per keyframe, a query from the chunk's condition and its index against
+        keys of the map origin and of each symbolic token (its output of the cognition
+        transformer, now or first seen); invalid points masked."""
+        cfg = self.config
+        b, m, d = ctx.shape[0], cfg.max_memory_tokens, cfg.d_model
+        mem = batch.get("observation.memory")
+        n = min(mem.shape[1], m) if cfg.symbolic_memory and mem is not None else 0
+        sym = self.anchor_k(cond[0][:, cond[0].shape[1] - n :]) if n else ctx.new_zeros(b, 0, d)
+        sym = F.pad(sym, (0, 0, 0, m - n))
+        keys = torch.cat([self.anchor_kind[0].expand(b, 1, d), sym + self.anchor_kind[1], sym + self.anchor_kind[2]], 1)
+        q = self.anchor_q(ctx)[:, None] + self.anchor_step[None]
+        logits = q @ keys.transpose(1, 2) / math.sqrt(d)
+        return logits.masked_fill(~valid[:, None, :], float("-inf"))
+
+    @staticmethod
+    def _point(points: Tensor, pick: Tensor) -> Tensor:
+        """``(B, C, 2)``: the picked point of each action."""
+        return torch.gather(points, 1, pick[..., None].expand(*pick.shape, 2))
+
+    def _normalise(self, a: Tensor, anchored: Tensor) -> Tensor:
+        z = (a - self.action_mean) / self.action_std
+        k = anchored.long()
+        z[..., ANCHORED] = (a[..., ANCHORED] - self.anchor_mean[k]) / self.anchor_std[k]
+        return z
+
+    def _denormalise(self, z: Tensor, anchored: Tensor) -> Tensor:
+        a = z * self.action_std + self.action_mean
+        k = anchored.long()
+        a[..., ANCHORED] = z[..., ANCHORED] * self.anchor_std[k] + self.anchor_mean[k]
+        return a
+
+    def _sample(self, cond: tuple[Tensor, ...], generator: torch.Generator | None, temperature: float = 1.0,
+                anchored: Tensor | None = None, ctx: Tensor | None = None) -> Tensor:
         """Integrate the flow from noise scaled by ``temperature`` (1: the trained distribution; 0:
-        from its mean, one deterministic chunk)."""
+        from its mean, one deterministic chunk). With anchors: ``anchored`` ``(B, chunk)`` the
+        kind of each action, ``ctx`` the head's condition."""
         cfg = self.config
         b = cond[0].shape[0]
-        cross = self._cross(cond)
+        cross = self._cross(cond) if ctx is None else self.head.film_of(ctx)
+        kind = None if anchored is None else F.one_hot(anchored.long(), 2)
         x = temperature * torch.randn(b, cfg.chunk_size, cfg.action_dim, generator=generator, device=cond[0].device)
         dt = 1.0 / cfg.flow_steps
         for k in range(cfg.flow_steps):
             tau = torch.full((b,), k * dt, device=x.device)
-            out = self._velocity(x, tau, cross)
+            out = self._velocity(x, tau, cross, kind)
             # a predicted sample gives the velocity of the straight path from here to it
             x = x + dt * ((out - x) / (1.0 - k * dt) if cfg.flow_target == "sample" else out)
         return x

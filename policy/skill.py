@@ -22,7 +22,8 @@ ends the skill as ``out_of_reach``); the joints, the base (by feedback on its be
 the line) and the head move together along straight lines to it, eased in and out at
 :data:`KEYFRAME_PACE` of their limits; then the base and joints settle, then the fingers move to
 the keyframe's opening. It ends when a chunk's keyframes all stay where the robot is, or where
-the last keyframe sent it.
+the last keyframe sent it, or when it has executed as many keyframes as the longest demonstration
+(``max_keyframes`` of the policy's config).
 
 A per-frame policy's skill ends when it has come to rest (two chunks in a row moving the hand less
 than ``rest_m`` and leaving the fingers alone) after ``min_s``. Either fails after ``max_s`` robot
@@ -240,6 +241,7 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
 
     def act_keyframes(ctx: SkillContext, task: str) -> Iterator[ActionChunk]:
         n_steps = policy.config.n_action_steps
+        limit = int(getattr(policy.config, "max_keyframes", 0))
         policy.reset()
         gen = torch.Generator().manual_seed(seed)
         t0 = ctx.state.t
@@ -264,6 +266,9 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
                 if failed is not None:
                     return failed
                 done, last = done + 1, f
+                if limit and done >= limit:
+                    return _ok("act", {"task": task}, f"the policy executed {done} keyframes, as many as the longest "
+                                                      "demonstration")
                 if ctx.state.t - t0 >= max_s:
                     break
         return _fail("act", {"task": task}, "timeout", f"the policy did not come to rest within {max_s:.0f} s")

@@ -125,19 +125,25 @@ class TrainData:
         self.keyframes = keyframes
         self.kf_frames: list[np.ndarray] = []  # per episode: the frames of its calls (start, then each keyframe)
         self.kf_action: list[np.ndarray] = []  # per episode: the keyframe actions of those frames
+        self.kf_site: list[np.ndarray] = []  # per episode: where the hand event of each keyframe is (anchors)
         if keyframes:
-            from mnemobot.policy.keyframes import keyframe_actions, keyframe_indices
+            from mnemobot.policy.keyframes import event_sites, keyframe_actions, keyframe_indices
 
             for s, e in zip(self.starts, self.ends, strict=True):
                 local = np.concatenate([[0], keyframe_indices(self.state[s:e], self.action[s:e])]).astype(int)
                 self.kf_frames.append(s + local)
                 self.kf_action.append(keyframe_actions(self.state[s:e], self.action[s:e], local))
+                self.kf_site.append(event_sites(self.kf_action[-1]))
             self.kf_calls = np.array([(k, j) for k, f in enumerate(self.kf_frames) for j in range(len(f) - 1)], int)
             if len(self.kf_calls) == 0:
                 raise DatasetError(f"{root}: no episode has a keyframe (every episode stands still)")
 
     def __len__(self) -> int:
         return len(self.action)
+
+    def max_keyframes(self) -> int:
+        """The most keyframes of one demonstration (the skill's end when it never comes to rest)."""
+        return max((len(f) - 1 for f in self.kf_frames), default=0)
 
     def stats(self) -> dict[str, list[float]]:
         """Normalisation. Keyframe actions are scaled by their spread, but never by less than the
@@ -152,8 +158,53 @@ class TrainData:
         else:
             act = self.action
             std = act.std(0)
-        return {"state_mean": self.state.mean(0).tolist(), "state_std": self.state.std(0).tolist(),
-                "action_mean": act.mean(0).tolist(), "action_std": std.tolist()}
+        out = {"state_mean": self.state.mean(0).tolist(), "state_std": self.state.std(0).tolist(),
+               "action_mean": act.mean(0).tolist(), "action_std": std.tolist()}
+        if self.keyframes:
+            out.update(self._anchor_stats())
+        return out
+
+    def anchored_targets(self, chunk: int = 16, max_tokens: int = 16, use_tokens: bool = True,
+                         mount_xy: tuple[float, float] = (0.10, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+        """At every call (no jitter): the next ``chunk`` keyframes relative to the anchor point they
+        fit (:func:`~mnemobot.policy.model.anchor_targets`, :func:`~mnemobot.policy.model.to_anchor_frame`),
+        and whether that point is a memory token's (else the map origin). ``((N, 15), (N,) bool)``."""
+        import torch
+
+        from mnemobot.policy.model import anchor_points, anchor_targets, to_anchor_frame
+
+        frames, sites, acts = [], [], []
+        for e, j in self.kf_calls:
+            at = np.minimum(j + 1 + np.arange(chunk), len(self.kf_action[e]) - 1)
+            frames.append(self.kf_frames[e][j])
+            sites.append(self.kf_site[e][at])
+            acts.append(self.kf_action[e][at])
+        idx = np.asarray(frames)
+        mem = torch.from_numpy(self.memory[idx]) if self.memory is not None else None
+        mask = torch.from_numpy(self.mask[idx]) if self.mask is not None else None
+        pts, valid, reach = anchor_points(torch.from_numpy(self.state[idx]), mem, mask, max_tokens, use_tokens)
+        good = anchor_targets(torch.from_numpy(np.stack(sites)), pts, valid, reach)
+        pick = good.float().argmax(-1)
+        chosen = torch.gather(pts, 1, pick[..., None].expand(*pick.shape, 2))
+        rel = to_anchor_frame(torch.from_numpy(np.stack(acts)), chosen, pick > 0, mount_xy).numpy()
+        return rel.reshape(-1, rel.shape[-1]), (pick > 0).numpy().reshape(-1)
+
+    def _anchor_stats(self) -> dict[str, list[float]]:
+        """Normalisation of the anchored columns per kind (absolute keyframes, anchored ones)."""
+        from mnemobot.policy.keyframes import ACTION_FLOOR
+        from mnemobot.policy.model import ANCHORED
+
+        mean, std = np.zeros((2, 4)), np.ones((2, 4))
+        if self.memory is not None:
+            rel, anchored = self.anchored_targets(max_tokens=self.memory.shape[1])
+        else:
+            rel = np.concatenate([a[1:] for a in self.kf_action])
+            anchored = np.zeros(len(rel), bool)
+        for k in (0, 1):
+            pick = rel[anchored == bool(k)][:, ANCHORED]
+            if len(pick):
+                mean[k], std[k] = pick.mean(0), np.maximum(pick.std(0), ACTION_FLOOR[ANCHORED])
+        return {"anchor_mean": mean.reshape(-1).tolist(), "anchor_std": std.reshape(-1).tolist()}
 
     def summary(self) -> dict[str, Any]:
         paths = [str(r.resolve()) for r in self.roots]
@@ -182,7 +233,7 @@ class TrainData:
 
     def _keyframe_samples(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int
                           ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray],
-                                     list[tuple[int, np.ndarray]]]:
+                                     list[tuple[int, np.ndarray, np.ndarray]]]:
         """Samples at the calls of keyframe mode: the robot at the start or at rest at keyframe
         ``j`` (seen up to two frames later: it settles there at run time), the next ``chunk``
         keyframes (past the episode's end the last one again, a target like the others: the
@@ -196,12 +247,13 @@ class TrainData:
             idx[k] = min(int(frames[j]) + int(rng.integers(0, 3)), max(int(frames[j]), nxt - 1))
             at = j + 1 + np.arange(chunk)
             acts.append(kf[np.minimum(at, len(kf) - 1)])
+            site = self.kf_site[e][np.minimum(at, len(kf) - 1)]
             pads.append(np.zeros(chunk, bool))  # past the end the robot stays put: that is learned too
             calls = np.arange(j - period, -1, -period)[::-1] if history > 0 else np.zeros(0, int)
             if len(calls) > history:
                 calls = calls[np.round(np.linspace(0, len(calls) - 1, history)).astype(int)]
             hist.append(frames[calls].astype(int))
-            steps.append((j, calls))  # keyframes executed at the sample's call and at its history's calls
+            steps.append((j, calls, site))  # keyframes executed at the call and its history's; the chunk's event sites
         return idx, acts, pads, hist, steps
 
     def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
@@ -210,7 +262,7 @@ class TrainData:
         history of the calls before it, one every ``period`` frames."""
         import torch
 
-        steps: list[tuple[int, np.ndarray]] | None = None
+        steps: list[tuple[int, np.ndarray, np.ndarray]] | None = None
         if self.keyframes:
             idx, acts, pads, hist, steps = self._keyframe_samples(rng, size, chunk, period, history)
         else:
@@ -227,9 +279,10 @@ class TrainData:
             b["observation.memory"] = torch.from_numpy(self.memory[idx])
             b["observation.memory_mask"] = torch.from_numpy(self.mask[idx])
         if steps is not None:
-            b["step"] = torch.tensor([float(j) for j, _ in steps])
+            b["action.site"] = torch.from_numpy(np.stack([site for _, _, site in steps])).float()
+            b["step"] = torch.tensor([float(j) for j, _, _ in steps])
             h_step = np.zeros((size, max(t_max, 0)), np.float32)
-            for k, (_, calls) in enumerate(steps):
+            for k, (_, calls, _) in enumerate(steps):
                 h_step[k, : len(calls)] = calls
             if t_max > 0:
                 b["history.step"] = torch.from_numpy(h_step)
@@ -381,7 +434,9 @@ def train(data_dir: str | Path | Sequence[str | Path], out: str | Path, policy_o
     pcfg = MemoryPolicyConfig(**{**over, "image_size": data.image_size, "state_dim": data.state.shape[1],
                                  "action_dim": data.action.shape[1],
                                  "max_memory_tokens": data.memory.shape[1] if data.memory is not None else 16,
-                                 "symbolic_memory": bool(over.get("symbolic_memory", True)) and data.memory is not None})
+                                 "symbolic_memory": bool(over.get("symbolic_memory", True)) and data.memory is not None,
+                                 **({"max_keyframes": over.get("max_keyframes", data.max_keyframes())}
+                                    if data.keyframes else {})})
     meta = json.loads(json.dumps({  # as config.json will hold it (tuples as lists)
         "format": FORMAT, "version": FORMAT_VERSION, "policy": pcfg.to_dict(), "train": asdict(tc),
         "dataset": data.summary(), "families": sorted(set(families or [])), "stats": data.stats()}))

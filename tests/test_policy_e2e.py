@@ -91,11 +91,13 @@ def test_train_then_run_the_learned_policy_through_the_brainstem(recorded: Path,
 
 
 @pytest.mark.slow
-def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: Path,
+@pytest.mark.parametrize("limit", [False, True])
+def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: Path, limit: bool,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """What a keyframe policy must learn is enough: the recorded episode's own keyframes, given
     to the skill as a policy's chunks would be (16 at a time, 8 executed), solve the same seed
-    through IK, the brainstem's limits and the simulator's contacts."""
+    through IK, the brainstem's limits and the simulator's contacts. The skill ends when the
+    chunks stay put, or (``limit``) after the longest demonstration's keyframe count."""
     import torch
 
     from mnemobot.agent import episode
@@ -107,7 +109,7 @@ def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: P
     assert 20 <= len(keys) <= 80, len(keys)  # a few per skill, not one per frame
 
     class Replay:
-        config = MemoryPolicyConfig(action_mode="keyframes")
+        config = MemoryPolicyConfig(action_mode="keyframes", max_keyframes=len(keys) if limit else 0)
         calls = 0
 
         def reset(self) -> None:
@@ -124,8 +126,13 @@ def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: P
     s = episode.run_episode(episode.RunConfig(task_id="put_block_back", seed=3))
     assert s.success, s.stop_reason
     (act,) = s.skills
-    assert act["skill"] == "act" and act["success"] and "came to rest" in act["message"]
-    assert Replay.calls == -(-len(keys) // 8) + 1  # every 8 keyframes, and once more to see it is done
+    assert act["skill"] == "act" and act["success"]
+    if limit:
+        assert f"executed {len(keys)} keyframes" in act["message"]
+        assert Replay.calls == -(-len(keys) // 8)  # every 8 keyframes, none after the last
+    else:
+        assert "came to rest" in act["message"]
+        assert Replay.calls == -(-len(keys) // 8) + 1  # every 8 keyframes, and once more to see it is done
 
 
 @pytest.mark.slow
@@ -135,6 +142,8 @@ def test_a_keyframe_policy_trains_and_runs_through_the_brainstem(recorded: Path,
                  "--size", "tiny", "--batch-size", "2", "--keyframes"]) == 0
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["policy"]["action_mode"] == "keyframes" and 20 <= cfg["dataset"]["keyframes"] <= 80
+    assert cfg["policy"]["anchors"] and cfg["policy"]["max_keyframes"] == cfg["dataset"]["keyframes"]  # one episode
+    assert len(cfg["stats"]["anchor_mean"]) == 8 and all(v >= 0.01 for v in cfg["stats"]["anchor_std"])
     summary = tmp_path / "s.json"
     assert main(["run", "--task-id", "put_block_back", "--seed", "0", "--policy", "learned", "--checkpoint",
                  str(ckpt), "--steps-limit", "200", "-q", "--summary-json", str(summary)]) == 1

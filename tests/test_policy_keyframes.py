@@ -15,6 +15,7 @@ from mnemobot.policy.keyframes import (
     KEYFRAME_ACTION_NAMES,
     TOLERANCE,
     _signal,
+    event_sites,
     keyframe_actions,
     keyframe_indices,
 )
@@ -161,3 +162,20 @@ def test_a_finger_ramp_is_two_keyframes_its_start_and_its_end() -> None:
     action[:, GRIP] = np.concatenate([np.full(15, 0.08), np.linspace(0.08, 0.0, 6)[1:], np.zeros(20)])  # 15..19
     keys = keyframe_indices(state, action).tolist()
     assert keys == [14, 19, 39], keys  # arrived (still there when the fingers start), fingers closed, end
+
+
+def test_event_sites_give_each_keyframe_the_grasp_or_release_it_works_towards() -> None:
+    """Drive to a block, reach, grasp, lift, drive on, reach, release: the drive and the reach
+    belong to the grasp (its site: the hand at the block), the lift to the grasp before it, the
+    second drive to the release."""
+    def kf(base_x: float, hand: tuple[float, float, float], grip: float) -> list[float]:
+        return [*hand, 1, 0, 0, 0, 1, 0, grip, base_x, 2.0, np.pi / 2, 0.0, 0.6]
+
+    up, down = (0.3, 0.0, 0.4), (0.5, 0.0, 0.1)
+    frames = np.array([kf(1.0, up, 0.08), kf(1.5, up, 0.08), kf(1.5, down, 0.08), kf(1.5, down, 0.0),
+                       kf(1.5, up, 0.0), kf(2.5, up, 0.0), kf(2.5, down, 0.0), kf(2.5, down, 0.08)])
+    sites = event_sites(frames, arm_mount_xy=(0.1, 0.0))
+    at_block, at_drop = [1.5, 2.6], [2.5, 2.6]  # the hand 0.6 m ahead of a base facing +y
+    want = [at_block] * 5 + [at_drop] * 3
+    assert np.allclose(sites, want, atol=1e-9), sites
+    assert np.isnan(event_sites(frames[:3])).all()  # no finger change: no events

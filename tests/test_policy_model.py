@@ -289,3 +289,113 @@ if __name__ == "__main__":
     GOLDEN.write_text(json.dumps({"regenerate": "python tests/test_policy_model.py --regenerate",
                                   "chunk": chunk}, indent=1) + "\n")
     print(f"wrote {GOLDEN}")
+
+
+# -- anchors: keyframe base positions relative to the memory's points -----------------------------------
+def _kf_state(b: int, base=(1.0, 2.0, np.pi / 2)) -> torch.Tensor:
+    s = torch.zeros(b, 22)
+    s[:, 17:20] = torch.tensor(base, dtype=torch.float32)
+    return s
+
+
+def _token(now, first=None, place=False, max_opening=0.0) -> list[float]:
+    """A memory token (policy.tokens layout) at base-frame ``now`` (and ``first``) positions."""
+    t = [0.0] * TOKEN_DIM
+    t[0], t[1] = 5.0, 7.0
+    t[2], t[3] = (0.0, 1.0) if place else (1.0, 0.0)
+    t[4:7] = [*now, 0.5]
+    t[7:10] = [*(first if first is not None else now), 0.5]
+    t[20] = max_opening
+    return t
+
+
+def test_anchor_points_targets_and_frames() -> None:
+    from mnemobot.policy.model import (
+        OBJECT_REACH_M,
+        PLACE_REACH_M,
+        anchor_points,
+        anchor_targets,
+        from_anchor_frame,
+        to_anchor_frame,
+    )
+
+    state = _kf_state(1)  # the base at (1, 2) facing +y
+    mem = torch.tensor([[_token((0.5, 0.0), (0.5, 0.22)), _token((0.6, 0.3), place=True), _token((0.0, 0.0))]])
+    mask = torch.tensor([[True, True, False]])
+    pts, valid, reach = anchor_points(state, mem, mask, max_tokens=3)
+    assert pts.shape == (1, 7, 2) and valid.tolist() == [[True, True, True, False, True, True, False]]
+    assert pts[0, 1].tolist() == pytest.approx([1.0, 2.5], abs=1e-6)  # 0.5 m ahead of the base
+    assert pts[0, 4].tolist() == pytest.approx([0.78, 2.5], abs=1e-6)  # first seen 0.22 m to its left
+    assert reach[0, 1] == pytest.approx(OBJECT_REACH_M) and reach[0, 2] == pytest.approx(PLACE_REACH_M)
+    off = anchor_points(state, mem, mask, max_tokens=3, use_tokens=False)[1]
+    assert off.tolist() == [[True] + [False] * 6]  # without symbolic memory: only the map origin
+    sites = torch.tensor([[[0.79, 2.51], [1.0, 2.53], [5.0, 5.0], [float("nan"), float("nan")], [0.9, 2.3]]])
+    good = anchor_targets(sites, pts, valid, reach)
+    assert good[0].nonzero().tolist() == [[0, 4], [1, 1], [2, 0], [3, 0], [4, 2], [4, 5]]  # a place: now and first
+    # an object that has not moved is at its first-seen point too: both fit
+    still = anchor_points(state, torch.tensor([[_token((0.5, 0.0))]]), torch.tensor([[True]]), max_tokens=1)
+    assert anchor_targets(torch.tensor([[[1.0, 2.5]]]), *still)[0, 0].tolist() == [False, True, True]
+    # in an anchor's frame a grasp right at the anchor is (0, 0), wherever the base stands
+    point = torch.tensor([[2.0, 3.0]])
+    act = torch.zeros(1, 15)
+    act[0, 10:13] = torch.tensor([2.03, 2.4, np.pi / 2])  # base 3 cm right, 0.6 m in front, facing it
+    act[0, 0:2] = torch.tensor([0.5, 0.03])  # hand 0.5 m ahead of the arm base (mounted 0.1 m ahead)
+    rel = to_anchor_frame(act, point, torch.tensor([True]), (0.1, 0.0))
+    assert rel[0, :2].tolist() == pytest.approx([0.0, 0.0], abs=1e-5)
+    assert rel[0, 10:12].tolist() == pytest.approx([0.03, -0.6], abs=1e-5)
+    back = from_anchor_frame(rel, point, torch.tensor([True]), (0.1, 0.0))
+    assert torch.allclose(back, act, atol=1e-5)
+    absolute = to_anchor_frame(act, torch.zeros(1, 2), torch.tensor([False]), (0.1, 0.0))
+    assert torch.equal(absolute, act)
+
+
+def test_an_anchored_policy_points_at_the_remembered_token_and_carries_over_to_new_positions() -> None:
+    """Two drawers; the one memory says was open (largest opening seen) is where to go. Trained on
+    one layout, the anchored policy sends the base to the right drawer when the drawers stand
+    elsewhere too: its output is an offset from the point it picks, not a position it regressed."""
+    torch.manual_seed(0)
+    cfg = MemoryPolicyConfig(**{**TINY, "image_size": (H, W), "state_dim": 22, "action_dim": 15, "max_memory_tokens": 2,
+                                "action_mode": "keyframes", "step_token": True, "direct_state": True,
+                                "flow_target": "sample", "anchors": True, "decoder_layers": 2, "head_width": 64})
+    stats = {"anchor_mean": [0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, -0.6], "anchor_std": [1.0] * 8}
+    model = MemoryPolicy(cfg, stats)
+
+    def case(which: int, shift: float) -> dict:
+        left, right = (0.6, 0.5 + shift), (0.6, -0.5 + shift)  # base frame; the base at (1, 2) facing +y
+        mem = torch.tensor([[_token(left, place=True, max_opening=0.3 * (which == 0)),
+                             _token(right, place=True, max_opening=0.3 * (which == 1))]])
+        target_map = torch.tensor([1.0 - (left if which == 0 else right)[1], 2.6])  # the drawer's map position
+        act = torch.zeros(1, 4, 15)
+        act[..., 3], act[..., 7] = 1.0, 1.0  # identity rotation
+        act[..., 10:12] = target_map + torch.tensor([0.0, -0.6])  # stand 0.6 m in front of it
+        act[..., 12] = np.pi / 2
+        act[..., 0] = 0.5  # the hand at the handle: 0.6 m ahead of the base
+        return {"observation.images.head": torch.full((1, 3, H, W), 0.5), "observation.state": _kf_state(1),
+                "observation.memory": mem, "observation.memory_mask": torch.ones(1, 2, dtype=torch.bool),
+                "task": ["open the drawer you closed"], "step": torch.zeros(1), "action": act,
+                "action.site": target_map.expand(1, 4, 2).clone(), "want": act[0, :, 10:12]}
+
+    train_cases = [case(0, 0.0), case(1, 0.0)]
+    batch = {k: (torch.cat([c[k] for c in train_cases]) if torch.is_tensor(train_cases[0][k])
+                 else sum((c[k] for c in train_cases), [])) for k in train_cases[0]}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(200):
+        loss, info = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert info["pointer_loss"] < 0.05, info
+    model.eval()
+    for which in (0, 1):
+        for shift in (0.0, 0.3):  # 0.3 m: a layout it never saw
+            c = case(which, shift)
+            model.reset()
+            got = model.predict_action_chunk({**c, "temperature": 0.0, "step": 0.0})
+            assert torch.allclose(got[0, :, 10:12], c["want"], atol=0.03), (which, shift, got[0, :, 10:12], c["want"])
+    # with the symbolic memory off there is nothing to point at: every keyframe is absolute
+    blind = MemoryPolicy(MemoryPolicyConfig.from_dict({**cfg.to_dict(), "symbolic_memory": False}), stats)
+    loss, info = blind(batch)
+    assert info["pointer_loss"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(PolicyConfigError, match="anchors"):
+        tiny(anchors=True).check()

@@ -229,7 +229,7 @@ def _build_context(env, locator: ObjectLocator,  # noqa: ANN001
     def perceive() -> Observation:
         obs = robot.observe()
         if body is not None:
-            body(ctx.held, ctx.opened, ctx.at_place, t=obs.timestamp, hand=ctx.hand_position())
+            body(ctx.held_in_hand(), ctx.opened, ctx.at_place, t=obs.timestamp, hand=ctx.hand_position())
         if on_frame is not None:
             on_frame(obs, ctx)
         locator.update(obs, place=ctx.at_place)
@@ -428,7 +428,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
 
         def on_frame(obs: Observation, c: SkillContext) -> None:
             if recorder is not None:
-                recorder.frame(obs, body={"held": c.held, "opened": dict(c.opened), "at_place": c.at_place,
+                recorder.frame(obs, body={"held": c.held_in_hand(), "opened": dict(c.opened), "at_place": c.at_place,
                                           "hand": c.hand_position()})
                 if memory is not None:
                     recorder.scene_graph(float(obs.timestamp), memory.graph)

@@ -195,7 +195,7 @@ class Orchestrator:
         sync = getattr(self.memory, "set_body", None)
         if sync is not None:
             body = self.executor.ctx
-            sync(body.held, dict(body.opened), body.at_place, t=self.t, hand=body.hand_position())
+            sync(body.held_in_hand(), dict(body.opened), body.at_place, t=self.t, hand=body.hand_position())
 
     def _handle(self, an: Anomaly, call: SkillCall, res: SkillResult) -> SkillResult:
         for _attempt in range(self.max_recoveries):

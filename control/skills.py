@@ -45,6 +45,9 @@ __all__ = ["SKILLS", "SkillContext", "SkillGen", "SkillSpec", "skill"]
 SkillGen = Generator[ActionChunk, None, SkillResult]
 
 GRASPED_MIN_WIDTH = 0.004  # m: fingers closed further than this hold nothing
+UNNAMED_HELD = "object in hand"
+"""What the body tells memory it holds when the fingers are closed on something no skill named
+(a learned policy's grasp): memory takes the object nearest the hand."""
 PRE_GRASP_HEIGHT = 0.12  # m above the object's top
 LIFT_HEIGHT = 0.15  # m
 HANDLE_STANDOFF = 0.12  # m before the handle along the approach axis
@@ -84,6 +87,18 @@ class SkillContext:
     def commanded_q(self) -> np.ndarray:
         last = self.controller.last_command
         return np.asarray(last.arm_q if last is not None else self.state.arm_q, dtype=float)
+
+    def held_in_hand(self) -> str | None:
+        """The held object as the body tells memory: the one a skill picked, else
+        :data:`UNNAMED_HELD` while the fingers are commanded shut but stopped open on something
+        (wider than :data:`GRASPED_MIN_WIDTH` by more than 5 mm), else None."""
+        if self.held is not None:
+            return self.held
+        if self.state is None:
+            return None
+        width = float(self.state.gripper_width)
+        closing = self.commanded_gripper() <= GRASPED_MIN_WIDTH
+        return UNNAMED_HELD if closing and width > GRASPED_MIN_WIDTH + 0.005 else None
 
     def commanded_gripper(self) -> float:
         last = self.controller.last_command

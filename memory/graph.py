@@ -1088,6 +1088,22 @@ class SceneGraph:
         return None if best is None else (best[2], best[3])
 
     # -- body events (from proprioception and skill outcomes, never from the simulator) ----------
+    def label_at(self, hand: Sequence[float] | None) -> str | None:
+        """The label of the present (or missing) object nearest ``hand``, within
+        :data:`GRASP_REACH_M`; None without one (or without a valid hand)."""
+        at = np.asarray(hand, dtype=float).reshape(-1) if hand is not None else None
+        if at is None or at.shape != (3,) or not np.all(np.isfinite(at)):
+            return None
+        best, best_d = None, GRASP_REACH_M
+        for key, _ in self.grid.query(at, GRASP_REACH_M):
+            d = self.g.nodes[key]
+            if d.get("layer") != "object" or d.get("state") not in (PRESENT, MISSING):
+                continue
+            dist = float(np.linalg.norm(np.asarray(d["position"], dtype=float) - at))
+            if dist <= best_d:
+                best, best_d = str(d["label"]), dist
+        return best
+
     def grasped(self, label: str, t: float, hand: Sequence[float] | None = None) -> str | None:
         """The body holds ``label``. With ``hand`` (the grasp point in the world), the object of
         that label nearest it (within :data:`GRASP_REACH_M`): of two look-alike blocks, the one the
@@ -1126,6 +1142,8 @@ class SceneGraph:
                 at_hand = None
         pos = None
         if at_hand is not None and place in self._places and self._put_down_at(key, place, at_hand):
+            pos = at_hand
+        elif at_hand is not None and place is None:  # let go at no named place: where the hand is
             pos = at_hand
         elif place in self._places:  # the middle of where it was put
             spec = self._places[place]

@@ -184,12 +184,18 @@ class Memory:
                  t: float | None = None, hand: Sequence[float] | None = None) -> None:
         """What the body knows: the object in the gripper, the containers it opened (how far),
         and where the hand is (``hand``: the grasp point in the world, from the arm's joints; a
-        released object is remembered there until the camera sees it).
+        released object is remembered there until the camera sees it). A ``held`` name memory has
+        no object of is the object nearest the hand (:meth:`SceneGraph.label_at`): the body may
+        name it as the simulator does, or not at all (:data:`~mnemobot.control.skills.UNNAMED_HELD`).
 
         Called before each :meth:`update`; changes become grasped/released/opened/closed ops.
         """
         when = self.now(self._last_t if t is None else t)
         changes: list[tuple[str, str, str, dict[str, Any]]] = []
+        if held is not None and not self.graph.by_label.get(held):
+            # a name memory does not know (the simulator's "block_1" for a detector's "block", or
+            # a hand closed on something no skill named): what is in the hand is the object at it
+            held = self._held if self._held is not None else (self.graph.label_at(hand) or held)
         if held != self._held:
             if self._held is not None:
                 key = self.graph.released(self._held, at_place, when, hand=hand)

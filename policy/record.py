@@ -88,7 +88,8 @@ def record_demos(cfg: RecordConfig, progress: Callable[[str], None] | None = Non
                     mem = state["memory"]
                     if mem is None:
                         mem = state["memory"] = make_memory(run, env.unwrapped)
-                    mem.set_body(ctx.held, dict(ctx.opened), ctx.at_place, t=obs.timestamp, hand=ctx.hand_position())
+                    mem.set_body(ctx.held_in_hand(), dict(ctx.opened), ctx.at_place, t=obs.timestamp,
+                                 hand=ctx.hand_position())
                     mem.update(obs, place=ctx.at_place)
 
                 def on_tick(cmd: Any, robot_state: Any, ctx: Any, state: dict[str, Any] = state) -> None:

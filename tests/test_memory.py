@@ -297,6 +297,31 @@ def test_grasp_of_one_of_two_look_alikes_takes_the_one_at_the_hand() -> None:
     assert g.grasped("block", 4.0, hand=[50.0, 50.0, 1.0]) == b
 
 
+def test_a_hand_closed_on_something_unnamed_holds_the_object_at_it() -> None:
+    """The body names what it holds as the simulator does ("block_1") or not at all (a learned
+    policy's grasp): memory takes the object at the hand, and lets it go where the hand opens."""
+    from mnemobot.control.skills import UNNAMED_HELD
+
+    m = Memory(MemoryConfig(embedder="none"), site=SITE)
+    here, there = surface("living_room_table"), surface("shelf")
+    (a,) = m.graph.integrate([obs("block", here, 1.0, size=0.05)], blind(1.0))
+    (b,) = m.graph.integrate([obs("block", there, 2.0, size=0.05)], blind(2.0))
+    for name in ("block_1", UNNAMED_HELD):
+        m.set_body(name, {}, t=3.0, hand=here + [0.0, 0.0, 0.02])
+        assert m.graph.node(a)["state"] == HELD and m.graph.node(b)["state"] == PRESENT
+        m.set_body(name, {}, t=3.5, hand=here + [0.3, 0.0, 0.2])  # carried: still the same one
+        assert m.graph.node(a)["state"] == HELD
+        drop = here + [0.4, 0.1, 0.0]
+        m.set_body(None, {}, t=4.0, hand=drop)  # let go at no named place: where the hand is
+        assert m.graph.node(a)["state"] == PRESENT
+        assert np.allclose(m.graph.node(a)["position"], drop)
+        here = drop
+    assert m.graph.node(b)["state"] == PRESENT and np.allclose(m.graph.node(b)["position"], there, atol=0.02)
+    m.set_body(UNNAMED_HELD, {}, t=5.0, hand=[50.0, 50.0, 1.0])  # nothing at the hand: nothing held
+    assert all(m.graph.node(k)["state"] == PRESENT for k in (a, b))
+    m.close()
+
+
 def test_grasp_release_and_container_state() -> None:
     g = graph()
     (key,) = g.integrate([obs("teddy", surface("bedroom_table"), 1.0)], blind(1.0))

@@ -302,7 +302,7 @@ class OrchestratorNode(Node):
             ctx = self.ctx
 
             def perceive() -> None:  # a skill's look (look_at, the end): a frame as new as now
-                mirror.set_body(ctx.held, ctx.opened, ctx.at_place, t=ctx.state.t if ctx.state else None,
+                mirror.set_body(ctx.held_in_hand(), ctx.opened, ctx.at_place, t=ctx.state.t if ctx.state else None,
                                 hand=ctx.hand_position())
                 mirror.sync(float(ctx.state.t) if ctx.state is not None else None)
 
@@ -319,7 +319,7 @@ class OrchestratorNode(Node):
                     raise _Cancelled
                 if state.t + 1e-9 >= next_look[0]:
                     next_look[0] = state.t + period
-                    mirror.set_body(ctx.held, ctx.opened, ctx.at_place, t=state.t, hand=ctx.hand_position())
+                    mirror.set_body(ctx.held_in_hand(), ctx.opened, ctx.at_place, t=state.t, hand=ctx.hand_position())
                     mirror.follow()
 
             executor.on_tick.append(on_tick)

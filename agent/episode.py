@@ -114,6 +114,10 @@ class EpisodeSummary:
     search_ticks: int = 0
     memory_stats: dict[str, object] = field(default_factory=dict)
     sensor: str = "ideal"
+    milestones: list[str] = field(default_factory=list)
+    """The task's milestones (``kind place``) in order, and how many the episode passed:
+    ``milestones_reached``; a failed memory-dependent episode says how far it got."""
+    milestones_reached: int = 0
     trace: list[dict[str, object]] = field(default_factory=list, repr=False)
     """Short-term memory puts and planner questions, when ``RunConfig.record_trace`` is set."""
 
@@ -133,6 +137,8 @@ class EpisodeSummary:
             f"result      : {'SUCCESS' if self.success else 'FAILURE'}"
             + ("" if self.success or not self.stop_reason else f" ({self.stop_reason})"),
             f"skills      : {self.skills_executed} executed, {len(failed)} failed",
+            *([f"milestones  : {self.milestones_reached} of {len(self.milestones)} passed "
+               f"({', '.join(self.milestones)})"] if self.milestones else []),
             f"steps       : {self.steps} control ticks",
             f"planner     : {self.planner} ({self.mode}), {self.planner_calls} call(s)"
             + (f", {self.cost.get('prompt_tokens', 0)}+{self.cost.get('completion_tokens', 0)} tokens"
@@ -489,6 +495,7 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
                 recorder.close()  # metadata and MCAP index are written on every exit path
         wall = time.perf_counter() - wall0
         success = _score(env, instruction, goals, cfg.task_text is not None, initial)
+        task = getattr(env, "task", None) if cfg.task_text is None else None
         if memory is not None:
             for r in outcome.results:
                 memory.log_event("skill", r.to_dict(), object=r.args.get("object"),
@@ -519,6 +526,8 @@ def run_episode(cfg: RunConfig, progress: Callable[[str], None] | None = None, e
             search_ticks=sum(r.ticks for r in outcome.results if r.skill == "find"),
             memory_stats=memory.stats() if memory is not None else {},
             sensor=env.sensor_model.name,
+            milestones=[f"{m.kind} {m.place or m.room or m.object}".strip() for m in getattr(task, "milestones", ())],
+            milestones_reached=int(getattr(getattr(task, "progress", None), "reached", 0)),
             trace=memory.trace if memory is not None else [],
             record=cfg.record,
             recorded_messages=recorder.messages if recorder is not None else 0,

@@ -42,8 +42,9 @@ FAMILIES = ("reopen_drawer", "put_block_back", "rearrange")
 VARIANTS = {
     "full": {},
     "no-latent": {"latent_memory": False},
-    "no-symbolic": {"symbolic_memory": False},
-    "both-off": {"latent_memory": False, "symbolic_memory": False},
+    "no-symbolic": {"symbolic_history": False},  # tokens of the present only (policy.model.present_only)
+    "both-off": {"latent_memory": False, "symbolic_history": False},
+    "no-tokens": {"latent_memory": False, "symbolic_memory": False},  # nor any scene-graph token to anchor on
 }
 CHANCE = {"reopen_drawer": 1 / 3, "put_block_back": 1 / 4, "rearrange": 1 / 2}
 
@@ -89,6 +90,8 @@ def _episode(job: tuple[str, int, str | None, float]) -> tuple[str, int, bool, s
     r = run_episode(cfg)
     why = "" if r.success else next((f"{k['skill']}:{k['reason']}" for k in r.skills if not k["success"]),
                                     r.stop_reason or "goal not reached")
+    if not r.success and r.milestones:
+        why += f" ({r.milestones_reached}/{len(r.milestones)} milestones)"
     return family, seed, bool(r.success), why
 
 
@@ -180,11 +183,11 @@ def main() -> None:
                 if args.no_train and not (args.out / f"ckpt-{name}-{var}" / "config.json").is_file():
                     print(f"no checkpoint {name}-{var}: skipped", flush=True)
                     continue
-                steps = args.steps
-                if args.no_train:  # as trained, however far
-                    steps = json.loads((args.out / f"ckpt-{name}-{var}" / "config.json").read_text())["step"]
-                ckpt, train_s = train_variant(args.out, name, group, [data[f] for f in group], var, args.size,
-                                              steps, args.history, args.threads, not args.frames)
+                if args.no_train:  # as trained (with mnemobot train, however far): not touched
+                    ckpt, train_s = args.out / f"ckpt-{name}-{var}", float("nan")
+                else:
+                    ckpt, train_s = train_variant(args.out, name, group, [data[f] for f in group], var, args.size,
+                                                  args.steps, args.history, args.threads, not args.frames)
                 log = [json.loads(x) for x in (ckpt / "train_log.jsonl").read_text().splitlines() if x.strip()]
                 ms = inference_ms(ckpt)
                 for fam in group:

@@ -65,7 +65,11 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--history", type=int, default=16, help="frames the latent banks are rebuilt from (default: 16)")
     tr.add_argument("--size", choices=sorted(SIZES), default="default", help="policy size (default: about 15M)")
     tr.add_argument("--no-latent-memory", action="store_true", help="ablation: no perceptual/cognitive banks")
-    tr.add_argument("--no-symbolic-memory", action="store_true", help="ablation: no scene-graph tokens")
+    tr.add_argument("--no-symbolic-memory", action="store_true",
+                    help="ablation: scene-graph tokens show only the present (where things are and their state now; "
+                         "not where they were first seen, what was open, ages or identities)")
+    tr.add_argument("--no-scene-tokens", action="store_true",
+                    help="ablation: no scene-graph tokens at all (the image is the only view of the scene)")
     tr.add_argument("--bank-merge", choices=("similar", "fifo"), default="similar",
                     help="full bank: merge the most similar adjacent pair (default) or drop the oldest")
     tr.add_argument("--stride", type=_count, default=1,
@@ -110,7 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if unknown or not families:
         raise UserError(f"unknown task family {unknown or args.task!r}; known: {', '.join(sorted(TASK_FAMILIES))}")
     overrides = dict(SIZES[args.size])
-    overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_symbolic_memory,
+    overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_scene_tokens,
+                     symbolic_history=not args.no_symbolic_memory,
                      bank_merge=args.bank_merge, action_stride=args.stride)
     if args.keyframes:
         overrides.update(KEYFRAME_MODE)

@@ -116,7 +116,8 @@ class MemoryPolicyConfig:
     bank_capacity: int = 16
     bank_merge: str = "similar"  # "similar" (MemoryVLA) or "fifo"
     latent_memory: bool = True
-    symbolic_memory: bool = True
+    symbolic_memory: bool = True  # the scene-graph tokens at all (off: no tokens, so nothing to anchor on)
+    symbolic_history: bool = True  # off (the ablation): tokens show only the present (see present_only)
     flow_steps: int = 10
     dropout: float = 0.0
 
@@ -417,6 +418,26 @@ def anchor_points(state: Tensor, memory: Tensor | None, mask: Tensor | None, max
     return pts, valid, reach
 
 
+def present_only(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Scene-graph tokens reduced to what one look at the scene gives, without memory: where each
+    thing is now and its state now, but not where it was first seen (set to now), the largest
+    opening seen (set to the opening now), how long ago it was seen or changed (0), its confidence
+    (1), nor its identity across time (the node id, 0); ordered by position (x, then y, in the base
+    frame) instead of by what changed last. ``tokens`` ``(..., M, TOKEN_DIM)``, ``mask``
+    ``(..., M)``: the symbolic-memory ablation's view."""
+    t = tokens.clone()
+    t[..., 1] = 0.0
+    t[..., 7:10] = t[..., 4:7]
+    t[..., 20] = t[..., 19]
+    t[..., 21:23] = 0.0
+    t[..., 23] = 1.0
+    m = mask.bool()
+    key = t[..., 4] + 1e-3 * t[..., 5] + (~m).float() * 1e6
+    order = torch.argsort(key, dim=-1)
+    t = torch.gather(t, -2, order[..., None].expand(*order.shape, t.shape[-1]))
+    return t, torch.gather(m, -1, order)
+
+
 def to_anchor_frame(action: Tensor, point: Tensor, anchored: Tensor, mount_xy: tuple[float, float]) -> Tensor:
     """Keyframe actions ``(..., 15)`` relative to their anchor points ``(..., 2)``: the base
     position becomes its offset from the point; where ``anchored``, the hand's ``(x, y)`` (arm-base
@@ -542,8 +563,22 @@ class MemoryPolicy(nn.Module):
         """A chunk ``(B, chunk_size, action_dim)`` of actions (in the dataset's units) for the
         current observation; the step's tokens are written into the episode's banks (time:
         ``batch["time"]`` seconds, default the number of calls so far)."""
+        batch = self._view(batch)
         cond, p, c = self._condition_live(batch)
         return self._chunk(cond, batch, generator)
+
+    def _view(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch as this policy sees it: with ``symbolic_history`` off, memory tokens (now and
+        in the history) reduced to the present (:func:`present_only`)."""
+        if self.config.symbolic_history:
+            return batch
+        out = dict(batch)
+        for key in ("observation.memory", "history.memory"):
+            if batch.get(key) is not None:
+                mk = batch.get(f"{key}_mask")
+                mk = torch.ones(batch[key].shape[:-1], dtype=torch.bool) if mk is None else mk
+                out[key], out[f"{key}_mask"] = present_only(batch[key].float(), mk)
+        return out
 
     def _chunk(self, cond: tuple[Tensor, ...], batch: dict[str, Any], generator: torch.Generator | None) -> Tensor:
         """The chunk in the dataset's units from the condition (anchored positions made absolute)."""
@@ -560,6 +595,7 @@ class MemoryPolicy(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Flow-matching loss on a training batch (see the module docstring for its keys)."""
+        batch = self._view(batch)
         cond = self._condition_train(batch)
         action = batch["action"].float()
         pad = batch.get("action_is_pad")

@@ -399,3 +399,36 @@ def test_an_anchored_policy_points_at_the_remembered_token_and_carries_over_to_n
     assert info["pointer_loss"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(PolicyConfigError, match="anchors"):
         tiny(anchors=True).check()
+
+
+def test_the_symbolic_memory_ablation_sees_only_the_present() -> None:
+    from mnemobot.policy.model import present_only
+
+    mem = torch.tensor([[_token((0.9, 0.2), (0.5, 0.0)), _token((0.3, -0.4), place=True, max_opening=0.3),
+                         _token((0.0, 0.0))]])
+    mem[0, :, 21:23] = torch.tensor([0.5, 2.0])
+    mask = torch.tensor([[True, True, False]])
+    t, m = present_only(mem, mask)
+    assert m.tolist() == [[True, True, False]]
+    assert t[0, 0, 4:6].tolist() == pytest.approx([0.3, -0.4]) and t[0, 1, 4:6].tolist() == pytest.approx([0.9, 0.2])
+    assert torch.equal(t[..., 7:10], t[..., 4:7]) and torch.equal(t[..., 20], t[..., 19])
+    assert (t[..., 1] == 0).all() and (t[..., 21:23] == 0).all()
+    # a policy with the ablation gives the same chunk whatever memory says about the past
+    torch.manual_seed(0)
+    cfg = MemoryPolicyConfig(**{**TINY, "image_size": (H, W), "state_dim": 22, "action_dim": 15, "max_memory_tokens": 3,
+                                "action_mode": "keyframes", "step_token": True, "anchors": True,
+                                "symbolic_history": False})
+    model = MemoryPolicy(cfg).eval()
+    base = {"observation.images.head": torch.full((1, 3, H, W), 0.5), "observation.state": _kf_state(1),
+            "observation.memory_mask": mask, "task": ["put it back"], "step": 0.0, "temperature": 0.0}
+    other = mem.clone()
+    other[0, 0, 7:9] = torch.tensor([0.1, 0.6])  # first seen elsewhere
+    other[0, 1, 20] = 0.0  # never seen open
+    other[0, :, 1] = torch.tensor([9.0, 3.0, 1.0])  # other node ids
+    other[0, :2] = other[0, [1, 0]]  # listed in another order
+    chunks = []
+    for m_ in (mem, other):
+        model.reset()
+        chunks.append(model.predict_action_chunk({**base, "observation.memory": m_,
+                                                  "observation.memory_mask": mask if m_ is mem else mask[:, [1, 0, 2]]}))
+    assert torch.allclose(chunks[0], chunks[1], atol=1e-5)

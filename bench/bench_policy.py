@@ -4,18 +4,23 @@ For each memory-dependent workcell family: success over the evaluation seeds of
 
 * the scripted expert (ground truth at the start stands in for memory: the ceiling);
 * the full policy (latent banks and scene-graph tokens);
-* latent banks off (``--no-latent-memory``);
-* scene-graph tokens off (``--no-symbolic-memory``);
-* both off (chance level is the target: 1/3, 1/4, 1/2).
+* ``no-latent``: latent banks off (``--no-latent-memory``);
+* ``no-symbolic``: the scene-graph tokens show only the present (``--no-symbolic-memory``: where
+  things are and their state now, not where they were first seen, what was open, ages or
+  identities; :func:`mnemobot.policy.model.present_only`);
+* ``both-off``: both (chance level is the target: 1/3, 1/4, 1/2);
+* ``no-tokens``: no latent banks and no scene-graph tokens at all (``--no-scene-tokens``): the
+  image is the policy's only view of the scene, and there is nothing to anchor keyframes on.
 
 Demonstrations are recorded into ``OUT/demos-FAMILY`` (seeds from 100 on, disjoint from the
 evaluation seeds 0..N-1). By default one keyframe policy per variant is trained on all the
 families together (``OUT/ckpt-all-VARIANT``; ``--per-family`` trains ``OUT/ckpt-FAMILY-VARIANT``
 instead, ``--frames`` the per-frame policy). Demonstrations and checkpoints are reused (a stopped
 training resumed) when the script runs again, so a long run can be split, and checkpoints can be
-trained beforehand with ``mnemobot train`` into those folders with the same settings. Episodes
+trained beforehand with ``mnemobot train`` into those folders (``--no-train`` evaluates them as they
+are). Episodes
 are evaluated ``--workers`` at a time, each in a process of its own. Also printed: parameters,
-inference time per chunk (median over 50 calls, batch 1, one thread) and the training time and
+inference time per chunk (median over 50 calls, batch 1, two threads) and the training time and
 loss curve of each checkpoint.
 
 Usage::

@@ -127,6 +127,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     add_sensor_profile_option(p)
     p.add_argument("--policy-temperature", type=float, default=1.0, metavar="T",
                    help="learned policy: scale of the noise its flow starts from (default 1; 0: from its mean)")
+    p.add_argument("--policy-replan", type=int, default=None, metavar="N",
+                   help="learned keyframe policy: keyframes executed per call (default: the checkpoint's, 8)")
     p.add_argument("--viz", type=Path, default=None, metavar="FILE.rrd",
                    help="write a rerun recording of the episode (camera, depth points, memory's objects, path, "
                         "events, memory operations) to FILE.rrd, which must not exist")
@@ -338,6 +340,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         policy=args.policy,
         checkpoint=str(args.checkpoint) if args.checkpoint is not None else None,
         policy_temperature=args.policy_temperature,
+        policy_replan=args.policy_replan,
     )
     progress = None if args.quiet else (lambda msg: print(msg, flush=True))
     viz = None

@@ -81,6 +81,8 @@ class RunConfig:
     does the whole task as one sub-task, conditioned on this run's memory)."""
     checkpoint: str | None = None
     policy_temperature: float = 1.0
+    policy_replan: int | None = None
+    """Keyframe policies: keyframes executed per call (default: the checkpoint's n_action_steps)."""
     """Scale of the noise the learned policy's flow starts from (1: its trained distribution;
     0: from the noise's mean, one chunk per observation)."""
 
@@ -343,6 +345,8 @@ def _learned_skill(cfg: RunConfig):  # noqa: ANN202 - SkillSpec
         raise UserError("--policy learned runs a task family (--task-id), not free text")
     if not 0.0 <= cfg.policy_temperature <= 2.0:
         raise UserError(f"--policy-temperature must be in 0..2, got {cfg.policy_temperature}")
+    if cfg.policy_replan is not None and cfg.policy_replan < 1:
+        raise UserError(f"--policy-replan must be >= 1, got {cfg.policy_replan}")
     from mnemobot.policy.skill import learned_skill
     from mnemobot.policy.train import CheckpointError, load_policy
 
@@ -357,7 +361,7 @@ def _learned_skill(cfg: RunConfig):  # noqa: ANN202 - SkillSpec
     # skill's own pace, which may be slower than the expert's
     slack = 2.0 if policy.config.action_mode == "keyframes" else 1.5
     return learned_skill(policy, fps=fps / policy.config.action_stride, max_s=max(30.0, slack * mean_s), seed=cfg.seed,
-                         temperature=cfg.policy_temperature)
+                         temperature=cfg.policy_temperature, replan=cfg.policy_replan)
 
 
 def _parse(cfg: RunConfig, instruction: str, pctx: PlanningContext) -> list[Goal]:

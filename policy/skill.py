@@ -232,15 +232,18 @@ def _to_keyframe(ctx: SkillContext, kf: _Keyframe, task: str, settle_s: float = 
 
 def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2.0, rest_m: float = 0.004,
                   seed: int = 0, name: str = "act", max_speed: float = 1.0, max_turn: float = 3.0,
-                  temperature: float = 1.0) -> SkillSpec:
+                  temperature: float = 1.0, replan: int | None = None) -> SkillSpec:
     """The policy as a skill (see the module docstring); ``fps``: the rate its actions were
     recorded at (one action per recorded frame). The hand's target moves at most ``max_speed``
     m/s and turns at most ``max_turn`` rad/s: a jump in the policy's output is spread over ticks
-    (the brainstem would refuse the joint speed it needs) instead of ending the skill."""
+    (the brainstem would refuse the joint speed it needs) instead of ending the skill.
+    ``replan``: keyframe policies execute this many keyframes of each chunk before the next call
+    (default: the config's ``n_action_steps``; fewer closes the loop more often: a keyframe
+    policy is trained to be called at every keyframe)."""
     import torch
 
     def act_keyframes(ctx: SkillContext, task: str) -> Iterator[ActionChunk]:
-        n_steps = policy.config.n_action_steps
+        n_steps = min(policy.config.chunk_size, replan or policy.config.n_action_steps)
         limit = int(getattr(policy.config, "max_keyframes", 0))
         policy.reset()
         gen = torch.Generator().manual_seed(seed)

@@ -419,7 +419,7 @@ def train(data_dir: str | Path | Sequence[str | Path], out: str | Path, policy_o
     ``symbolic_memory``; sizes); the data's own dimensions are filled in."""
     import torch
 
-    from mnemobot.policy.model import MemoryPolicyConfig
+    from mnemobot.policy.model import MemoryPolicyConfig, PolicyConfigError
 
     tc = config or TrainConfig()
     tc.check()
@@ -446,7 +446,11 @@ def train(data_dir: str | Path | Sequence[str | Path], out: str | Path, policy_o
     resuming = False
     if outp.is_dir() and any(outp.iterdir()):
         old = _read_config(outp)  # raises for a folder that is not a checkpoint
-        same = old.get("policy") == meta["policy"] and old.get("dataset", {}).get("path") == meta["dataset"]["path"] \
+        try:  # settings added since it was written take their defaults, as when it is loaded
+            old_policy = json.loads(json.dumps(MemoryPolicyConfig.from_dict(old.get("policy") or {}).to_dict()))
+        except (PolicyConfigError, TypeError, ValueError):
+            old_policy = old.get("policy")
+        same = old_policy == meta["policy"] and old.get("dataset", {}).get("path") == meta["dataset"]["path"] \
             and old.get("dataset", {}).get("frames") == meta["dataset"]["frames"]
         if not same:
             raise CheckpointError(f"{outp} holds a checkpoint of another policy or dataset; choose a new folder")

@@ -168,6 +168,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
         (["run", "--task-id", "fetch", "--checkpoint", str(tmp_path)], "--policy learned"),
         (["run", "--task-id", "put_block_back", "--policy", "learned", "--checkpoint", str(tmp_path),
           "--policy-temperature", "5"], "must be in 0..2"),
+        (["run", "--task-id", "put_block_back", "--policy", "learned", "--checkpoint", str(tmp_path),
+          "--policy-replan", "0"], "must be >= 1"),
     ]
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("x")

@@ -33,10 +33,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import multiprocessing as mp
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,42 @@ def train_variant(out: Path, name: str, families: list[str], data: list[Path], v
           TrainConfig(steps=steps, history=history, threads=threads, save_every=max(50, steps // 10)),
           families=families, progress=lambda m: print(f"  [{name}/{variant}] {m}", flush=True))
     return ckpt, time.perf_counter() - t0
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux the kernel sends the worker SIGTERM when the bench process
+    dies, however it dies (even SIGKILL), so no episode runs on unattended."""
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """Evaluation workers (spawned processes) that end with the bench: on SIGTERM or Ctrl-C the
+    queued episodes are cancelled and the running ones stopped before the error propagates
+    (finished episodes are already in ``episodes.jsonl``); a worker whose parent dies ends too."""
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield pool
+    except BaseException:
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _episode(job: tuple[str, int, str | None, float]) -> tuple[str, int, bool, str]:
@@ -161,7 +201,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="training steps per checkpoint")
     ap.add_argument("--history", type=int, default=8)
     ap.add_argument("--size", default="default", choices=("default", "small", "tiny"))
-    ap.add_argument("--threads", type=int, default=1, help="torch threads while training")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads while training (default: torch's choice)")
     ap.add_argument("--workers", type=int, default=2, help="evaluation episodes at a time")
     ap.add_argument("--per-family", action="store_true", help="one checkpoint per family and variant")
     ap.add_argument("--frames", action="store_true", help="the per-frame policy instead of keyframes")
@@ -176,7 +216,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     data = {fam: record(args.out, fam, args.demos) for fam in args.families}
     groups = [[f] for f in args.families] if args.per_family else [list(args.families)]
-    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(args.workers) as pool:
         if not args.skip_expert:
             for fam in args.families:
                 ok, cells = evaluate(pool, args.out, fam, seeds, None)

@@ -79,6 +79,9 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
                          "stopped, turned or worked its fingers (see README); default: one action per frame")
     tr.add_argument("--save-every", type=_count, default=500, help="checkpoint every N steps (default: 500)")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--step-jitter", type=int, default=0,
+                    help="keyframes: show each sample's keyframe count off by up to N, so the policy reads its "
+                         "phase from what it sees and remembers (default: 0)")
 
 
 def cmd_record_demos(args: argparse.Namespace) -> int:
@@ -123,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          history=args.history, save_every=args.save_every, threads=args.threads)
+                          history=args.history, save_every=args.save_every, threads=args.threads,
+                          step_jitter=args.step_jitter)
         cfg.check()
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -51,7 +51,10 @@ class CheckpointError(ValueError):
 class TrainConfig:
     """``steps`` optimizer steps of ``batch_size``; ``history``: most frames the banks are rebuilt
     from per sample; ``save_every``/``log_every`` in steps; ``threads``: torch CPU threads (0:
-    torch's default)."""
+    torch's default); ``step_jitter``: keyframe mode, the step count a sample shows is off by up
+    to this many keyframes (its history's by the same): a run whose count drifts from the
+    demonstrations' (a keyframe merged or added) must read its phase from what it sees and
+    remembers, not from counting."""
 
     steps: int = 3000
     batch_size: int = 8
@@ -64,10 +67,13 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 25
     threads: int = 0
+    step_jitter: int = 0
 
     def check(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.history < 0 or self.save_every < 1:
             raise ValueError("steps, batch_size and save_every must be >= 1 and history >= 0")
+        if self.step_jitter < 0:
+            raise ValueError(f"step_jitter must be >= 0, got {self.step_jitter}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -257,9 +263,10 @@ class TrainData:
         return idx, acts, pads, hist, steps
 
     def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
-              stride: int = 1) -> dict[str, Any]:
+              stride: int = 1, step_jitter: int = 0) -> dict[str, Any]:
         """A training batch: ``chunk`` actions ``stride`` frames apart from a random frame; the
-        history of the calls before it, one every ``period`` frames."""
+        history of the calls before it, one every ``period`` frames. ``step_jitter``: see
+        :class:`TrainConfig`."""
         import torch
 
         steps: list[tuple[int, np.ndarray, np.ndarray]] | None = None
@@ -280,10 +287,12 @@ class TrainData:
             b["observation.memory_mask"] = torch.from_numpy(self.mask[idx])
         if steps is not None:
             b["action.site"] = torch.from_numpy(np.stack([site for _, _, site in steps])).float()
-            b["step"] = torch.tensor([float(j) for j, _, _ in steps])
+            shift = (rng.integers(-step_jitter, step_jitter + 1, size=size) if step_jitter > 0
+                     else np.zeros(size, int))
+            b["step"] = torch.tensor([float(max(0, j + d)) for (j, _, _), d in zip(steps, shift, strict=True)])
             h_step = np.zeros((size, max(t_max, 0)), np.float32)
             for k, (_, calls, _) in enumerate(steps):
-                h_step[k, : len(calls)] = calls
+                h_step[k, : len(calls)] = np.maximum(0, calls + shift[k])
             if t_max > 0:
                 b["history.step"] = torch.from_numpy(h_step)
         if t_max > 0:
@@ -496,7 +505,7 @@ def _train_loop(outp: Path, data: TrainData, pcfg: Any, tc: TrainConfig, meta: d
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             batch = data.batch(rng, tc.batch_size, pcfg.chunk_size, pcfg.n_action_steps * pcfg.action_stride,
-                               tc.history, pcfg.action_stride)
+                               tc.history, pcfg.action_stride, tc.step_jitter)
             loss, _ = model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {float(loss)} at step {step}; lower the learning rate")

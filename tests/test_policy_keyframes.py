@@ -117,7 +117,7 @@ def test_a_heading_across_pi_is_one_short_turn() -> None:
 
 
 def test_keyframe_samples_are_the_next_keyframes_from_the_robot_at_rest(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     pytest.importorskip("pyarrow")
     from mnemobot.policy.dataset import DatasetWriter, Feature
     from mnemobot.policy.train import TrainData
@@ -152,6 +152,20 @@ def test_keyframe_samples_are_the_next_keyframes_from_the_robot_at_rest(tmp_path
         assert not b["action_is_pad"][k].any()  # staying put past the end is a target too
         hist = (b["history.images.head"][k][b["history_mask"][k]][:, 0, 0, 0].numpy() * 255).round().astype(int)
         assert hist.tolist() == [calls[c] for c in range(j - 2, -1, -2)][::-1][-3:]
+        assert float(b["step"][k]) == j  # keyframes executed at the call
+    # jitter: the count a sample shows is off by at most 2, its history's by the same amount
+    exact = data.batch(np.random.default_rng(5), 256, chunk=4, period=2, history=3)
+    jit = data.batch(np.random.default_rng(5), 256, chunk=4, period=2, history=3, step_jitter=2)
+    assert torch.equal(exact["action"], jit["action"])  # the same samples: only the count moves
+    d = (jit["step"] - exact["step"]).numpy()
+    assert np.all(np.abs(d) <= 2) and len(set(d.tolist())) >= 3
+    assert np.all(jit["step"].numpy() >= 0)
+    m = exact["history_mask"].numpy()
+    hd = (jit["history.step"] - exact["history.step"]).numpy()
+    shifted = (exact["step"].numpy() + d) >= 0  # clipped at 0 where the shift went below
+    for k in np.flatnonzero(shifted & (exact["step"].numpy() >= 2))[:50]:
+        want = np.maximum(0, exact["history.step"].numpy()[k][m[k]] + d[k]) - exact["history.step"].numpy()[k][m[k]]
+        assert np.allclose(hd[k][m[k]], want)
     stats = data.stats()
     assert np.allclose(stats["action_mean"], kf.mean(0), atol=1e-5)  # keyframe actions, not frames
 

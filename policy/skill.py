@@ -254,15 +254,18 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
             chunk = policy.predict_action_chunk({**_batch(ctx, policy, task, ctx.state.t - t0), "step": float(done),
                                                  "temperature": temperature}, generator=gen)
             try:
-                frames = [_keyframe(a) for a in chunk[0, :n_steps].cpu().numpy().astype(float)]
+                whole = [_keyframe(a) for a in chunk[0].cpu().numpy().astype(float)]
             except ValueError as e:
                 return _fail("act", {"task": task}, "bad_action", f"the policy gave an unusable keyframe: {e}")
+            frames = whole[:n_steps]
             here = _Keyframe(Pose(ctx.controller.kinematics.fk(ctx.commanded_q()).position), ctx.commanded_gripper(),
                              np.asarray(ctx.state.base_pose, dtype=float)[:3], ctx.commanded_head())
-            # at rest: every keyframe of the chunk is where the robot is, or where the last keyframe
-            # sent it (a pose clipped into reach stays apart from what the policy keeps asking for)
+            # at rest: every keyframe of the chunk (the whole horizon, not only those executed
+            # before the next call: a policy called at every keyframe may pause for one) is where
+            # the robot is, or where the last keyframe sent it (a pose clipped into reach stays
+            # apart from what the policy keeps asking for)
             if ctx.state.t - t0 >= min_s and any(
-                    ref is not None and all(_same_place(f, ref, rest_m) for f in frames) for ref in (here, last)):
+                    ref is not None and all(_same_place(f, ref, rest_m) for f in whole) for ref in (here, last)):
                 return _ok("act", {"task": task}, f"the policy came to rest after {ctx.state.t - t0:.1f} s")
             for f in frames:
                 failed = yield from _to_keyframe(ctx, f, task)

@@ -81,10 +81,10 @@ class RunConfig:
     does the whole task as one sub-task, conditioned on this run's memory)."""
     checkpoint: str | None = None
     policy_temperature: float = 1.0
-    policy_replan: int | None = None
-    """Keyframe policies: keyframes executed per call (default: the checkpoint's n_action_steps)."""
     """Scale of the noise the learned policy's flow starts from (1: its trained distribution;
     0: from the noise's mean, one chunk per observation)."""
+    policy_replan: int | None = None
+    """Keyframe policies: keyframes executed per call (default: the checkpoint's n_action_steps)."""
 
 
 @dataclass

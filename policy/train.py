@@ -289,7 +289,7 @@ class TrainData:
             b["action.site"] = torch.from_numpy(np.stack([site for _, _, site in steps])).float()
             shift = (rng.integers(-step_jitter, step_jitter + 1, size=size) if step_jitter > 0
                      else np.zeros(size, int))
-            b["step"] = torch.tensor([float(max(0, j + d)) for (j, _, _), d in zip(steps, shift, strict=True)])
+            b["step"] = torch.from_numpy(np.maximum(0, np.array([j for j, _, _ in steps]) + shift).astype(np.float32))
             h_step = np.zeros((size, max(t_max, 0)), np.float32)
             for k, (_, calls, _) in enumerate(steps):
                 h_step[k, : len(calls)] = np.maximum(0, calls + shift[k])

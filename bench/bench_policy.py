@@ -4,7 +4,8 @@ For each memory-dependent workcell family: success over the evaluation seeds of
 
 * the scripted expert (ground truth at the start stands in for memory: the ceiling);
 * the full policy (latent banks and scene-graph tokens);
-* ``no-latent``: latent banks off (``--no-latent-memory``);
+* ``no-latent``: latent memory off (``--no-latent-memory``: the perceptual and cognitive banks
+  and the hand's trace of executed keyframes);
 * ``no-symbolic``: the scene-graph tokens show only the present (``--no-symbolic-memory``: where
   things are and their state now, not where they were first seen, what was open, ages or
   identities; :func:`mnemobot.policy.model.present_only`);
@@ -177,6 +178,10 @@ def inference_ms(ckpt: Path, calls: int = 50) -> float:
              "observation.memory": torch.zeros(1, cfg.max_memory_tokens, cfg.token_dim),
              "observation.memory_mask": torch.ones(1, cfg.max_memory_tokens, dtype=torch.bool),
              "task": ["put the block back"]}
+    if getattr(cfg, "trace_length", 0):  # a full trace: the most tokens a call reads
+        n = cfg.trace_length
+        batch.update({"trace.state": torch.zeros(1, n, cfg.state_dim), "trace.action": torch.zeros(1, n, cfg.action_dim),
+                      "trace_mask": torch.ones(1, n, dtype=torch.bool)})
     model.reset()
     times = []
     before = torch.get_num_threads()

@@ -19,10 +19,11 @@ SIZES = {
 """Policy sizes for ``mnemobot train --size``: ``default`` (about 15M parameters), ``small`` and
 ``tiny`` (tests and smoke runs)."""
 
-KEYFRAME_MODE = {"action_mode": "keyframes", "step_token": True, "direct_state": True, "flow_target": "sample",
-                 "anchors": True}
-"""``mnemobot train --keyframes``: keyframe actions, a step token, proprioception's short path to
-the head, a sample-predicting head and base poses anchored on the memory's points."""
+KEYFRAME_MODE = {"action_mode": "keyframes", "direct_state": True, "flow_target": "sample", "anchors": True,
+                 "trace_length": 16}
+"""``mnemobot train --keyframes``: keyframe actions, proprioception's short path to the head, a
+sample-predicting head and base poses anchored on the memory's points; with the hand's trace
+(``--trace``, default 16 keyframes) or else a keyframe count (``--trace 0``)."""
 
 
 def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
@@ -80,8 +81,11 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--save-every", type=_count, default=500, help="checkpoint every N steps (default: 500)")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--step-jitter", type=int, default=0,
-                    help="keyframes: show each sample's keyframe count off by up to N, so the policy reads its "
-                         "phase from what it sees and remembers (default: 0)")
+                    help="keyframes with --trace 0: show each sample's keyframe count off by up to N, so the policy "
+                         "reads its phase from what it sees and remembers (default: 0)")
+    tr.add_argument("--trace", type=int, default=16, metavar="N",
+                    help="keyframes: the policy reads the last N keyframes it executed (the hand's trace, part of "
+                         "the latent memory) instead of a count of them; 0: the count (default: 16)")
 
 
 def cmd_record_demos(args: argparse.Namespace) -> int:
@@ -120,8 +124,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides.update(latent_memory=not args.no_latent_memory, symbolic_memory=not args.no_scene_tokens,
                      symbolic_history=not args.no_symbolic_memory,
                      bank_merge=args.bank_merge, action_stride=args.stride)
+    if args.trace < 0:
+        raise UserError(f"--trace must be >= 0, got {args.trace}")
     if args.keyframes:
-        overrides.update(KEYFRAME_MODE)
+        overrides.update(KEYFRAME_MODE, trace_length=args.trace, step_token=args.trace == 0)
     if args.keyframes and args.stride != 1:
         raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:

@@ -32,7 +32,8 @@ import numpy as np
 
 from mnemobot.policy.features import ACTION_NAMES, STATE_NAMES
 
-__all__ = ["ACTION_FLOOR", "KEYFRAME_ACTION_NAMES", "TOLERANCE", "event_sites", "keyframe_actions", "keyframe_indices"]
+__all__ = ["ACTION_FLOOR", "KEYFRAME_ACTION_NAMES", "TOLERANCE", "event_sites", "keyframe_actions", "keyframe_indices",
+           "same_place", "trace_keep"]
 
 KEYFRAME_ACTION_NAMES = [*ACTION_NAMES[:10], "base_x", "base_y", "base_yaw", *ACTION_NAMES[13:]]
 """A keyframe action: hand pose (arm-base frame, position and 6D rotation), finger opening, base
@@ -158,3 +159,29 @@ def event_sites(keyframes: np.ndarray, arm_mount_xy: tuple[float, float] | None 
         far = [float(np.hypot(x[k] - x[i], y[k] - y[i]) + 0.3 * abs(yaw[k] - yaw[i])) for k in cands]
         out[i] = hand[cands[int(np.argmin(far))]]  # argmin keeps the first of a tie: the event after
     return out
+
+
+def same_place(a: np.ndarray, b: np.ndarray, rest_m: float = 0.015) -> bool:
+    """Whether keyframe action ``a`` asks for no move from ``b`` (``KEYFRAME_ACTION_NAMES``
+    vectors): hand within ``max(rest_m, 1.5 cm)``, fingers within 1 cm, base within 3 cm and 3
+    degrees, head within 6 degrees (about the normalisation floor of a keyframe policy's outputs:
+    the scatter of its "stay here")."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    dyaw = (a[12] - b[12] + np.pi) % (2 * np.pi) - np.pi
+    return bool(np.linalg.norm(a[:3] - b[:3]) < max(rest_m, 0.015) and abs(a[9] - b[9]) < 0.01
+                and np.linalg.norm(a[10:12] - b[10:12]) < 0.03 and abs(dyaw) < 0.05
+                and np.max(np.abs(a[13:15] - b[13:15])) < 0.1)
+
+
+def trace_keep(actions: np.ndarray) -> np.ndarray:
+    """Indices of the keyframes a trace of what the hand has done keeps: each one, except that a
+    keyframe at the same place as the last one kept (:func:`same_place`) replaces it. A policy
+    that adds a near-duplicate keyframe (a pause) then leaves the same trace as the demonstration
+    it learned from."""
+    keep: list[int] = []
+    for i, a in enumerate(np.asarray(actions, float)):
+        if keep and same_place(a, actions[keep[-1]]):
+            keep[-1] = i
+        else:
+            keep.append(i)
+    return np.asarray(keep, dtype=int)

@@ -15,6 +15,13 @@ scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (ex
   and a cognitive bank (each call's cognitive token), ``bank_capacity`` entries each. When a
   bank is full, the most similar pair of adjacent entries (cosine) is merged into their mean
   (time included), as MemoryVLA consolidates; ``bank_merge="fifo"`` drops the oldest instead.
+* **the hand's trace** (keyframes, ``trace_length``): one token per keyframe the skill has
+  executed (the last ``trace_length``; the proprioception once there, the keyframe it was sent
+  to and how many keyframes ago), in the cognition transformer's input. It is the latent memory's
+  record of what the body did: a press is down-and-up between two identical poses, and the
+  perceptual and cognitive banks, written once per call, miss it when it falls inside a chunk.
+  Part of the latent memory: off with ``latent_memory``. It takes the place of a keyframe count
+  (``step_token``), which a run that adds or merges one keyframe reads one phase off.
 * **retrieval and gated fusion**: the current tokens cross-attend to the bank entries plus a
   sinusoidal encoding of how long ago each was written; a sigmoid gate mixes what was retrieved
   into the current tokens.
@@ -60,6 +67,11 @@ wrap it thinly. Batches use lerobot's key names where they exist:
 * with ``step_token``: ``step`` ``(B,)``, the actions the skill has executed so far (keyframes:
   where in the demonstration the robot is, which one posture visited several times does not
   tell), and ``history.step`` ``(B, T)`` in training;
+* with ``trace_length`` (keyframes): what the hand has done, the last keyframes the skill executed,
+  oldest first: ``trace.state`` ``(B, N, state_dim)`` (the proprioception once there),
+  ``trace.action`` ``(B, N, action_dim)`` (the keyframe it was sent to), ``trace_mask`` ``(B, N)``
+  (True: an executed keyframe; real entries first); in training the same for each history step
+  (``history.trace.state`` ``(B, T, N, state_dim)`` and so on);
 * optional at run time: ``temperature`` (default 1), the scale of the noise the flow starts from.
 """
 
@@ -100,6 +112,7 @@ class MemoryPolicyConfig:
     direct_state: bool = False  # the action head also reads proprioception (and the step) directly, not only tokens
     flow_target: str = "velocity"  # what the head predicts: "velocity" (x1 - x0) or "sample" (x1; see FlowHead)
     anchors: bool = False  # keyframes: each base position is an offset from a point the memory holds (see anchor_points)
+    trace_length: int = 0  # keyframes: tokens of the last N executed keyframes (the hand's trace; with latent_memory)
     max_keyframes: int = 0  # keyframes: the skill ends after this many (0: only when at rest); from the demonstrations
     arm_mount_xy: tuple[float, float] = (0.10, 0.0)  # where the arm base sits on the mobile base (anchors)
     d_model: int = 256
@@ -139,6 +152,9 @@ class MemoryPolicyConfig:
             raise PolicyConfigError("keyframe actions take no stride (each action is the next keyframe)")
         if self.anchors and self.action_mode != "keyframes":
             raise PolicyConfigError("anchors need action_mode='keyframes' (a base pose to anchor)")
+        if self.trace_length < 0 or (self.trace_length and self.action_mode != "keyframes"):
+            raise PolicyConfigError(f"trace_length must be >= 0, and > 0 only with action_mode='keyframes' "
+                                    f"(got {self.trace_length}, {self.action_mode!r})")
         if self.max_keyframes < 0:
             raise PolicyConfigError(f"max_keyframes must be >= 0, got {self.max_keyframes}")
         if self.flow_steps < 1 or self.bank_capacity < 2:
@@ -515,6 +531,10 @@ class MemoryPolicy(nn.Module):
         if cfg.step_token:
             self.step_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
             self.step_type = nn.Parameter(torch.randn(d) * 0.02)
+        if self.uses_trace:
+            self.trace_mlp = nn.Sequential(nn.Linear(cfg.state_dim + cfg.action_dim, d), nn.SiLU(), nn.Linear(d, d))
+            self.trace_age = nn.Linear(d, d)
+            self.trace_type = nn.Parameter(torch.randn(d) * 0.02)
         if cfg.direct_state:
             extra = d if cfg.step_token else 0
             self.direct = nn.Sequential(nn.Linear(cfg.state_dim + extra, cfg.head_width), nn.SiLU(),
@@ -540,6 +560,11 @@ class MemoryPolicy(nn.Module):
         self.register_buffer("action_mean", buf("action_mean", cfg.action_dim, 0.0))
         self.register_buffer("action_std", buf("action_std", cfg.action_dim, 1.0).clamp_min(1e-3))
         self.reset()
+
+    @property
+    def uses_trace(self) -> bool:
+        """Whether the policy reads the hand's trace (``trace.*`` in the batch)."""
+        return self.config.trace_length > 0 and self.config.latent_memory
 
     # -- lerobot-style interface -------------------------------------------------------------------------
     def reset(self) -> None:
@@ -634,7 +659,8 @@ class MemoryPolicy(nn.Module):
 
     # -- internals -----------------------------------------------------------------------------------
     def _step_tokens(self, img: Tensor, state: Tensor, memory: Tensor | None, memory_mask: Tensor | None,
-                     words: Tensor, word_mask: Tensor, step: Tensor | None = None
+                     words: Tensor, word_mask: Tensor, step: Tensor | None = None,
+                     trace: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One step's ``(perceptual (B, P, d), cognitive (B, 1, d), context tokens, their padding)``."""
         cfg = self.config
@@ -652,6 +678,10 @@ class MemoryPolicy(nn.Module):
             st = torch.as_tensor(step, dtype=torch.float32, device=img.device).reshape(-1).expand(img.shape[0])
             parts.append((self.step_mlp(sinusoid(st, cfg.d_model, scale=256.0)) + self.step_type)[:, None])
             pads.append(torch.zeros(img.shape[0], 1, dtype=torch.bool, device=img.device))
+        if self.uses_trace:
+            tokens, tpad = self._trace_tokens(trace, img.shape[0], img.device)
+            parts.append(tokens)
+            pads.append(tpad)
         if cfg.symbolic_memory and memory is not None and memory.shape[1] > 0:
             m = memory[:, : cfg.max_memory_tokens]
             mm = memory_mask[:, : cfg.max_memory_tokens].bool() if memory_mask is not None else \
@@ -662,6 +692,33 @@ class MemoryPolicy(nn.Module):
         pad = torch.cat(pads, 1)
         out = self.cognition(x, src_key_padding_mask=pad)
         return p, out[:, :1], out, pad
+
+    def _trace_tokens(self, trace: tuple[Tensor | None, Tensor | None, Tensor | None] | None, b: int,
+                      device: torch.device) -> tuple[Tensor, Tensor]:
+        """Tokens ``(B, N, d)`` of the hand's trace (the last ``trace_length`` entries) and their padding."""
+        cfg = self.config
+        n = cfg.trace_length
+        states, actions, mask = trace if trace is not None else (None, None, None)
+        if states is None or actions is None:
+            raise PolicyConfigError("this policy reads the hand's trace: the batch needs 'trace.state', "
+                                    "'trace.action' and 'trace_mask' (empty at the start)")
+        states, actions = states.float()[:, -n:], actions.float()[:, -n:]
+        mask = (torch.ones(states.shape[:2], dtype=torch.bool, device=device) if mask is None
+                else mask.bool()[:, -n:])
+        if states.shape[1] < n:  # pad to the full length: one token layout for every call
+            extra = n - states.shape[1]
+            states, actions = F.pad(states, (0, 0, 0, extra)), F.pad(actions, (0, 0, 0, extra))
+            mask = F.pad(mask, (0, extra), value=False)
+        feats = torch.cat([(states - self.state_mean) / self.state_std,
+                           (actions - self.action_mean) / self.action_std], -1)
+        feats = torch.where(mask[..., None], feats, torch.zeros_like(feats))
+        # how many keyframes ago (1: the last one); real entries are first
+        ago = mask.sum(1, keepdim=True) - torch.arange(n, device=device)[None]
+        tokens = self.trace_mlp(feats) + self.trace_age(sinusoid(ago.clamp_min(0), cfg.d_model, scale=64.0)) \
+            + self.trace_type
+        if tokens.shape[0] != b:
+            tokens, mask = tokens.expand(b, -1, -1), mask.expand(b, -1)
+        return tokens, ~mask
 
     def _fuse(self, p: Tensor, c: Tensor, context: Tensor, pad: Tensor,
               banks: tuple[tuple[Tensor, Tensor, Tensor] | None, tuple[Tensor, Tensor, Tensor] | None]
@@ -680,7 +737,8 @@ class MemoryPolicy(nn.Module):
         img = batch["observation.images.head"].float()
         words, wmask = hash_words(list(batch["task"]), cfg.vocab_buckets, cfg.max_task_words)
         p, c, context, pad = self._step_tokens(img, batch["observation.state"], batch.get("observation.memory"),
-                                               batch.get("observation.memory_mask"), words, wmask, batch.get("step"))
+                                               batch.get("observation.memory_mask"), words, wmask, batch.get("step"),
+                                               self._trace_of(batch, ""))
         bank_p, bank_c = self._banks
         b = img.shape[0]
         now = torch.as_tensor(batch.get("time", float(len(bank_c))), dtype=torch.float32).expand(b)
@@ -702,7 +760,8 @@ class MemoryPolicy(nn.Module):
         b = img.shape[0]
         words, wmask = hash_words(list(batch["task"]), cfg.vocab_buckets, cfg.max_task_words)
         p, c, context, pad = self._step_tokens(img, batch["observation.state"], batch.get("observation.memory"),
-                                               batch.get("observation.memory_mask"), words, wmask, batch.get("step"))
+                                               batch.get("observation.memory_mask"), words, wmask, batch.get("step"),
+                                               self._trace_of(batch, ""))
         banks: tuple[Any, Any] = (None, None)
         hist = batch.get("history.images.head")
         if cfg.latent_memory and hist is not None and hist.shape[1] > 0:
@@ -714,15 +773,20 @@ class MemoryPolicy(nn.Module):
                 mem = batch.get("history.memory")
                 mmask = batch.get("history.memory_mask")
                 hstep = batch.get("history.step")
+                htrace = tuple(None if v is None else v.flatten(0, 1) for v in self._trace_of(batch, "history."))
                 hp, hc, _, _ = self._step_tokens(
                     hist.flatten(0, 1).float(), batch["history.state"].flatten(0, 1),
                     None if mem is None else mem.flatten(0, 1), None if mmask is None else mmask.flatten(0, 1),
-                    hw, hwm, None if hstep is None else hstep.flatten(0, 1))
+                    hw, hwm, None if hstep is None else hstep.flatten(0, 1), htrace)
             hp = hp.reshape(b, t_hist, *hp.shape[1:])
             hc = hc.reshape(b, t_hist, *hc.shape[1:])
             ages = batch["history.age"].float()
             banks = (self._train_bank(hp, ages, hmask), self._train_bank(hc, ages, hmask))
         return (*self._fuse(p, c, context, pad, banks), self._direct(batch))
+
+    @staticmethod
+    def _trace_of(batch: dict[str, Any], prefix: str) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return (batch.get(f"{prefix}trace.state"), batch.get(f"{prefix}trace.action"), batch.get(f"{prefix}trace_mask"))
 
     def _train_bank(self, entries: Tensor, ages: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Consolidate each sample's history to at most ``bank_capacity`` entries, as the live

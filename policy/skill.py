@@ -45,6 +45,7 @@ from mnemobot.control.skills import SKILLS, SkillContext, SkillSpec, _fail, _ok
 from mnemobot.control.types import ActionChunk, ControlTarget, SkillResult, WorkspaceLimitError
 from mnemobot.perception.types import Pose, quat_from_matrix
 from mnemobot.policy.features import IMAGE_SIZE, body_action, from_rot6d, image_features, state_features
+from mnemobot.policy.keyframes import same_place
 from mnemobot.policy.tokens import memory_tokens
 
 __all__ = ["learned_skill", "registered"]
@@ -92,6 +93,21 @@ def _batch(ctx: SkillContext, policy: Any, task: str, t: float) -> dict[str, Any
     return batch
 
 
+def _trace_batch(states: list[np.ndarray], actions: list[np.ndarray], length: int, cfg: Any) -> dict[str, Any]:
+    """The hand's trace as the policy reads it (``trace.*``: the last ``length`` entries, oldest first)."""
+    import torch
+
+    st = np.zeros((1, length, cfg.state_dim), np.float32)
+    ac = np.zeros((1, length, cfg.action_dim), np.float32)
+    mk = np.zeros((1, length), bool)
+    n = min(len(states), length)
+    if n:
+        st[0, :n] = np.stack(states[-n:])
+        ac[0, :n] = np.stack(actions[-n:])
+        mk[0, :n] = True
+    return {"trace.state": torch.from_numpy(st), "trace.action": torch.from_numpy(ac), "trace_mask": torch.from_numpy(mk)}
+
+
 def _step_towards(pos: np.ndarray, rot: np.ndarray, goal_pos: np.ndarray, goal_rot: np.ndarray,
                   max_m: float, max_rad: float) -> tuple[np.ndarray, np.ndarray]:
     """``(pos, rot)`` moved towards the goal by at most ``max_m`` and ``max_rad``."""
@@ -121,12 +137,11 @@ def _keyframe(a: np.ndarray) -> _Keyframe:
 
 
 def _same_place(a: _Keyframe, b: _Keyframe, rest_m: float) -> bool:
-    """Whether keyframe ``a`` asks for no move from ``b``: hand within ``max(rest_m, 1.5 cm)``,
-    fingers within 1 cm, base within 3 cm and 3 degrees, head within 6 degrees (about the
-    normalisation floor of a keyframe policy's outputs: the scatter of its "stay here")."""
-    return (float(np.linalg.norm(a.hand.position - b.hand.position)) < max(rest_m, 0.015)
-            and abs(a.gripper - b.gripper) < 0.01 and float(np.linalg.norm(a.base[:2] - b.base[:2])) < 0.03
-            and abs(wrap_angle(float(a.base[2] - b.base[2]))) < 0.05 and float(np.max(np.abs(a.head - b.head))) < 0.1)
+    """Whether keyframe ``a`` asks for no move from ``b`` (:func:`~mnemobot.policy.keyframes.same_place`)."""
+    def vec(k: _Keyframe) -> np.ndarray:
+        return np.concatenate([k.hand.position, np.zeros(6), [k.gripper], k.base[:3], k.head[:2]])
+
+    return same_place(vec(a), vec(b), rest_m)
 
 
 KEYFRAME_PACE = 0.6
@@ -250,11 +265,17 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
         t0 = ctx.state.t
         done = 0  # keyframes executed: the policy's step count
         last: _Keyframe | None = None  # the last keyframe executed
+        length = int(getattr(policy.config, "trace_length", 0))
+        trace_s: list[np.ndarray] = []  # the hand's trace: proprioception at each executed keyframe
+        trace_a: list[np.ndarray] = []  # and the keyframe it was sent to
         while ctx.state.t - t0 < max_s:
-            chunk = policy.predict_action_chunk({**_batch(ctx, policy, task, ctx.state.t - t0), "step": float(done),
-                                                 "temperature": temperature}, generator=gen)
+            batch = {**_batch(ctx, policy, task, ctx.state.t - t0), "step": float(done), "temperature": temperature}
+            if length:
+                batch.update(_trace_batch(trace_s, trace_a, length, policy.config))
+            chunk = policy.predict_action_chunk(batch, generator=gen)
+            rows = chunk[0].cpu().numpy().astype(float)
             try:
-                whole = [_keyframe(a) for a in chunk[0].cpu().numpy().astype(float)]
+                whole = [_keyframe(a) for a in rows]
             except ValueError as e:
                 return _fail("act", {"task": task}, "bad_action", f"the policy gave an unusable keyframe: {e}")
             frames = whole[:n_steps]
@@ -267,11 +288,17 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
             if ctx.state.t - t0 >= min_s and any(
                     ref is not None and all(_same_place(f, ref, rest_m) for f in whole) for ref in (here, last)):
                 return _ok("act", {"task": task}, f"the policy came to rest after {ctx.state.t - t0:.1f} s")
-            for f in frames:
+            for f, row in zip(frames, rows, strict=False):
                 failed = yield from _to_keyframe(ctx, f, task)
                 if failed is not None:
                     return failed
                 done, last = done + 1, f
+                if length:  # a keyframe where the last one was replaces it (as in training: trace_keep)
+                    if trace_a and same_place(row, trace_a[-1]):
+                        trace_s.pop(), trace_a.pop()
+                    trace_s.append(state_features(ctx.state, ctx.controller.kinematics))
+                    trace_a.append(row.astype(np.float32))
+                    del trace_s[:-length], trace_a[:-length]
                 if limit and done >= limit:
                     return _ok("act", {"task": task}, f"the policy executed {done} keyframes, as many as the longest "
                                                       "demonstration")

@@ -132,14 +132,18 @@ class TrainData:
         self.kf_frames: list[np.ndarray] = []  # per episode: the frames of its calls (start, then each keyframe)
         self.kf_action: list[np.ndarray] = []  # per episode: the keyframe actions of those frames
         self.kf_site: list[np.ndarray] = []  # per episode: where the hand event of each keyframe is (anchors)
+        self.kf_trace: list[list[np.ndarray]] = []  # per episode and call: the keyframes of the hand's trace
         if keyframes:
-            from mnemobot.policy.keyframes import event_sites, keyframe_actions, keyframe_indices
+            from mnemobot.policy.keyframes import event_sites, keyframe_actions, keyframe_indices, trace_keep
 
             for s, e in zip(self.starts, self.ends, strict=True):
                 local = np.concatenate([[0], keyframe_indices(self.state[s:e], self.action[s:e])]).astype(int)
                 self.kf_frames.append(s + local)
                 self.kf_action.append(keyframe_actions(self.state[s:e], self.action[s:e], local))
                 self.kf_site.append(event_sites(self.kf_action[-1]))
+                # per call j: the keyframes (1..j) the hand's trace holds then
+                kf = self.kf_action[-1]
+                self.kf_trace.append([1 + trace_keep(kf[1 : j + 1]) for j in range(len(kf))])
             self.kf_calls = np.array([(k, j) for k, f in enumerate(self.kf_frames) for j in range(len(f) - 1)], int)
             if len(self.kf_calls) == 0:
                 raise DatasetError(f"{root}: no episode has a keyframe (every episode stands still)")
@@ -262,11 +266,30 @@ class TrainData:
             steps.append((j, calls, site))  # keyframes executed at the call and its history's; the chunk's event sites
         return idx, acts, pads, hist, steps
 
+    def _traces(self, episodes: np.ndarray, calls: np.ndarray, length: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The hand's trace at keyframe calls ``calls`` (any shape, with ``episodes`` alike): the
+        last ``length`` kept keyframes, oldest first; ``(state, action, mask)`` with the shape
+        of ``calls`` plus ``(length, dim)``."""
+        shape = calls.shape
+        st = np.zeros((*shape, length, self.state.shape[1]), np.float32)
+        ac = np.zeros((*shape, length, self.kf_action[0].shape[1]), np.float32)
+        mk = np.zeros((*shape, length), bool)
+        for pos in np.ndindex(*shape):
+            e, j = int(episodes[pos]), int(calls[pos])
+            keep = self.kf_trace[e][j][-length:]
+            n = len(keep)
+            st[pos][:n] = self.state[self.kf_frames[e][keep]]
+            ac[pos][:n] = self.kf_action[e][keep]
+            mk[pos][:n] = True
+        return st, ac, mk
+
     def batch(self, rng: np.random.Generator, size: int, chunk: int, period: int, history: int,
-              stride: int = 1, step_jitter: int = 0) -> dict[str, Any]:
+              stride: int = 1, step_jitter: int = 0, trace: int = 0) -> dict[str, Any]:
         """A training batch: ``chunk`` actions ``stride`` frames apart from a random frame; the
         history of the calls before it, one every ``period`` frames. ``step_jitter``: see
-        :class:`TrainConfig`."""
+        :class:`TrainConfig`; ``trace``: keyframes, the length of the hand's trace
+        (``trace.*``, for the call and each history step)."""
         import torch
 
         steps: list[tuple[int, np.ndarray, np.ndarray]] | None = None
@@ -295,6 +318,17 @@ class TrainData:
                 h_step[k, : len(calls)] = np.maximum(0, calls + shift[k])
             if t_max > 0:
                 b["history.step"] = torch.from_numpy(h_step)
+            if trace > 0:
+                eps = self.episode_of[idx]
+                st, ac, mk = self._traces(eps, np.array([j for j, _, _ in steps]), trace)
+                b["trace.state"], b["trace.action"], b["trace_mask"] = (torch.from_numpy(v) for v in (st, ac, mk))
+                if t_max > 0:
+                    h_calls = np.zeros((size, t_max), int)
+                    for k, (_, calls, _) in enumerate(steps):
+                        h_calls[k, : len(calls)] = calls
+                    st, ac, mk = self._traces(np.repeat(eps[:, None], t_max, 1), h_calls, trace)
+                    b["history.trace.state"], b["history.trace.action"], b["history.trace_mask"] = (
+                        torch.from_numpy(v) for v in (st, ac, mk))
         if t_max > 0:
             h_idx = np.zeros((size, t_max), dtype=int)
             h_mask = np.zeros((size, t_max), dtype=bool)
@@ -505,7 +539,8 @@ def _train_loop(outp: Path, data: TrainData, pcfg: Any, tc: TrainConfig, meta: d
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             batch = data.batch(rng, tc.batch_size, pcfg.chunk_size, pcfg.n_action_steps * pcfg.action_stride,
-                               tc.history, pcfg.action_stride, tc.step_jitter)
+                               tc.history, pcfg.action_stride, tc.step_jitter,
+                               pcfg.trace_length if pcfg.latent_memory else 0)
             loss, _ = model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {float(loss)} at step {step}; lower the learning rate")

@@ -97,10 +97,14 @@ def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: P
     """What a keyframe policy must learn is enough: the recorded episode's own keyframes, given
     to the skill as a policy's chunks would be (16 at a time, 8 executed), solve the same seed
     through IK, the brainstem's limits and the simulator's contacts. The skill ends when the
-    chunks stay put, or (``limit``) after the longest demonstration's keyframe count."""
+    chunks stay put, or (``limit``) after the longest demonstration's keyframe count. At each call
+    the policy is shown the hand's trace: the keyframes executed so far (a pause replacing the one
+    before it) with the proprioception measured once there."""
     import torch
 
     from mnemobot.agent import episode
+    from mnemobot.policy.features import STATE_NAMES
+    from mnemobot.policy.keyframes import trace_keep
     from mnemobot.policy.model import MemoryPolicyConfig
     from mnemobot.policy.skill import learned_skill
     from mnemobot.policy.train import TrainData
@@ -109,14 +113,25 @@ def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: P
     assert 20 <= len(keys) <= 80, len(keys)  # a few per skill, not one per frame
 
     class Replay:
-        config = MemoryPolicyConfig(action_mode="keyframes", max_keyframes=len(keys) if limit else 0)
+        config = MemoryPolicyConfig(action_mode="keyframes", max_keyframes=len(keys) if limit else 0, trace_length=16)
         calls = 0
+        traced = entries = 0
 
         def reset(self) -> None:
             self.at = 0
 
         def predict_action_chunk(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
             assert batch["observation.memory_mask"].any()  # the agent's memory is read at every call
+            sent = keys[np.minimum(np.arange(self.at), len(keys) - 1)]  # the keyframes executed so far
+            want = sent[trace_keep(sent)][-16:] if len(sent) else sent
+            mask = batch["trace_mask"][0].numpy()
+            assert mask.sum() == len(want) and not mask[len(want):].any()
+            assert np.allclose(batch["trace.action"][0].numpy()[mask], want, atol=1e-6)
+            ee = [STATE_NAMES.index(n) for n in ("ee_x", "ee_y", "ee_z")]  # the hand got there (or near: clipped)
+            err = np.linalg.norm(batch["trace.state"][0].numpy()[mask][:, ee] - want[:, :3], axis=1)
+            assert np.all(err < 0.15), err
+            Replay.traced += int(np.sum(err < 0.02))
+            Replay.entries += len(want)
             Replay.calls += 1
             at = np.minimum(np.arange(self.at, self.at + 16), len(keys) - 1)
             self.at += 8
@@ -127,6 +142,7 @@ def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: P
     assert s.success, s.stop_reason
     (act,) = s.skills
     assert act["skill"] == "act" and act["success"]
+    assert Replay.entries > 16 and Replay.traced >= 0.8 * Replay.entries  # most keyframes reached within 2 cm
     if limit:
         assert f"executed {len(keys)} keyframes" in act["message"]
         assert Replay.calls == -(-len(keys) // 8)  # every 8 keyframes, none after the last

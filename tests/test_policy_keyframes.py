@@ -18,6 +18,8 @@ from mnemobot.policy.keyframes import (
     event_sites,
     keyframe_actions,
     keyframe_indices,
+    same_place,
+    trace_keep,
 )
 
 GRIP = ACTION_NAMES.index("gripper")
@@ -167,6 +169,44 @@ def test_keyframe_samples_are_the_next_keyframes_from_the_robot_at_rest(tmp_path
         assert np.allclose(hd[k][m[k]], want)
     stats = data.stats()
     assert np.allclose(stats["action_mean"], kf.mean(0), atol=1e-5)  # keyframe actions, not frames
+    # the hand's trace: at call j the last 3 of keyframes 1..j (a pause replacing the one before),
+    # with the proprioception of the frame each was reached at; the same for each history call
+    tb = data.batch(np.random.default_rng(9), 64, chunk=4, period=2, history=3, trace=3)
+    assert torch.equal(tb["action"], data.batch(np.random.default_rng(9), 64, chunk=4, period=2, history=3)["action"])
+
+    def want(j: int) -> tuple[np.ndarray, np.ndarray]:
+        keep = trace_keep(kf[:j])[-3:]
+        return kf[:j][keep], state[keys[keep]]
+
+    seen = set()
+    for k in range(64):
+        j = int(tb["step"][k])
+        mk = tb["trace_mask"][k].numpy()
+        a, st = want(j)
+        assert mk.tolist() == [True] * len(a) + [False] * (3 - len(a))
+        assert np.allclose(tb["trace.action"][k].numpy()[mk], a, atol=1e-5)
+        assert np.allclose(tb["trace.state"][k].numpy()[mk], st, atol=1e-5)
+        for t in np.flatnonzero(tb["history_mask"][k].numpy()):
+            hj = int(tb["history.step"][k, t])
+            ha, _ = want(hj)
+            hm = tb["history.trace_mask"][k, t].numpy()
+            assert hm.sum() == len(ha) and np.allclose(tb["history.trace.action"][k, t].numpy()[hm], ha, atol=1e-5)
+        seen.add(min(j, 3))
+    assert seen == {0, 1, 2, 3}  # empty, growing and full traces were all drawn
+
+
+def test_the_hands_trace_keeps_each_keyframe_but_a_pause_replaces_the_one_before() -> None:
+    a = np.zeros((6, 15))
+    a[:, 0] = [0.0, 0.10, 0.105, 0.20, 0.20, 0.20]  # 5 mm: the same place
+    a[4:, 9] = 0.04  # the fingers open at 4: an event, not a pause; 5 pauses there
+    assert trace_keep(a).tolist() == [0, 2, 3, 5]
+    assert same_place(a[1], a[2]) and not same_place(a[3], a[4]) and not same_place(a[0], a[1])
+    b = a[1].copy()
+    b[12] += 2 * np.pi + 0.01  # a heading a turn away is the same heading
+    assert same_place(a[1], b)
+    b[10] += 0.05  # 5 cm of base is a move
+    assert not same_place(a[1], b)
+    assert trace_keep(np.zeros((0, 15))).tolist() == []
 
 
 def test_a_finger_ramp_is_two_keyframes_its_start_and_its_end() -> None:

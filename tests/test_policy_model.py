@@ -137,6 +137,44 @@ def test_keyframe_policy_reads_its_step_and_predicts_samples_that_it_learns_fast
     assert torch.allclose(got, targets, atol=0.05), got
 
 
+def test_a_trace_reading_policy_needs_the_trace_and_acts_on_it() -> None:
+    torch.manual_seed(0)
+    cfg = tiny(action_mode="keyframes", direct_state=True, flow_target="sample", trace_length=4)
+    model = MemoryPolicy(cfg).eval()
+    b = {**live_batch(), "temperature": 0.0}
+    with pytest.raises(PolicyConfigError, match="trace"):
+        model.predict_action_chunk(b)
+    g = torch.Generator().manual_seed(2)
+
+    def trace(n: int, scale: float = 1.0, length: int = 4) -> dict:
+        st = torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(5))[:, :length] * scale
+        ac = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(6))[:, :length] * scale
+        mask = torch.arange(length)[None] < n
+        return {"trace.state": st, "trace.action": ac, "trace_mask": mask}
+
+    def chunk(extra: dict) -> torch.Tensor:
+        model.reset()
+        return model.predict_action_chunk({**b, **extra}, generator=g)
+
+    empty = chunk(trace(0))
+    assert torch.equal(empty, chunk(trace(0, scale=3.0)))  # padding is not read
+    two = chunk(trace(2))
+    assert not torch.allclose(empty, two)  # what the hand did changes the chunk
+    assert torch.equal(two, chunk(trace(2)))
+    assert torch.allclose(chunk(trace(2, length=2)), two, atol=1e-5)  # a short trace is padded to the length
+    # the trace is part of the latent memory: without it, none is read
+    off = MemoryPolicy(tiny(action_mode="keyframes", trace_length=4, latent_memory=False)).eval()
+    assert not off.uses_trace and off.predict_action_chunk(b).shape == (1, 4, 3)
+    with pytest.raises(PolicyConfigError, match="trace_length"):
+        tiny(trace_length=4).check()  # frames mode has no keyframes to trace
+    # in training, the call's trace and each history step's
+    model.train()
+    batch = {**live_batch(b=2), "action": torch.zeros(2, 4, 3), **{k: v.expand(2, *v.shape[1:]) for k, v in trace(3).items()}}
+    loss, _ = model(batch)
+    loss.backward()
+    assert model.trace_mlp[0].weight.grad is not None and model.trace_mlp[0].weight.grad.abs().sum() > 0
+
+
 def _dataset(root: Path, episodes: int = 4, n: int = 14) -> None:
     rng = np.random.default_rng(0)
     feats = {"observation.images.head": Feature("image", (H, W, 3)), "observation.state": Feature("float32", (4,)),

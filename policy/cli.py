@@ -26,6 +26,12 @@ sample-predicting head and base poses anchored on the memory's points; with the 
 (``--trace``, default 16 keyframes) or else a keyframe count (``--trace 0``)."""
 
 
+TRACE_HAND = {"trace_state_columns": (7, 8, 9, 10), "trace_action_columns": (0, 1, 2, 9)}
+"""``--trace-hand``: a trace token shows the measured finger opening and hand position (arm-base
+frame; ``STATE_NAMES`` 7-10), and the keyframe's hand position and finger command
+(``KEYFRAME_ACTION_NAMES`` 0-2, 9)."""
+
+
 def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     from mnemobot.agent.cli import _positive_int as _count
 
@@ -83,6 +89,9 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--step-jitter", type=int, default=0,
                     help="keyframes with --trace 0: show each sample's keyframe count off by up to N, so the policy "
                          "reads its phase from what it sees and remembers (default: 0)")
+    tr.add_argument("--trace-hand", action="store_true",
+                    help="keyframes: the trace shows only the hand (its position in the arm-base frame and the "
+                         "fingers, measured and commanded), not the whole body's pose")
     tr.add_argument("--trace", type=int, default=16, metavar="N",
                     help="keyframes: the policy reads the last N keyframes it executed (the hand's trace, part of "
                          "the latent memory) instead of a count of them; 0: the count (default: 16)")
@@ -128,6 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--trace must be >= 0, got {args.trace}")
     if args.keyframes:
         overrides.update(KEYFRAME_MODE, trace_length=args.trace, step_token=args.trace == 0)
+        if args.trace_hand:
+            overrides.update(TRACE_HAND)
     if args.keyframes and args.stride != 1:
         raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:

@@ -17,7 +17,8 @@ scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (ex
   (time included), as MemoryVLA consolidates; ``bank_merge="fifo"`` drops the oldest instead.
 * **the hand's trace** (keyframes, ``trace_length``): one token per keyframe the skill has
   executed (the last ``trace_length``; the proprioception once there, the keyframe it was sent
-  to and how many keyframes ago), in the cognition transformer's input. It is the latent memory's
+  to, or only their ``trace_*_columns``, and how many keyframes ago), in the cognition
+  transformer's input. It is the latent memory's
   record of what the body did: a press is down-and-up between two identical poses, and the
   perceptual and cognitive banks, written once per call, miss it when it falls inside a chunk.
   Part of the latent memory: off with ``latent_memory``. It takes the place of a keyframe count
@@ -113,6 +114,8 @@ class MemoryPolicyConfig:
     flow_target: str = "velocity"  # what the head predicts: "velocity" (x1 - x0) or "sample" (x1; see FlowHead)
     anchors: bool = False  # keyframes: each base position is an offset from a point the memory holds (see anchor_points)
     trace_length: int = 0  # keyframes: tokens of the last N executed keyframes (the hand's trace; with latent_memory)
+    trace_state_columns: tuple[int, ...] = ()  # the proprioception columns a trace token shows (empty: all)
+    trace_action_columns: tuple[int, ...] = ()  # the keyframe columns a trace token shows (empty: all)
     max_keyframes: int = 0  # keyframes: the skill ends after this many (0: only when at rest); from the demonstrations
     arm_mount_xy: tuple[float, float] = (0.10, 0.0)  # where the arm base sits on the mobile base (anchors)
     d_model: int = 256
@@ -155,6 +158,10 @@ class MemoryPolicyConfig:
         if self.trace_length < 0 or (self.trace_length and self.action_mode != "keyframes"):
             raise PolicyConfigError(f"trace_length must be >= 0, and > 0 only with action_mode='keyframes' "
                                     f"(got {self.trace_length}, {self.action_mode!r})")
+        for name, cols, dim in (("trace_state_columns", self.trace_state_columns, self.state_dim),
+                                ("trace_action_columns", self.trace_action_columns, self.action_dim)):
+            if any(not 0 <= c < dim for c in cols) or len(set(cols)) != len(cols):
+                raise PolicyConfigError(f"{name} must be distinct indices in 0..{dim - 1}, got {list(cols)}")
         if self.max_keyframes < 0:
             raise PolicyConfigError(f"max_keyframes must be >= 0, got {self.max_keyframes}")
         if self.flow_steps < 1 or self.bank_capacity < 2:
@@ -532,7 +539,10 @@ class MemoryPolicy(nn.Module):
             self.step_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
             self.step_type = nn.Parameter(torch.randn(d) * 0.02)
         if self.uses_trace:
-            self.trace_mlp = nn.Sequential(nn.Linear(cfg.state_dim + cfg.action_dim, d), nn.SiLU(), nn.Linear(d, d))
+            self._trace_cols = (list(cfg.trace_state_columns) or list(range(cfg.state_dim)),
+                                list(cfg.trace_action_columns) or list(range(cfg.action_dim)))
+            width = len(self._trace_cols[0]) + len(self._trace_cols[1])
+            self.trace_mlp = nn.Sequential(nn.Linear(width, d), nn.SiLU(), nn.Linear(d, d))
             self.trace_age = nn.Linear(d, d)
             self.trace_type = nn.Parameter(torch.randn(d) * 0.02)
         if cfg.direct_state:
@@ -709,8 +719,9 @@ class MemoryPolicy(nn.Module):
             extra = n - states.shape[1]
             states, actions = F.pad(states, (0, 0, 0, extra)), F.pad(actions, (0, 0, 0, extra))
             mask = F.pad(mask, (0, extra), value=False)
-        feats = torch.cat([(states - self.state_mean) / self.state_std,
-                           (actions - self.action_mean) / self.action_std], -1)
+        sc, ac = self._trace_cols
+        feats = torch.cat([((states - self.state_mean) / self.state_std)[..., sc],
+                           ((actions - self.action_mean) / self.action_std)[..., ac]], -1)
         feats = torch.where(mask[..., None], feats, torch.zeros_like(feats))
         # how many keyframes ago (1: the last one); real entries are first
         ago = mask.sum(1, keepdim=True) - torch.arange(n, device=device)[None]

@@ -167,6 +167,29 @@ def test_a_trace_reading_policy_needs_the_trace_and_acts_on_it() -> None:
     assert not off.uses_trace and off.predict_action_chunk(b).shape == (1, 4, 3)
     with pytest.raises(PolicyConfigError, match="trace_length"):
         tiny(trace_length=4).check()  # frames mode has no keyframes to trace
+    # a trace of some columns only (--trace-hand: the hand and the fingers) reads only those
+    hand = MemoryPolicy(tiny(action_mode="keyframes", trace_length=4, trace_state_columns=(1, 2),
+                             trace_action_columns=(0,))).eval()
+    assert hand.trace_mlp[0].in_features == 3
+    t2 = trace(2)
+    other = {**t2, "trace.state": t2["trace.state"].clone(), "trace.action": t2["trace.action"].clone()}
+    other["trace.state"][..., [0, 3]] += 5.0  # columns it does not show
+    other["trace.action"][..., 1:] -= 5.0
+    hand.reset()
+    x = hand.predict_action_chunk({**b, **t2}, generator=torch.Generator().manual_seed(0))
+    hand.reset()
+    assert torch.equal(x, hand.predict_action_chunk({**b, **other}, generator=torch.Generator().manual_seed(0)))
+    other["trace.state"][..., 1] += 1.0  # one it shows
+    hand.reset()
+    assert not torch.allclose(x, hand.predict_action_chunk({**b, **other}, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(PolicyConfigError, match="trace_state_columns"):
+        tiny(action_mode="keyframes", trace_length=4, trace_state_columns=(4,)).check()
+    from mnemobot.policy.cli import TRACE_HAND
+    from mnemobot.policy.features import STATE_NAMES
+    from mnemobot.policy.keyframes import KEYFRAME_ACTION_NAMES
+
+    assert [STATE_NAMES[i] for i in TRACE_HAND["trace_state_columns"]] == ["gripper", "ee_x", "ee_y", "ee_z"]
+    assert [KEYFRAME_ACTION_NAMES[i] for i in TRACE_HAND["trace_action_columns"]] == ["ee_x", "ee_y", "ee_z", "gripper"]
     # in training, the call's trace and each history step's
     model.train()
     batch = {**live_batch(b=2), "action": torch.zeros(2, 4, 3), **{k: v.expand(2, *v.shape[1:]) for k, v in trace(3).items()}}

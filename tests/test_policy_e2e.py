@@ -178,6 +178,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
         (["train", "--task", "put_block_back", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "c")],
          "not found"),
         (["train", "--task", "juggle", "--data", str(tmp_path), "--out", str(tmp_path / "c")], "unknown task family"),
+        (["train", "--task", "put_block_back", "--data", str(tmp_path), "--out", str(tmp_path / "c"), "--keyframes",
+          "--trace", "-1"], "--trace must be >= 0"),
         (["run", "--task-id", "put_block_back", "--policy", "learned"], "needs --checkpoint"),
         (["run", "--task-id", "put_block_back", "--policy", "learned", "--checkpoint", str(tmp_path / "none")],
          "not found"),

@@ -92,6 +92,9 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--trace-hand", action="store_true",
                     help="keyframes: the trace shows only the hand (its position in the arm-base frame and the "
                          "fingers, measured and commanded), not the whole body's pose")
+    tr.add_argument("--loss-floor", action="store_true",
+                    help="keyframes: weigh each action error in units of the error that matters (1 cm of hand, "
+                         "5 mm of fingers, 2 cm of base) rather than of its spread")
     tr.add_argument("--trace", type=int, default=16, metavar="N",
                     help="keyframes: the policy reads the last N keyframes it executed (the hand's trace, part of "
                          "the latent memory) instead of a count of them; 0: the count (default: 16)")
@@ -139,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.update(KEYFRAME_MODE, trace_length=args.trace, step_token=args.trace == 0)
         if args.trace_hand:
             overrides.update(TRACE_HAND)
+        if args.loss_floor:
+            overrides["loss_units"] = "floor"
     if args.keyframes and args.stride != 1:
         raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:

@@ -116,6 +116,7 @@ class MemoryPolicyConfig:
     trace_length: int = 0  # keyframes: tokens of the last N executed keyframes (the hand's trace; with latent_memory)
     trace_state_columns: tuple[int, ...] = ()  # the proprioception columns a trace token shows (empty: all)
     trace_action_columns: tuple[int, ...] = ()  # the keyframe columns a trace token shows (empty: all)
+    loss_units: str = "std"  # "std": errors in normalised units; "floor" (keyframes): in units of the error that matters
     max_keyframes: int = 0  # keyframes: the skill ends after this many (0: only when at rest); from the demonstrations
     arm_mount_xy: tuple[float, float] = (0.10, 0.0)  # where the arm base sits on the mobile base (anchors)
     d_model: int = 256
@@ -162,6 +163,8 @@ class MemoryPolicyConfig:
                                 ("trace_action_columns", self.trace_action_columns, self.action_dim)):
             if any(not 0 <= c < dim for c in cols) or len(set(cols)) != len(cols):
                 raise PolicyConfigError(f"{name} must be distinct indices in 0..{dim - 1}, got {list(cols)}")
+        if self.loss_units not in ("std", "floor") or (self.loss_units == "floor" and self.action_mode != "keyframes"):
+            raise PolicyConfigError(f"loss_units must be 'std', or 'floor' with keyframes; got {self.loss_units!r}")
         if self.max_keyframes < 0:
             raise PolicyConfigError(f"max_keyframes must be >= 0, got {self.max_keyframes}")
         if self.flow_steps < 1 or self.bank_capacity < 2:
@@ -659,6 +662,8 @@ class MemoryPolicy(nn.Module):
         x_tau = (1 - tau)[:, None, None] * noise + tau[:, None, None] * target
         out = self._velocity(x_tau, tau, film, kind)
         err = (out - (target if self.config.flow_target == "sample" else target - noise)) ** 2
+        if self.config.loss_units == "floor":  # each error in units of the error that matters, not of the spread
+            err = err * self._floor_weight(anchored, err.shape)
         loss = (err * keep[..., None]).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
         info = {"flow_loss": float(loss.detach())}
         if pointer_loss is not None:
@@ -860,6 +865,19 @@ class MemoryPolicy(nn.Module):
     def _point(points: Tensor, pick: Tensor) -> Tensor:
         """``(B, C, 2)``: the picked point of each action."""
         return torch.gather(points, 1, pick[..., None].expand(*pick.shape, 2))
+
+    def _floor_weight(self, anchored: Tensor | None, shape: torch.Size) -> Tensor:
+        """``(std / floor)^2`` per action element (``loss_units="floor"``), averaging 1 over the
+        columns: a 2 cm error in the hand's reach costs as much as a 2 cm error in its height,
+        however widely the reach varies between the carry posture and the bench."""
+        from mnemobot.policy.keyframes import ACTION_FLOOR
+
+        floor = torch.as_tensor(ACTION_FLOOR, dtype=torch.float32, device=self.action_std.device)
+        std = self.action_std.expand(shape).clone()
+        if anchored is not None:
+            std[..., ANCHORED] = self.anchor_std[anchored.long()]
+        w = (std / floor) ** 2
+        return w / ((self.action_std / floor) ** 2).mean()
 
     def _normalise(self, a: Tensor, anchored: Tensor) -> Tensor:
         z = (a - self.action_mean) / self.action_std

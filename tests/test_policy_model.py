@@ -198,6 +198,40 @@ def test_a_trace_reading_policy_needs_the_trace_and_acts_on_it() -> None:
     assert model.trace_mlp[0].weight.grad is not None and model.trace_mlp[0].weight.grad.abs().sum() > 0
 
 
+def test_loss_in_units_of_the_error_that_matters() -> None:
+    """``loss_units="floor"``: each element's squared error weighs ``(std / floor)^2`` (normalised
+    to a mean of 1 over the columns), so a column that spreads ten times its floor counts a
+    hundred times one that does not; with every spread at its floor it is the plain loss."""
+    from mnemobot.policy.keyframes import ACTION_FLOOR
+
+    floor = torch.as_tensor(ACTION_FLOOR)
+    stats = {"action_mean": [0.0] * 15, "action_std": floor.tolist(), "state_mean": [0.0] * 22, "state_std": [1.0] * 22}
+    kw = dict(TINY, image_size=(H, W), max_memory_tokens=M, action_mode="keyframes", flow_target="sample")
+    c = MemoryPolicyConfig(**kw).chunk_size
+    batch = {**live_batch(b=2), "observation.state": torch.randn(2, 22), "action": torch.randn(2, c, 15) * floor,
+             "task": ["put the block back"] * 2}
+    losses = []
+    for units in ("std", "floor"):
+        torch.manual_seed(0)
+        model = MemoryPolicy(MemoryPolicyConfig(**kw, loss_units=units), stats)
+        torch.manual_seed(1)
+        losses.append(model(batch)[0].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # spread == floor: the same loss
+    wide = dict(stats, action_std=(floor * torch.tensor([10.0] + [1.0] * 14)).tolist())
+    model = MemoryPolicy(MemoryPolicyConfig(**kw, loss_units="floor"), wide)
+    w = model._floor_weight(None, torch.Size((1, c, 15)))
+    assert w[0, 0, 0] / w[0, 0, 1] == pytest.approx(100.0) and w[0, 0].mean() == pytest.approx(1.0)
+    wl = []
+    for units in ("std", "floor"):  # and the training loss applies it
+        torch.manual_seed(0)
+        m = MemoryPolicy(MemoryPolicyConfig(**kw, loss_units=units), wide)
+        torch.manual_seed(1)
+        wl.append(m(batch)[0].item())
+    assert wl[0] != pytest.approx(wl[1], rel=1e-3)
+    with pytest.raises(PolicyConfigError, match="loss_units"):
+        tiny(loss_units="floor").check()  # frames have no floor
+
+
 def _dataset(root: Path, episodes: int = 4, n: int = 14) -> None:
     rng = np.random.default_rng(0)
     feats = {"observation.images.head": Feature("image", (H, W, 3)), "observation.state": Feature("float32", (4,)),

@@ -19,17 +19,16 @@ SIZES = {
 """Policy sizes for ``mnemobot train --size``: ``default`` (about 15M parameters), ``small`` and
 ``tiny`` (tests and smoke runs)."""
 
+TRACE_HAND = {"trace_state_columns": (7, 8, 9, 10), "trace_action_columns": (0, 1, 2, 9)}
+"""The hand's trace as ``--keyframes`` trains it: a trace token shows the measured finger opening
+and hand position (arm-base frame; ``STATE_NAMES`` 7-10), and the keyframe's hand position and
+finger command (``KEYFRAME_ACTION_NAMES`` 0-2, 9); ``--trace-body`` shows all of both."""
+
 KEYFRAME_MODE = {"action_mode": "keyframes", "direct_state": True, "flow_target": "sample", "anchors": True,
-                 "trace_length": 16}
+                 "trace_length": 16, **TRACE_HAND}
 """``mnemobot train --keyframes``: keyframe actions, proprioception's short path to the head, a
 sample-predicting head and base poses anchored on the memory's points; with the hand's trace
 (``--trace``, default 16 keyframes) or else a keyframe count (``--trace 0``)."""
-
-
-TRACE_HAND = {"trace_state_columns": (7, 8, 9, 10), "trace_action_columns": (0, 1, 2, 9)}
-"""``--trace-hand``: a trace token shows the measured finger opening and hand position (arm-base
-frame; ``STATE_NAMES`` 7-10), and the keyframe's hand position and finger command
-(``KEYFRAME_ACTION_NAMES`` 0-2, 9)."""
 
 
 def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
@@ -89,9 +88,9 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--step-jitter", type=int, default=0,
                     help="keyframes with --trace 0: show each sample's keyframe count off by up to N, so the policy "
                          "reads its phase from what it sees and remembers (default: 0)")
-    tr.add_argument("--trace-hand", action="store_true",
-                    help="keyframes: the trace shows only the hand (its position in the arm-base frame and the "
-                         "fingers, measured and commanded), not the whole body's pose")
+    tr.add_argument("--trace-body", action="store_true",
+                    help="keyframes: each trace token shows the whole body's pose (arm joints, base, head), not "
+                         "only the hand's position and the fingers")
     tr.add_argument("--loss-floor", action="store_true",
                     help="keyframes: weigh each action error in units of the error that matters (1 cm of hand, "
                          "5 mm of fingers, 2 cm of base) rather than of its spread")
@@ -140,8 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--trace must be >= 0, got {args.trace}")
     if args.keyframes:
         overrides.update(KEYFRAME_MODE, trace_length=args.trace, step_token=args.trace == 0)
-        if args.trace_hand:
-            overrides.update(TRACE_HAND)
+        if args.trace_body:
+            overrides.update(trace_state_columns=(), trace_action_columns=())
         if args.loss_floor:
             overrides["loss_units"] = "floor"
     if args.keyframes and args.stride != 1:

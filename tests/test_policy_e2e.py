@@ -155,10 +155,15 @@ def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: P
 def test_a_keyframe_policy_trains_and_runs_through_the_brainstem(recorded: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "kf"
     assert main(["train", "--task", "put_block_back", "--data", str(recorded), "--out", str(ckpt), "--steps", "3",
-                 "--size", "tiny", "--batch-size", "2", "--keyframes", "--trace-hand"]) == 0
+                 "--size", "tiny", "--batch-size", "2", "--keyframes"]) == 0
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["policy"]["trace_length"] == 16 and not cfg["policy"]["step_token"]  # the trace, not a count
     assert cfg["policy"]["trace_state_columns"] == [7, 8, 9, 10] and cfg["policy"]["loss_units"] == "std"
+    body = tmp_path / "body"
+    assert main(["train", "--task", "put_block_back", "--data", str(recorded), "--out", str(body), "--steps", "1",
+                 "--size", "tiny", "--batch-size", "2", "--keyframes", "--trace-body", "--loss-floor"]) == 0
+    got = json.loads((body / "config.json").read_text())["policy"]
+    assert got["trace_state_columns"] == [] and got["trace_action_columns"] == [] and got["loss_units"] == "floor"
     assert cfg["policy"]["action_mode"] == "keyframes" and 20 <= cfg["dataset"]["keyframes"] <= 80
     assert cfg["policy"]["anchors"] and cfg["policy"]["max_keyframes"] == cfg["dataset"]["keyframes"]  # one episode
     assert len(cfg["stats"]["anchor_mean"]) == 8 and all(v >= 0.01 for v in cfg["stats"]["anchor_std"])

@@ -167,7 +167,7 @@ def test_a_trace_reading_policy_needs_the_trace_and_acts_on_it() -> None:
     assert not off.uses_trace and off.predict_action_chunk(b).shape == (1, 4, 3)
     with pytest.raises(PolicyConfigError, match="trace_length"):
         tiny(trace_length=4).check()  # frames mode has no keyframes to trace
-    # a trace of some columns only (--trace-hand: the hand and the fingers) reads only those
+    # a trace of some columns only (as --keyframes trains it: the hand and the fingers) reads only those
     hand = MemoryPolicy(tiny(action_mode="keyframes", trace_length=4, trace_state_columns=(1, 2),
                              trace_action_columns=(0,))).eval()
     assert hand.trace_mlp[0].in_features == 3

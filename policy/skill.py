@@ -45,7 +45,7 @@ from mnemobot.control.skills import SKILLS, SkillContext, SkillSpec, _fail, _ok
 from mnemobot.control.types import ActionChunk, ControlTarget, SkillResult, WorkspaceLimitError
 from mnemobot.perception.types import Pose, quat_from_matrix
 from mnemobot.policy.features import IMAGE_SIZE, body_action, from_rot6d, image_features, state_features
-from mnemobot.policy.keyframes import same_place
+from mnemobot.policy.keyframes import same_place, trace_keep
 from mnemobot.policy.tokens import memory_tokens
 
 __all__ = ["learned_skill", "registered"]
@@ -94,16 +94,19 @@ def _batch(ctx: SkillContext, policy: Any, task: str, t: float) -> dict[str, Any
 
 
 def _trace_batch(states: list[np.ndarray], actions: list[np.ndarray], length: int, cfg: Any) -> dict[str, Any]:
-    """The hand's trace as the policy reads it (``trace.*``: the last ``length`` entries, oldest first)."""
+    """The hand's trace as the policy reads it (``trace.*``): of the keyframes executed, those
+    :func:`~mnemobot.policy.keyframes.trace_keep` keeps (as training does), the last ``length``,
+    oldest first."""
     import torch
 
     st = np.zeros((1, length, cfg.state_dim), np.float32)
     ac = np.zeros((1, length, cfg.action_dim), np.float32)
     mk = np.zeros((1, length), bool)
-    n = min(len(states), length)
-    if n:
-        st[0, :n] = np.stack(states[-n:])
-        ac[0, :n] = np.stack(actions[-n:])
+    if actions:
+        keep = trace_keep(np.stack(actions))[-length:]
+        n = len(keep)
+        st[0, :n] = np.stack(states)[keep]
+        ac[0, :n] = np.stack(actions)[keep]
         mk[0, :n] = True
     return {"trace.state": torch.from_numpy(st), "trace.action": torch.from_numpy(ac), "trace_mask": torch.from_numpy(mk)}
 
@@ -266,7 +269,7 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
         done = 0  # keyframes executed: the policy's step count
         last: _Keyframe | None = None  # the last keyframe executed
         length = int(getattr(policy.config, "trace_length", 0))
-        trace_s: list[np.ndarray] = []  # the hand's trace: proprioception at each executed keyframe
+        trace_s: list[np.ndarray] = []  # proprioception once at each executed keyframe (the hand's trace)
         trace_a: list[np.ndarray] = []  # and the keyframe it was sent to
         while ctx.state.t - t0 < max_s:
             batch = {**_batch(ctx, policy, task, ctx.state.t - t0), "step": float(done), "temperature": temperature}
@@ -293,12 +296,9 @@ def learned_skill(policy: Any, fps: float, max_s: float = 90.0, min_s: float = 2
                 if failed is not None:
                     return failed
                 done, last = done + 1, f
-                if length:  # a keyframe where the last one was replaces it (as in training: trace_keep)
-                    if trace_a and same_place(row, trace_a[-1]):
-                        trace_s.pop(), trace_a.pop()
+                if length:
                     trace_s.append(state_features(ctx.state, ctx.controller.kinematics))
                     trace_a.append(row.astype(np.float32))
-                    del trace_s[:-length], trace_a[:-length]
                 if limit and done >= limit:
                     return _ok("act", {"task": task}, f"the policy executed {done} keyframes, as many as the longest "
                                                       "demonstration")

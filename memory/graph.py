@@ -365,6 +365,7 @@ class SceneGraph:
             attrs: dict[str, Any] = {
                 "layer": "place", "label": place.label, "name": place.name, "room": place.room,
                 "relation": place.relation, "center": place.surface.position.tolist(),
+                "surface": [float(v) for v in place.surface_size],
                 "aliases": list(place.aliases),
             }
             if place.open_direction is not None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from mnemobot.policy.features import ACTION_NAMES, STATE_NAMES
 
-__all__ = ["ACTION_FLOOR", "KEYFRAME_ACTION_NAMES", "TOLERANCE", "event_sites", "keyframe_actions", "keyframe_indices",
+__all__ = ["ACTION_FLOOR", "KEYFRAME_ACTION_NAMES", "POKE_M", "TOLERANCE", "event_sites", "keyframe_actions", "keyframe_indices",
            "same_place", "trace_keep"]
 
 KEYFRAME_ACTION_NAMES = [*ACTION_NAMES[:10], "base_x", "base_y", "base_yaw", *ACTION_NAMES[13:]]
@@ -48,6 +48,11 @@ ACTION_FLOOR = np.array([0.01] * 3 + [0.05] * 6 + [0.005] + [0.02] * 2 + [0.03] 
 """Per keyframe action: the error that does not matter (1 cm of hand, 3 degrees of hand rotation
 per 6D component, 5 mm of finger opening, 2 cm and 1.7 degrees of base, 3 degrees of head); the
 policy's normalisation never divides by less."""
+
+POKE_M = 0.02
+"""A poke (:func:`event_sites`): the hand goes down this far (m) to a keyframe and back up as far,
+the fingers unchanged; about twice the hand's normalisation floor (:data:`ACTION_FLOOR`), so the
+scatter of a keyframe the hand stays at is not one."""
 
 _BASE = [STATE_NAMES.index(n) for n in ("base_x", "base_y", "base_yaw")]
 _JOINTS = [STATE_NAMES.index(f"q{i}") for i in range(1, 8)]
@@ -128,11 +133,15 @@ def event_sites(keyframes: np.ndarray, arm_mount_xy: tuple[float, float] | None 
     for a keyframe of an episode without events.
 
     An event is a keyframe where the finger command changes (the fingers close on a block or a
-    handle, open to release it, close to press a button), together with the keyframe before it
-    (the hand arrived there with the old opening). Every keyframe belongs to the event before it
-    or the one after it, whichever its base stands nearer (``|dx, dy| + 0.3 m/rad * |dyaw|``; on a
-    tie the one after): driving to a patch and reaching down belong to the grasp there, lifting
-    the block away to the grasp before. The event's site is the hand's position then: the base
+    handle, open to release it, close before a press), together with the keyframe before it (the
+    hand arrived there with the old opening); or a poke: a keyframe the hand goes down to by at
+    least :data:`POKE_M` and back up from by as much, the fingers unchanged (the press of a
+    button). Every keyframe belongs to the event before it or the one after it, whichever its base
+    stands nearer (``|dx, dy| + 0.3 m/rad * |dyaw|``); where the two are within 2 cm of that
+    measure (the base stayed), whichever its hand is nearer, and on a tie of both the one after:
+    driving to a patch and reaching down belong to the grasp there, lifting the block away to the
+    grasp before, the hand's way down to a button and back up to the press. The event's site is
+    the hand's position then: the base
     pose of the keyframe composed with the hand pose in the arm-base frame, mounted at
     ``arm_mount_xy`` on the base (default: the mobile Panda's mount,
     :data:`mnemobot.control.robots.ARM_MOUNT`). The policy's anchors
@@ -147,17 +156,21 @@ def event_sites(keyframes: np.ndarray, arm_mount_xy: tuple[float, float] | None 
     x, y, yaw = kf[:, 10], kf[:, 11], kf[:, 12]
     hx, hy = kf[:, 0] + mx, kf[:, 1] + my
     hand = np.stack([x + np.cos(yaw) * hx - np.sin(yaw) * hy, y + np.sin(yaw) * hx + np.cos(yaw) * hy], axis=1)
-    grip = kf[:, 9]
+    grip, z = kf[:, 9], kf[:, 2]
     change = np.flatnonzero(np.abs(np.diff(grip)) > 1e-3) + 1
-    events = np.unique(np.concatenate([change, change - 1])).astype(int) if len(change) else np.zeros(0, int)
+    pokes = [i for i in range(1, n - 1) if z[i] <= z[i - 1] - POKE_M and z[i] <= z[i + 1] - POKE_M
+             and abs(grip[i] - grip[i - 1]) <= 1e-3 and abs(grip[i + 1] - grip[i]) <= 1e-3]
+    events = np.unique(np.concatenate([change, change - 1, np.asarray(pokes, int)])).astype(int)
     out = np.full((n, 2), np.nan)
     if len(events) == 0:
         return out
     for i in range(n):
         before, after = events[events <= i], events[events >= i]
         cands = ([int(after[0])] if len(after) else []) + ([int(before[-1])] if len(before) else [])
-        far = [float(np.hypot(x[k] - x[i], y[k] - y[i]) + 0.3 * abs(yaw[k] - yaw[i])) for k in cands]
-        out[i] = hand[cands[int(np.argmin(far))]]  # argmin keeps the first of a tie: the event after
+        far = np.array([np.hypot(x[k] - x[i], y[k] - y[i]) + 0.3 * abs(yaw[k] - yaw[i]) for k in cands])
+        near = [k for k, f in zip(cands, far, strict=True) if f <= far.min() + 0.02]
+        gap = [float(np.hypot(*(hand[k] - hand[i]))) for k in near]
+        out[i] = hand[near[int(np.argmin(gap))]]  # argmin keeps the first of a tie: the event after
     return out
 
 

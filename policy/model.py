@@ -36,7 +36,8 @@ scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (ex
   head alone fit 41 keyframe chunks to 1 cm in 300 steps, against 24 cm with velocity).
 
 * **anchors** (keyframes, ``anchors=True``): the contact poses of manipulation are offsets from
-  things the memory holds (a block now, the patch it was first seen on, the drawer seen open). So
+  things the memory holds (a block now, the patch it was first seen on, the drawer seen open, the
+  button and the patches of the map). So
   each keyframe's base position is given relative to an anchor point the policy points at: the
   map origin (absolute), or a symbolic token's position now or when first seen
   (:func:`anchor_points`). A query per keyframe (the head's pooled condition plus a learned
@@ -44,7 +45,7 @@ scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (ex
   the flow head predicts the chunk in the picked anchors' frames (:func:`to_anchor_frame`: the
   base's offset, and for anchored keyframes the hand's offset from the point), told which
   keyframes are anchored. Training labels (:func:`anchor_targets`) are the memory point nearest
-  the hand at the finger event each keyframe leads to or follows
+  the hand at the finger event or poke (a press) each keyframe leads to or follows
   (:func:`mnemobot.policy.keyframes.event_sites`); the pointer is trained by the likelihood of
   any fitting point. Without symbolic memory only the origin is there: everything is absolute.
 
@@ -89,6 +90,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - the usual name
 
+from mnemobot.policy.tokens import TOKEN_DIM
+
 __all__ = ["MemoryBank", "MemoryPolicy", "MemoryPolicyConfig", "PolicyConfigError"]
 
 
@@ -103,7 +106,7 @@ class MemoryPolicyConfig:
     image_size: tuple[int, int] = (96, 128)  # (height, width)
     state_dim: int = 22
     action_dim: int = 15
-    token_dim: int = 24  # features of one symbolic memory token (mnemobot.policy.tokens)
+    token_dim: int = TOKEN_DIM  # features of one symbolic memory token (mnemobot.policy.tokens)
     max_memory_tokens: int = 16
     chunk_size: int = 16
     n_action_steps: int = 8
@@ -405,8 +408,9 @@ ANCHORED = [0, 1, 10, 11]
 STATE_BASE = slice(17, 20)
 """The believed base pose ``(x, y, yaw)`` in the state (``STATE_NAMES``)."""
 OBJECT_REACH_M = 0.08
-"""A hand event (fingers closing or opening) belongs to an object within this distance: a 5 cm
-block is grasped at its centre, and neighbouring patches are 22 cm apart."""
+"""A hand event (fingers closing or opening, a poke) belongs to an object or a fixed place (a
+patch, the button) within this distance: a 5 cm block is grasped at its centre, a 5 cm button
+cap pressed at its centre, and neighbouring patches are 22 cm apart."""
 PLACE_REACH_M = 0.6
 """... and to an articulated place (a drawer, whose token is its centre) within this one: its
 handle is at its front, up to half a 0.6 m deep cabinet plus its opening away."""
@@ -417,7 +421,7 @@ def anchor_points(state: Tensor, memory: Tensor | None, mask: Tensor | None, max
     """The points a keyframe's base position may be given relative to, in the map frame:
     ``(points (B, K, 2), valid (B, K), reach (B, K))`` with ``K = 1 + 2 * max_tokens``.
 
-    Point 0 is the map origin (an absolute position: the bench, the button). Then, per symbolic
+    Point 0 is the map origin (an absolute position: the carry posture). Then, per symbolic
     memory token (:mod:`mnemobot.policy.tokens`: positions in the base frame), its position now
     (``1 .. max_tokens``) and where it was first seen (``max_tokens + 1 ..``), turned into the map
     frame with the believed base pose of ``state``. ``reach``: how far from the point a hand

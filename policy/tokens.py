@@ -1,13 +1,14 @@
 """Symbolic memory tokens: what the scene graph holds, as fixed-size vectors for the policy.
 
-One token per object and per articulated place (a drawer), ``TOKEN_DIM`` floats::
+One token per object and per place of the map (a drawer, a patch, the button), ``TOKEN_DIM``
+floats::
 
     0      label hash (crc32 of the label, ``vocab_buckets``)      - an integer, embedded
     1      id hash (crc32 of the scene-graph node id, ``id_buckets``) - the planner's ids
-    2-3    kind: object, place
+    2-3    kind: object, articulated place (one that opens: a drawer)
     4-6    position now, in the robot's base frame (m)
     7-9    position when first seen, base frame (m)
-    10-12  size (m): extent, or a place's surface
+    10-12  size (m): an object's extent, a fixed place's surface (x, y; 0 for articulated places)
     13-14  cos, sin of the yaw relative to the base
     15-18  state: present, missing, held, open
     19     opening now (m; places)
@@ -15,9 +16,13 @@ One token per object and per articulated place (a drawer), ``TOKEN_DIM`` floats:
     21     seconds since last seen / last changed (places), divided by 60
     22     seconds since first seen, divided by 60
     23     confidence
+    24     kind: fixed place (a patch, the button, a table: where the map says it is)
 
 Tokens are ordered by relevance: objects and places the task text names first, then the most
-recently seen; at most ``max_tokens``. The same function builds tokens when recording
+recently seen objects and most recently changed articulated places, then the fixed places in the
+map's order; at most ``max_tokens``. Fixed places give a keyframe policy a point to anchor a
+contact that involves no object (a press, a put-down on an empty patch) the way a grasp is
+anchored on its object (:func:`mnemobot.policy.model.anchor_points`). The same function builds tokens when recording
 demonstrations and when the policy runs, from the memory the agent keeps (never the simulator).
 """
 
@@ -32,7 +37,7 @@ import numpy as np
 
 __all__ = ["TOKEN_DIM", "memory_tokens"]
 
-TOKEN_DIM = 24
+TOKEN_DIM = 25
 
 
 def _hash(text: str, buckets: int) -> float:
@@ -67,21 +72,25 @@ def memory_tokens(graph: Any, base_pose: np.ndarray, t: float, task: str = "", m
                *to_base(first), *ext, math.cos(rel_yaw), math.sin(rel_yaw),
                float(state == "present"), float(state == "missing"), float(state == "held"), 0.0, 0.0, 0.0,
                (t - float(d.get("last_seen", t))) / 60.0, (t - float(d.get("first_seen", t))) / 60.0,
-               float(d.get("confidence", 1.0))]
+               float(d.get("confidence", 1.0)), 0.0]
         named = bool(set(label.split("_")) & words)
         rows.append(((0.0 if named else 1.0, -float(d.get("last_seen", 0.0)), len(rows)), tok))
     for key in graph.by_layer("place"):
         d = g.nodes[key]
-        if "opening" not in d:  # only articulated places carry a state worth a token
-            continue
         name = str(d.get("name", key))
         centre = d.get("center", [0.0, 0.0, 0.0])
-        opening = float(d.get("opening", 0.0))
-        tok = [_hash(name, vocab_buckets), _hash(str(key), id_buckets), 0.0, 1.0, *to_base(centre), *to_base(centre),
-               0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, float(d.get("state") == "open"), opening,
-               float(d.get("max_opening", opening)), (t - float(d.get("last_changed", t))) / 60.0, 0.0, 1.0]
         named = bool(set(name.split("_")) & words)
-        rows.append(((0.0 if named else 1.0, -float(d.get("last_changed", 0.0)), len(rows)), tok))
+        if "opening" in d:  # articulated: its state and when it last changed
+            opening = float(d.get("opening", 0.0))
+            tok = [_hash(name, vocab_buckets), _hash(str(key), id_buckets), 0.0, 1.0, *to_base(centre),
+                   *to_base(centre), 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, float(d.get("state") == "open"), opening,
+                   float(d.get("max_opening", opening)), (t - float(d.get("last_changed", t))) / 60.0, 0.0, 1.0, 0.0]
+            rows.append(((0.0 if named else 1.0, -float(d.get("last_changed", 0.0)), len(rows)), tok))
+            continue
+        sx, sy = (float(v) for v in (list(d.get("surface") or [0.0, 0.0]) + [0.0, 0.0])[:2])
+        tok = [_hash(name, vocab_buckets), _hash(str(key), id_buckets), 0.0, 0.0, *to_base(centre), *to_base(centre),
+               sx, sy, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+        rows.append(((0.0 if named else 2.0, 0.0, len(rows)), tok))
     rows.sort(key=lambda r: r[0])
     out = np.zeros((max_tokens, TOKEN_DIM), dtype=np.float32)
     mask = np.zeros(max_tokens, dtype=bool)

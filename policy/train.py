@@ -78,6 +78,17 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
+def _check_token_width(root: Path | str, features: dict[str, Any]) -> None:
+    """A dataset's memory tokens must have this version's width (:data:`TOKEN_DIM` features)."""
+    shape = list(features["observation.memory"].shape)
+    mask = features.get("observation.memory_mask")
+    n = int(mask.shape[0]) if mask is not None else 0
+    if n <= 0 or shape[0] != n * TOKEN_DIM:
+        width = f"{shape[0] / n:g}" if n > 0 else "an unknown number of"
+        raise DatasetError(f"{root}: its memory tokens have {width} features each, this version's have {TOKEN_DIM} "
+                           "(recorded by an older version?); record it again with 'mnemobot record-demos'")
+
+
 # -- data ---------------------------------------------------------------------------------------------
 class TrainData:
     """All frames of a dataset in memory, with episode boundaries, ready to sample batches from.
@@ -100,6 +111,8 @@ class TrainData:
             if k == 0:
                 self.fps, self.features = ds.fps, ds.features
                 self.has_memory = "observation.memory" in ds.features
+                if self.has_memory:
+                    _check_token_width(one, ds.features)
             elif ds.fps != self.fps or ds.features != self.features:
                 raise DatasetError(f"{one}: its fps or features differ from {roots[0]}'s; "
                                    "datasets trained together must be recorded alike")
@@ -389,6 +402,9 @@ def load_policy(path: str | Path, task: str | None = None) -> tuple[Any, dict[st
         pcfg = MemoryPolicyConfig.from_dict(cfg["policy"])
     except (KeyError, TypeError, PolicyConfigError) as e:
         raise CheckpointError(f"{p}: its policy config is not valid: {e}") from None
+    if pcfg.token_dim != TOKEN_DIM:
+        raise CheckpointError(f"{p} was trained on memory tokens of {pcfg.token_dim} features, this version's have "
+                              f"{TOKEN_DIM} (trained by an older version?); record and train it again")
     weights = p / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{p}: model.safetensors is missing")

@@ -91,6 +91,47 @@ def test_train_then_run_the_learned_policy_through_the_brainstem(recorded: Path,
 
 
 @pytest.mark.slow
+def test_the_memory_holds_the_fixed_places_and_a_press_and_a_put_down_anchor_on_them(recorded: Path) -> None:
+    """Every recorded frame's memory holds the map's fixed places (the bench, five patches, the
+    button) as tokens; the demonstration's press is one poke, whose keyframes anchor on the button
+    token, and the first put-down (the block onto the centre patch) anchors on the centre patch."""
+    import torch
+
+    from mnemobot.policy.dataset import Dataset
+    from mnemobot.policy.keyframes import event_sites, keyframe_actions, keyframe_indices
+    from mnemobot.policy.model import anchor_points, anchor_targets
+    from mnemobot.policy.tokens import _hash
+
+    ep = Dataset(recorded).episode(0, ["observation.state", "action", "observation.memory", "observation.memory_mask"])
+    state, action = ep["observation.state"], ep["action"]
+    n = len(action)
+    mem = ep["observation.memory"].reshape(n, -1, TOKEN_DIM)
+    mask = ep["observation.memory_mask"].reshape(n, -1).astype(bool)
+    fixed = (mem[..., 24] > 0.5) & mask
+    assert (fixed.sum(1) == 7).all()
+    idx = keyframe_indices(state, action)
+    kf = keyframe_actions(state, action, idx)
+    sites = event_sites(kf)
+
+    def anchored_on(j: int) -> set[float]:
+        """The label hashes of the tokens keyframe ``j``'s site fits."""
+        f = idx[j]
+        pts = anchor_points(torch.from_numpy(state[f][None]).float(), torch.from_numpy(mem[f][None]),
+                            torch.from_numpy(mask[f][None]), max_tokens=mem.shape[1])
+        good = anchor_targets(torch.from_numpy(sites[j][None, None]).float(), *pts)[0, 0].numpy()
+        return {float(mem[f][(k - 1) % mem.shape[1], 0]) for k in np.flatnonzero(good) if k > 0}
+
+    z, grip = kf[:, 2], kf[:, 9]
+    dips = [j for j in range(1, len(kf) - 1) if z[j] < z[j - 1] - 0.02 and z[j] < z[j + 1] - 0.02]
+    assert len(dips) == 1, dips  # one press
+    press = dips[0]
+    for j in (press - 1, press, press + 1):  # the way down, the press, the way up
+        assert anchored_on(j) == {_hash("button", 4096)}, j
+    release = next(j for j in range(1, len(kf)) if grip[j] > grip[j - 1] + 0.01 and kf[j, 0] > 0.3)
+    assert _hash("centre_patch", 4096) in anchored_on(release)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [False, True])
 def test_a_demonstrations_keyframes_through_the_skill_solve_its_task(recorded: Path, limit: bool,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import pytest
 from mnemobot.policy.features import ACTION_NAMES, STATE_NAMES
 from mnemobot.policy.keyframes import (
     KEYFRAME_ACTION_NAMES,
+    POKE_M,
     TOLERANCE,
     _signal,
     event_sites,
@@ -232,3 +233,25 @@ def test_event_sites_give_each_keyframe_the_grasp_or_release_it_works_towards() 
     want = [at_block] * 5 + [at_drop] * 3
     assert np.allclose(sites, want, atol=1e-9), sites
     assert np.isnan(event_sites(frames[:3])).all()  # no finger change: no events
+
+
+def test_a_press_is_a_poke_event_at_the_button_and_the_carry_posture_keeps_its_finger_events() -> None:
+    """At the button: close the fingers in the carry posture, go above the cap, down onto it, back
+    up, carry posture, open the fingers. The hand's way down and up belongs to the press (its site:
+    the hand at the cap), the carry posture to the finger events there; a grasp's way down and
+    its closing at the bottom stay one event (a plateau, not a poke)."""
+    def kf(hand: tuple[float, float, float], grip: float) -> list[float]:
+        return [*hand, 1, 0, 0, 0, 1, 0, grip, 2.0, 2.8, np.pi / 2, 0.0, 0.6]
+
+    carry, above, on = (-0.42, 0.15, 0.33), (0.55, 0.0, 0.43), (0.55, 0.0, 0.35)
+    frames = np.array([kf(carry, 0.08), kf(carry, 0.0), kf(above, 0.0), kf(on, 0.0), kf(above, 0.0),
+                       kf(carry, 0.0), kf(carry, 0.08)])
+    sites = event_sites(frames, arm_mount_xy=(0.1, 0.0))
+    cap, back = [2.0, 2.8 + 0.65], [2.0 - 0.15, 2.8 - 0.32]  # base facing +y: hand x is map y
+    assert np.allclose(sites, [back, back, cap, cap, cap, back, back], atol=1e-9), sites
+    # a grasp: above, down, close, up - the bottom is a plateau of two keyframes, no poke
+    grasp = np.array([kf(above, 0.08), kf(on, 0.08), kf(on, 0.0), kf(above, 0.0)])
+    assert np.allclose(event_sites(grasp, arm_mount_xy=(0.1, 0.0)), [cap] * 4, atol=1e-9)
+    # a dip shallower than POKE_M is the scatter of a keyframe, not a poke
+    shallow = (0.55, 0.0, 0.43 - 0.5 * POKE_M)
+    assert np.isnan(event_sites(np.array([kf(above, 0.0), kf(shallow, 0.0), kf(above, 0.0)]))).all()

@@ -232,10 +232,10 @@ def test_loss_in_units_of_the_error_that_matters() -> None:
         tiny(loss_units="floor").check()  # frames have no floor
 
 
-def _dataset(root: Path, episodes: int = 4, n: int = 14) -> None:
+def _dataset(root: Path, episodes: int = 4, n: int = 14, token_dim: int = TOKEN_DIM) -> None:
     rng = np.random.default_rng(0)
     feats = {"observation.images.head": Feature("image", (H, W, 3)), "observation.state": Feature("float32", (4,)),
-             "observation.memory": Feature("float32", (M * TOKEN_DIM,)), "observation.memory_mask": Feature("bool", (M,)),
+             "observation.memory": Feature("float32", (M * token_dim,)), "observation.memory_mask": Feature("bool", (M,)),
              "action": Feature("float32", (3,))}
     with DatasetWriter(root, fps=10, features=feats) as w:
         for ep in range(episodes):
@@ -243,9 +243,18 @@ def _dataset(root: Path, episodes: int = 4, n: int = 14) -> None:
             for i in range(n):
                 img = np.full((H, W, 3), colour if i < 3 else 128, np.uint8)  # the cue shows only at the start
                 w.add_frame({"observation.images.head": img, "observation.state": rng.normal(size=4),
-                             "observation.memory": rng.normal(size=M * TOKEN_DIM), "observation.memory_mask": [1, 1, 0],
+                             "observation.memory": rng.normal(size=M * token_dim), "observation.memory_mask": [1, 1, 0],
                              "action": [i / n, (ep % 2) * (i > 8), 0.5]})
             w.save_episode("put the block back")
+
+
+def test_a_dataset_with_tokens_of_another_width_is_refused_by_name(tmp_path: Path) -> None:
+    from mnemobot.policy.dataset import DatasetError
+    from mnemobot.policy.train import TrainData
+
+    _dataset(tmp_path / "old", episodes=1, n=3, token_dim=TOKEN_DIM - 1)  # before the fixed places' column
+    with pytest.raises(DatasetError, match=f"have {TOKEN_DIM - 1} features each, this version's have {TOKEN_DIM}"):
+        TrainData(tmp_path / "old")
 
 
 def test_a_strided_chunk_spans_frames_stride_apart_and_pads_past_the_episode(tmp_path: Path) -> None:
@@ -347,6 +356,12 @@ def test_training_never_writes_into_someone_elses_folder_and_bad_checkpoints_are
         load_policy(p)
     with pytest.raises(CheckpointError, match="not found"):
         load_policy(tmp_path / "nothing")
+    p = broken("tokens")  # trained before the memory tokens had the fixed places' column
+    conf = json.loads((p / "config.json").read_text())
+    conf["policy"]["token_dim"] = TOKEN_DIM - 1
+    (p / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(CheckpointError, match=f"memory tokens of {TOKEN_DIM - 1} features, this version's have"):
+        load_policy(p)
 
 
 GOLDEN = Path(__file__).parent / "golden" / "policy_first_chunk.json"
@@ -393,11 +408,13 @@ def _kf_state(b: int, base=(1.0, 2.0, np.pi / 2)) -> torch.Tensor:
     return s
 
 
-def _token(now, first=None, place=False, max_opening=0.0) -> list[float]:
-    """A memory token (policy.tokens layout) at base-frame ``now`` (and ``first``) positions."""
+def _token(now, first=None, place=False, max_opening=0.0, fixed=False) -> list[float]:
+    """A memory token (policy.tokens layout) at base-frame ``now`` (and ``first``) positions:
+    an object, an articulated ``place`` or a ``fixed`` place."""
     t = [0.0] * TOKEN_DIM
     t[0], t[1] = 5.0, 7.0
-    t[2], t[3] = (0.0, 1.0) if place else (1.0, 0.0)
+    t[2], t[3] = (0.0, 1.0) if place else (0.0, 0.0) if fixed else (1.0, 0.0)
+    t[24] = float(fixed)
     t[4:7] = [*now, 0.5]
     t[7:10] = [*(first if first is not None else now), 0.5]
     t[20] = max_opening
@@ -430,6 +447,13 @@ def test_anchor_points_targets_and_frames() -> None:
     # an object that has not moved is at its first-seen point too: both fit
     still = anchor_points(state, torch.tensor([[_token((0.5, 0.0))]]), torch.tensor([[True]]), max_tokens=1)
     assert anchor_targets(torch.tensor([[[1.0, 2.5]]]), *still)[0, 0].tolist() == [False, True, True]
+    # a fixed place (a button, a patch) is a point of its own, reached like an object: a press
+    # 2 cm off the button's centre belongs to it, one 10 cm off does not
+    fixed = anchor_points(state, torch.tensor([[_token((0.55, 0.0), fixed=True)]]), torch.tensor([[True]]),
+                          max_tokens=1)
+    assert fixed[2][0, 1] == pytest.approx(OBJECT_REACH_M)
+    press = anchor_targets(torch.tensor([[[1.02, 2.55], [1.0, 2.65]]]), *fixed)[0]
+    assert press.nonzero().tolist() == [[0, 1], [0, 2], [1, 0]]
     # in an anchor's frame a grasp right at the anchor is (0, 0), wherever the base stands
     point = torch.tensor([[2.0, 3.0]])
     act = torch.zeros(1, 15)

@@ -21,8 +21,9 @@ training resumed) when the script runs again, so a long run can be split, and ch
 trained beforehand with ``mnemobot train`` into those folders (``--no-train`` evaluates them as they
 are). Episodes
 are evaluated ``--workers`` at a time, each in a process of its own. Also printed: parameters,
-inference time per chunk (median over 50 calls, batch 1, two threads) and the training time and
-loss curve of each checkpoint.
+inference time per chunk (median over 50 calls, batch 1, two threads; with the share of the two
+threads' time the process got, and a note where other processes took the cores) and the training time
+and loss curve of each checkpoint.
 
 Usage::
 
@@ -56,6 +57,9 @@ VARIANTS = {
     "both-off": {"latent_memory": False, "symbolic_history": False},
     "no-tokens": {"latent_memory": False, "symbolic_memory": False},  # nor any scene-graph token to anchor on
 }
+BUSY_SHARE = 0.7
+"""Inference timed with less than this share of its two threads' CPU time is flagged (measured
+here: 0.99 on an idle machine, 0.48 beside two busy processes on two cores)."""
 CHANCE = {"reopen_drawer": 1 / 3, "put_block_back": 1 / 4, "rearrange": 1 / 2}
 
 
@@ -166,7 +170,10 @@ def evaluate(pool: ProcessPoolExecutor, out: Path, family: str, seeds: list[int]
     return sum(ok for _, ok, _ in results), cells
 
 
-def inference_ms(ckpt: Path, calls: int = 50) -> float:
+def inference_ms(ckpt: Path, calls: int = 50) -> tuple[float, float]:
+    """Median wall time (ms) of a chunk over ``calls`` calls on two threads, and the share of
+    those two threads' time the process got (its CPU time over twice the wall time): near 1 on
+    an idle machine, lower where other processes took the cores, as they do while it is timed."""
     import torch
 
     from mnemobot.policy.train import load_policy
@@ -188,12 +195,15 @@ def inference_ms(ckpt: Path, calls: int = 50) -> float:
     torch.set_num_threads(2)  # the target: 2 cores (timed between variants, with no episode running)
     try:
         for i in range(calls):
+            if i == 5:  # after the warm-up calls
+                wall0, cpu0 = time.perf_counter(), time.process_time()
             t0 = time.perf_counter()
             model.predict_action_chunk({**batch, "time": 0.8 * i, "step": float(8 * i)})
             times.append(time.perf_counter() - t0)
+        share = (time.process_time() - cpu0) / max(2 * (time.perf_counter() - wall0), 1e-9)
     finally:
         torch.set_num_threads(before)
-    return float(np.median(times[5:])) * 1e3
+    return float(np.median(times[5:])) * 1e3, float(share)
 
 
 def main() -> None:
@@ -239,21 +249,26 @@ def main() -> None:
                     ckpt, train_s = train_variant(args.out, name, group, [data[f] for f in group], var, args.size,
                                                   args.steps, args.history, args.threads, not args.frames)
                 log = [json.loads(x) for x in (ckpt / "train_log.jsonl").read_text().splitlines() if x.strip()]
-                ms = inference_ms(ckpt)
+                ms, share = inference_ms(ckpt)
                 for fam in group:
                     ok, cells = evaluate(pool, args.out, fam, seeds, ckpt, args.temperature)
                     rows.append({"family": fam, "variant": var, "ok": ok, "n": len(seeds), "cells": cells,
                                  "train_s": train_s, "train_log_s": sum(r.get("s", 0) for r in log),
-                                 "ms_per_chunk": ms,
+                                 "ms_per_chunk": ms, "cpu_share": share,
                                  "curve": [(r["step"], round(r["loss"], 4)) for r in log[:: max(1, len(log) // 8)]]})
                     print(f"{fam} {var}: {ok}/{len(seeds)}  {' '.join(cells)}", flush=True)
     print(f"\n== success on the memory-dependent workcell families (policy temperature {args.temperature:g}) ==")
-    print(f"{'family':15s} {'variant':16s} {'success':>9s} {'chance':>7s} {'ms/chunk':>9s} {'train s':>8s}")
+    print(f"{'family':15s} {'variant':16s} {'success':>9s} {'chance':>7s} {'ms/chunk':>9s} {'cpu':>5s} {'train s':>8s}")
     for r in rows:
         ms = f"{r['ms_per_chunk']:.1f}" if "ms_per_chunk" in r else ""
+        cpu = f"{r['cpu_share']:.2f}" if "cpu_share" in r else ""
         tr = f"{r['train_log_s']:.0f}" if "train_log_s" in r else ""
         print(f"{r['family']:15s} {r['variant']:16s} {100 * r['ok'] / r['n']:8.1f}% {100 * CHANCE[r['family']]:6.0f}% "
-              f"{ms:>9s} {tr:>8s}")
+              f"{ms:>9s} {cpu:>5s} {tr:>8s}")
+    busy = sorted({r["variant"] for r in rows if r.get("cpu_share", 1.0) < BUSY_SHARE})
+    if busy:
+        print(f"note: inference of {', '.join(busy)} got less than {BUSY_SHARE:.0%} of its two threads' time (other "
+              "processes took the cores): its ms/chunk is not comparable; time it again on an idle machine")
     for var in ["scripted expert", *args.variants]:
         got = [r for r in rows if r["variant"] == var]
         if got:

@@ -43,14 +43,18 @@ scene-graph memory, and emits a chunk of ``chunk_size`` end-effector actions (ex
   (:func:`anchor_points`). A query per keyframe (the head's pooled condition plus a learned
   per-position vector) scores keys built from each token's output of the cognition transformer;
   the flow head predicts the chunk in the picked anchors' frames (:func:`to_anchor_frame`: the
-  base's offset, and for anchored keyframes the hand's offset from the point), told which
-  keyframes are anchored. Training labels (:func:`anchor_targets`) are the memory point nearest
+  base's offset, and for *contact* keyframes, whose hand is within ``contact_m`` of its event,
+  the hand's offset from the point too; elsewhere the hand stays in the arm-base frame, so the
+  carry posture is one pose whatever point is picked), told each keyframe's kind
+  (:data:`N_KINDS`). The pointer picks a point and the kind together (each point twice).
+  Training labels (:func:`anchor_targets`) are the memory point nearest
   the hand at the finger event or poke (a press) each keyframe leads to or follows
   (:func:`mnemobot.policy.keyframes.event_sites`); the pointer is trained by the likelihood of
   any fitting point. Without symbolic memory only the origin is there: everything is absolute.
 
 Actions and proprioception are normalised with the dataset's mean and std, kept in the model's
-buffers (they travel with the checkpoint); anchored columns per kind (absolute, anchored).
+buffers (they travel with the checkpoint); anchored columns per kind (absolute, base anchored,
+contact).
 
 The interface mirrors lerobot's policies (``reset``, ``select_action``, ``predict_action_chunk``,
 ``forward`` returning ``(loss, info)``, a config dataclass), so a ``lerobot_policy_*`` plugin can
@@ -122,6 +126,7 @@ class MemoryPolicyConfig:
     loss_units: str = "std"  # "std": errors in normalised units; "floor" (keyframes): in units of the error that matters
     max_keyframes: int = 0  # keyframes: the skill ends after this many (0: only when at rest); from the demonstrations
     arm_mount_xy: tuple[float, float] = (0.10, 0.0)  # where the arm base sits on the mobile base (anchors)
+    contact_m: float = 0.15  # anchors: the hand's offset is taken from the point only within this of its event (HAND_AT_EVENT_M)
     d_model: int = 256
     n_heads: int = 8
     cognition_layers: int = 6
@@ -170,6 +175,8 @@ class MemoryPolicyConfig:
             raise PolicyConfigError(f"loss_units must be 'std', or 'floor' with keyframes; got {self.loss_units!r}")
         if self.max_keyframes < 0:
             raise PolicyConfigError(f"max_keyframes must be >= 0, got {self.max_keyframes}")
+        if self.contact_m < 0:
+            raise PolicyConfigError(f"contact_m must be >= 0, got {self.contact_m}")
         if self.flow_steps < 1 or self.bank_capacity < 2:
             raise PolicyConfigError("flow_steps must be >= 1 and bank_capacity >= 2")
 
@@ -295,7 +302,7 @@ class FlowHead(nn.Module):
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, w))
                                     for _ in range(cfg.decoder_layers))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.chunk_size * cfg.action_dim))
-        self.kind = nn.Linear(cfg.chunk_size * 2, w) if cfg.anchors else None  # per action: absolute or anchored
+        self.kind = nn.Linear(cfg.chunk_size * N_KINDS, w) if cfg.anchors else None  # per action: its anchor kind
         self.d, self.shape = d, (cfg.chunk_size, cfg.action_dim)
 
     def context(self, tokens: Tensor, pad: Tensor, direct: Tensor | None = None) -> Tensor:
@@ -314,7 +321,8 @@ class FlowHead(nn.Module):
         return [tuple(f(c).chunk(2, dim=-1)) for f in self.film]  # type: ignore[misc]
 
     def forward(self, x: Tensor, tau: Tensor, film: list[tuple[Tensor, Tensor]], kind: Tensor | None = None) -> Tensor:
-        """``kind`` ``(B, chunk, 2)``: per action, one-hot absolute / anchored (with anchors)."""
+        """``kind`` ``(B, chunk, N_KINDS)``: per action, one-hot absolute / base anchored / contact
+        (with anchors; :data:`N_KINDS`)."""
         h = self.inp(x.flatten(1)) + self.time(sinusoid(tau, self.d))
         if self.kind is not None:
             h = h + self.kind(kind.flatten(1).float())
@@ -414,6 +422,16 @@ cap pressed at its centre, and neighbouring patches are 22 cm apart."""
 PLACE_REACH_M = 0.6
 """... and to an articulated place (a drawer, whose token is its centre) within this one: its
 handle is at its front, up to half a 0.6 m deep cabinet plus its opening away."""
+HAND_AT_EVENT_M = 0.15
+"""A keyframe whose hand is within this horizontal distance of where its event happens is a
+*contact* keyframe: its hand is given as an offset from the anchor point, so the few centimetres
+a grasp or a press may be off are what the policy regresses. Farther (the carry posture, 0.5-1 m
+from the point), only the base is anchored and the hand stays in the arm-base frame: one fixed
+pose, whatever point the pointer picks. Half a drawer's 0.3 m travel (a pull's midway keyframe),
+and under the 22 cm between neighbouring patches plus a block's half-width."""
+N_KINDS = 3
+"""Anchor kinds of a keyframe: 0 absolute (the map origin), 1 base anchored on a memory point
+(the hand in the arm-base frame), 2 contact (base and hand anchored on the point)."""
 
 
 def anchor_points(state: Tensor, memory: Tensor | None, mask: Tensor | None, max_tokens: int,
@@ -468,12 +486,16 @@ def present_only(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return t, torch.gather(m, -1, order)
 
 
-def to_anchor_frame(action: Tensor, point: Tensor, anchored: Tensor, mount_xy: tuple[float, float]) -> Tensor:
+def to_anchor_frame(action: Tensor, point: Tensor, anchored: Tensor, mount_xy: tuple[float, float],
+                    hand: Tensor | None = None) -> Tensor:
     """Keyframe actions ``(..., 15)`` relative to their anchor points ``(..., 2)``: the base
-    position becomes its offset from the point; where ``anchored``, the hand's ``(x, y)`` (arm-base
-    frame) becomes the hand's offset from the point in the keyframe base's heading frame (a grasp
-    right at the anchor is ``(0, 0)`` whatever the base's offset). The map origin leaves the hand
-    as it is. :func:`from_anchor_frame` inverts it."""
+    position becomes its offset from the point; where ``hand`` (default: wherever ``anchored``; it
+    counts only where ``anchored``), the hand's ``(x, y)`` (arm-base frame) becomes the hand's
+    offset from the point in the keyframe base's heading frame (a grasp right at the anchor is
+    ``(0, 0)`` whatever the base's offset). Elsewhere the hand stays in the arm-base frame (the
+    carry posture is the same pose wherever the base stands). The map origin leaves everything as
+    it is. :func:`from_anchor_frame` inverts it."""
+    hand = anchored if hand is None else hand & anchored
     out = action.clone()
     yaw = action[..., 12]
     c, s = torch.cos(yaw), torch.sin(yaw)
@@ -482,13 +504,15 @@ def to_anchor_frame(action: Tensor, point: Tensor, anchored: Tensor, mount_xy: t
     ox, oy = off.unbind(-1)
     hx = action[..., 0] + mount_xy[0] + (c * ox + s * oy)
     hy = action[..., 1] + mount_xy[1] + (-s * ox + c * oy)
-    out[..., 0] = torch.where(anchored, hx, action[..., 0])
-    out[..., 1] = torch.where(anchored, hy, action[..., 1])
+    out[..., 0] = torch.where(hand, hx, action[..., 0])
+    out[..., 1] = torch.where(hand, hy, action[..., 1])
     return out
 
 
-def from_anchor_frame(rel: Tensor, point: Tensor, anchored: Tensor, mount_xy: tuple[float, float]) -> Tensor:
+def from_anchor_frame(rel: Tensor, point: Tensor, anchored: Tensor, mount_xy: tuple[float, float],
+                      hand: Tensor | None = None) -> Tensor:
     """The inverse of :func:`to_anchor_frame`: keyframe actions in the map and arm-base frames."""
+    hand = anchored if hand is None else hand & anchored
     out = rel.clone()
     yaw = rel[..., 12]
     c, s = torch.cos(yaw), torch.sin(yaw)
@@ -496,9 +520,28 @@ def from_anchor_frame(rel: Tensor, point: Tensor, anchored: Tensor, mount_xy: tu
     out[..., BASE_XY] = rel[..., BASE_XY] + point
     hx = rel[..., 0] - mount_xy[0] - (c * ox + s * oy)
     hy = rel[..., 1] - mount_xy[1] - (-s * ox + c * oy)
-    out[..., 0] = torch.where(anchored, hx, rel[..., 0])
-    out[..., 1] = torch.where(anchored, hy, rel[..., 1])
+    out[..., 0] = torch.where(hand, hx, rel[..., 0])
+    out[..., 1] = torch.where(hand, hy, rel[..., 1])
     return out
+
+
+def hand_in_map(action: Tensor, mount_xy: tuple[float, float]) -> Tensor:
+    """``(..., 2)``: where keyframe actions ``(..., 15)`` put the hand in the map frame
+    (horizontally): the base pose composed with the hand's position in the arm-base frame."""
+    yaw = action[..., 12]
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    hx, hy = action[..., 0] + mount_xy[0], action[..., 1] + mount_xy[1]
+    return torch.stack([action[..., 10] + c * hx - s * hy, action[..., 11] + s * hx + c * hy], -1)
+
+
+def contact_targets(action: Tensor, site: Tensor, mount_xy: tuple[float, float],
+                    near_m: float = HAND_AT_EVENT_M) -> Tensor:
+    """Whether each keyframe's hand is at its event (``(...,)`` bool): within ``near_m``
+    horizontally of where the event happens (``site`` ``(..., 2)``, NaN: no event, so not).
+    Reaching down to a block, lifting it, pressing the button and pushing a handle are; the carry
+    posture a metre away from the block is not (see :data:`HAND_AT_EVENT_M`)."""
+    d = torch.linalg.vector_norm(hand_in_map(action, mount_xy) - site, dim=-1)
+    return torch.isfinite(d) & (d <= near_m)
 
 
 def anchor_targets(site: Tensor, points: Tensor, valid: Tensor, reach: Tensor, tie_m: float = 0.01) -> Tensor:
@@ -515,6 +558,18 @@ def anchor_targets(site: Tensor, points: Tensor, valid: Tensor, reach: Tensor, t
     none = ~good.any(dim=-1)
     good[..., 0] = none
     return good
+
+
+def pick_targets(good: Tensor, contact: Tensor) -> Tensor:
+    """The fitting picks over the doubled points of the pointer (``(B, C, 2K)`` bool): a fitting
+    memory point (:func:`anchor_targets`, ``good`` ``(B, C, K)``) in the first half for a keyframe
+    whose hand is away from its event, in the second for a contact (``contact`` ``(B, C)``,
+    :func:`contact_targets`); the map origin (nothing fits) only in the first."""
+    base, touch = good.clone(), good.clone()
+    base[..., 1:] &= ~contact[..., None]
+    touch &= contact[..., None]
+    touch[..., 0] = False
+    return torch.cat([base, touch], -1)
 
 
 # -- the policy -----------------------------------------------------------------------------------------
@@ -561,6 +616,7 @@ class MemoryPolicy(nn.Module):
             self.anchor_k = nn.Linear(d, d)
             self.anchor_step = nn.Parameter(torch.randn(cfg.chunk_size, d) * 0.02)
             self.anchor_kind = nn.Parameter(torch.randn(3, d) * 0.02)  # the map origin, a token now, first seen
+            self.anchor_contact = nn.Parameter(torch.randn(d) * 0.02)  # a point picked for a contact (hand anchored too)
         s = stats or {}
 
         def buf(key: str, size: int, default: float) -> Tensor:
@@ -568,9 +624,9 @@ class MemoryPolicy(nn.Module):
             t = torch.full((size,), default) if v is None else torch.as_tensor(v, dtype=torch.float32).reshape(size)
             return t.clone()
 
-        if cfg.anchors:  # normalisation of the ANCHORED columns: row 0 absolute keyframes, row 1 anchored ones
-            self.register_buffer("anchor_mean", buf("anchor_mean", 8, 0.0).reshape(2, 4))
-            self.register_buffer("anchor_std", buf("anchor_std", 8, 1.0).clamp_min(1e-3).reshape(2, 4))
+        if cfg.anchors:  # normalisation of the ANCHORED columns per anchor kind (absolute, base anchored, contact)
+            self.register_buffer("anchor_mean", buf("anchor_mean", 4 * N_KINDS, 0.0).reshape(N_KINDS, 4))
+            self.register_buffer("anchor_std", buf("anchor_std", 4 * N_KINDS, 1.0).clamp_min(1e-3).reshape(N_KINDS, 4))
 
         self.register_buffer("state_mean", buf("state_mean", cfg.state_dim, 0.0))
         self.register_buffer("state_std", buf("state_std", cfg.state_dim, 1.0).clamp_min(1e-3))
@@ -630,10 +686,11 @@ class MemoryPolicy(nn.Module):
         ctx = self.head.context(*cond)
         points, valid, _ = self._points(batch)
         logits = self._anchor_logits(ctx, cond, batch, valid)
-        pick = logits.argmax(-1)  # (B, C)
-        z = self._sample(cond, generator, temperature, anchored=pick > 0, ctx=ctx)
-        return from_anchor_frame(self._denormalise(z, pick > 0), self._point(points, pick), pick > 0,
-                                 self.config.arm_mount_xy)
+        point, kind = self._split_pick(logits.argmax(-1), points.shape[1])  # (B, C) each
+        self.last_anchors = {"point": point, "kind": kind, "points": points}  # for inspection (a trace)
+        z = self._sample(cond, generator, temperature, kind=kind, ctx=ctx)
+        return from_anchor_frame(self._denormalise(z, kind), self._point(points, point), kind > 0,
+                                 self.config.arm_mount_xy, kind == 2)
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Flow-matching loss on a training batch (see the module docstring for its keys)."""
@@ -642,21 +699,21 @@ class MemoryPolicy(nn.Module):
         action = batch["action"].float()
         pad = batch.get("action_is_pad")
         keep = (~pad.bool()).float() if pad is not None else torch.ones_like(action[..., 0])
-        anchored, kind, pointer_loss = None, None, None
+        kind, pointer_loss = None, None
         if self.config.anchors:
             ctx = self.head.context(*cond)
             film = self.head.film_of(ctx)
             points, valid, reach = self._points(batch)
-            good = anchor_targets(batch["action.site"].float(), points, valid, reach)  # (B, C, K)
+            site = batch["action.site"].float()
+            good = anchor_targets(site, points, valid, reach)  # (B, C, K)
+            good = pick_targets(good, contact_targets(action, site, self.config.arm_mount_xy, self.config.contact_m))
             logits = self._anchor_logits(ctx, cond, batch, valid)
             # the likelihood of picking any fitting point (several fit when they coincide)
             ll = torch.logsumexp(logits.masked_fill(~good, float("-inf")), -1) - torch.logsumexp(logits, -1)
             pointer_loss = -(ll * keep).sum() / keep.sum().clamp_min(1.0)
-            pick = good.float().argmax(-1)
-            anchored = pick > 0
-            kind = F.one_hot(anchored.long(), 2)
-            rel = to_anchor_frame(action, self._point(points, pick), anchored, self.config.arm_mount_xy)
-            target = self._normalise(rel, anchored)
+            point, kind = self._split_pick(good.float().argmax(-1), points.shape[1])
+            rel = to_anchor_frame(action, self._point(points, point), kind > 0, self.config.arm_mount_xy, kind == 2)
+            target = self._normalise(rel, kind)
         else:
             film = self._cross(cond)
             target = (action - self.action_mean) / self.action_std  # (B, T, A)
@@ -664,10 +721,10 @@ class MemoryPolicy(nn.Module):
         noise = torch.randn_like(target)
         tau = torch.rand(b, device=target.device)
         x_tau = (1 - tau)[:, None, None] * noise + tau[:, None, None] * target
-        out = self._velocity(x_tau, tau, film, kind)
+        out = self._velocity(x_tau, tau, film, None if kind is None else F.one_hot(kind, N_KINDS))
         err = (out - (target if self.config.flow_target == "sample" else target - noise)) ** 2
         if self.config.loss_units == "floor":  # each error in units of the error that matters, not of the spread
-            err = err * self._floor_weight(anchored, err.shape)
+            err = err * self._floor_weight(kind, err.shape)
         loss = (err * keep[..., None]).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
         info = {"flow_loss": float(loss.detach())}
         if pointer_loss is not None:
@@ -851,9 +908,11 @@ class MemoryPolicy(nn.Module):
                              batch.get("observation.memory_mask"), cfg.max_memory_tokens, cfg.symbolic_memory)
 
     def _anchor_logits(self, ctx: Tensor, cond: tuple[Tensor, ...], batch: dict[str, Any], valid: Tensor) -> Tensor:
-        """``(B, chunk, K)``: per keyframe, a query from the chunk's condition and its index against
+        """``(B, chunk, 2K)``: per keyframe, a query from the chunk's condition and its index against
         keys of the map origin and of each symbolic token (its output of the cognition
-        transformer, now or first seen); invalid points masked."""
+        transformer, now or first seen), each token's point twice: for a base-anchored keyframe
+        (``0 .. K-1``) and for a contact (``K ..``, the origin excluded; :func:`pick_targets`);
+        invalid points masked."""
         cfg = self.config
         b, m, d = ctx.shape[0], cfg.max_memory_tokens, cfg.d_model
         mem = batch.get("observation.memory")
@@ -861,16 +920,24 @@ class MemoryPolicy(nn.Module):
         sym = self.anchor_k(cond[0][:, cond[0].shape[1] - n :]) if n else ctx.new_zeros(b, 0, d)
         sym = F.pad(sym, (0, 0, 0, m - n))
         keys = torch.cat([self.anchor_kind[0].expand(b, 1, d), sym + self.anchor_kind[1], sym + self.anchor_kind[2]], 1)
+        keys = torch.cat([keys, keys + self.anchor_contact], 1)
         q = self.anchor_q(ctx)[:, None] + self.anchor_step[None]
         logits = q @ keys.transpose(1, 2) / math.sqrt(d)
-        return logits.masked_fill(~valid[:, None, :], float("-inf"))
+        both = torch.cat([valid, valid.clone().index_fill_(1, torch.tensor([0], device=valid.device), False)], 1)
+        return logits.masked_fill(~both[:, None, :], float("-inf"))
+
+    @staticmethod
+    def _split_pick(pick: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """A pick over the doubled points (:meth:`_anchor_logits`) as ``(point index, kind)``."""
+        point = pick % k
+        return point, torch.where(point == 0, 0, torch.where(pick >= k, 2, 1))
 
     @staticmethod
     def _point(points: Tensor, pick: Tensor) -> Tensor:
         """``(B, C, 2)``: the picked point of each action."""
         return torch.gather(points, 1, pick[..., None].expand(*pick.shape, 2))
 
-    def _floor_weight(self, anchored: Tensor | None, shape: torch.Size) -> Tensor:
+    def _floor_weight(self, kind: Tensor | None, shape: torch.Size) -> Tensor:
         """``(std / floor)^2`` per action element (``loss_units="floor"``), averaging 1 over the
         columns: a 2 cm error in the hand's reach costs as much as a 2 cm error in its height,
         however widely the reach varies between the carry posture and the bench."""
@@ -878,37 +945,37 @@ class MemoryPolicy(nn.Module):
 
         floor = torch.as_tensor(ACTION_FLOOR, dtype=torch.float32, device=self.action_std.device)
         std = self.action_std.expand(shape).clone()
-        if anchored is not None:
-            std[..., ANCHORED] = self.anchor_std[anchored.long()]
+        if kind is not None:
+            std[..., ANCHORED] = self.anchor_std[kind.long()]
         w = (std / floor) ** 2
         return w / ((self.action_std / floor) ** 2).mean()
 
-    def _normalise(self, a: Tensor, anchored: Tensor) -> Tensor:
+    def _normalise(self, a: Tensor, kind: Tensor) -> Tensor:
         z = (a - self.action_mean) / self.action_std
-        k = anchored.long()
+        k = kind.long()
         z[..., ANCHORED] = (a[..., ANCHORED] - self.anchor_mean[k]) / self.anchor_std[k]
         return z
 
-    def _denormalise(self, z: Tensor, anchored: Tensor) -> Tensor:
+    def _denormalise(self, z: Tensor, kind: Tensor) -> Tensor:
         a = z * self.action_std + self.action_mean
-        k = anchored.long()
+        k = kind.long()
         a[..., ANCHORED] = z[..., ANCHORED] * self.anchor_std[k] + self.anchor_mean[k]
         return a
 
     def _sample(self, cond: tuple[Tensor, ...], generator: torch.Generator | None, temperature: float = 1.0,
-                anchored: Tensor | None = None, ctx: Tensor | None = None) -> Tensor:
+                kind: Tensor | None = None, ctx: Tensor | None = None) -> Tensor:
         """Integrate the flow from noise scaled by ``temperature`` (1: the trained distribution; 0:
-        from its mean, one deterministic chunk). With anchors: ``anchored`` ``(B, chunk)`` the
-        kind of each action, ``ctx`` the head's condition."""
+        from its mean, one deterministic chunk). With anchors: ``kind`` ``(B, chunk)`` the anchor
+        kind of each action (:data:`N_KINDS`), ``ctx`` the head's condition."""
         cfg = self.config
         b = cond[0].shape[0]
         cross = self._cross(cond) if ctx is None else self.head.film_of(ctx)
-        kind = None if anchored is None else F.one_hot(anchored.long(), 2)
+        onehot = None if kind is None else F.one_hot(kind.long(), N_KINDS)
         x = temperature * torch.randn(b, cfg.chunk_size, cfg.action_dim, generator=generator, device=cond[0].device)
         dt = 1.0 / cfg.flow_steps
         for k in range(cfg.flow_steps):
             tau = torch.full((b,), k * dt, device=x.device)
-            out = self._velocity(x, tau, cross, kind)
+            out = self._velocity(x, tau, cross, onehot)
             # a predicted sample gives the velocity of the straight path from here to it
             x = x + dt * ((out - x) / (1.0 - k * dt) if cfg.flow_target == "sample" else out)
         return x

@@ -188,13 +188,22 @@ class TrainData:
         return out
 
     def anchored_targets(self, chunk: int = 16, max_tokens: int = 16, use_tokens: bool = True,
-                         mount_xy: tuple[float, float] = (0.10, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+                         mount_xy: tuple[float, float] = (0.10, 0.0),
+                         contact_m: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """At every call (no jitter): the next ``chunk`` keyframes relative to the anchor point they
         fit (:func:`~mnemobot.policy.model.anchor_targets`, :func:`~mnemobot.policy.model.to_anchor_frame`),
-        and whether that point is a memory token's (else the map origin). ``((N, 15), (N,) bool)``."""
+        and their anchor kind (:data:`~mnemobot.policy.model.N_KINDS`: 0 the map origin, 1 the
+        base on a memory token's point, 2 a contact: the hand within ``contact_m`` of its event,
+        anchored too). ``((N, 15), (N,) int)``."""
         import torch
 
-        from mnemobot.policy.model import anchor_points, anchor_targets, to_anchor_frame
+        from mnemobot.policy.model import (
+            HAND_AT_EVENT_M,
+            anchor_points,
+            anchor_targets,
+            contact_targets,
+            to_anchor_frame,
+        )
 
         frames, sites, acts = [], [], []
         for e, j in self.kf_calls:
@@ -206,25 +215,29 @@ class TrainData:
         mem = torch.from_numpy(self.memory[idx]) if self.memory is not None else None
         mask = torch.from_numpy(self.mask[idx]) if self.mask is not None else None
         pts, valid, reach = anchor_points(torch.from_numpy(self.state[idx]), mem, mask, max_tokens, use_tokens)
-        good = anchor_targets(torch.from_numpy(np.stack(sites)), pts, valid, reach)
+        site, act = torch.from_numpy(np.stack(sites)), torch.from_numpy(np.stack(acts))
+        good = anchor_targets(site, pts, valid, reach)
         pick = good.float().argmax(-1)
+        touch = contact_targets(act, site, mount_xy, HAND_AT_EVENT_M if contact_m is None else contact_m) & (pick > 0)
         chosen = torch.gather(pts, 1, pick[..., None].expand(*pick.shape, 2))
-        rel = to_anchor_frame(torch.from_numpy(np.stack(acts)), chosen, pick > 0, mount_xy).numpy()
-        return rel.reshape(-1, rel.shape[-1]), (pick > 0).numpy().reshape(-1)
+        rel = to_anchor_frame(act, chosen, pick > 0, mount_xy, touch).numpy()
+        kind = (pick > 0).long() + touch.long()
+        return rel.reshape(-1, rel.shape[-1]), kind.numpy().reshape(-1)
 
     def _anchor_stats(self) -> dict[str, list[float]]:
-        """Normalisation of the anchored columns per kind (absolute keyframes, anchored ones)."""
+        """Normalisation of the anchored columns per anchor kind (absolute keyframes, base
+        anchored, contacts); a kind no keyframe has keeps mean 0, std 1."""
         from mnemobot.policy.keyframes import ACTION_FLOOR
-        from mnemobot.policy.model import ANCHORED
+        from mnemobot.policy.model import ANCHORED, N_KINDS
 
-        mean, std = np.zeros((2, 4)), np.ones((2, 4))
+        mean, std = np.zeros((N_KINDS, 4)), np.ones((N_KINDS, 4))
         if self.memory is not None:
-            rel, anchored = self.anchored_targets(max_tokens=self.memory.shape[1])
+            rel, kind = self.anchored_targets(max_tokens=self.memory.shape[1])
         else:
             rel = np.concatenate([a[1:] for a in self.kf_action])
-            anchored = np.zeros(len(rel), bool)
-        for k in (0, 1):
-            pick = rel[anchored == bool(k)][:, ANCHORED]
+            kind = np.zeros(len(rel), int)
+        for k in range(N_KINDS):
+            pick = rel[kind == k][:, ANCHORED]
             if len(pick):
                 mean[k], std[k] = pick.mean(0), np.maximum(pick.std(0), ACTION_FLOOR[ANCHORED])
         return {"anchor_mean": mean.reshape(-1).tolist(), "anchor_std": std.reshape(-1).tolist()}
@@ -417,6 +430,9 @@ def load_policy(path: str | Path, task: str | None = None) -> tuple[Any, dict[st
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if pcfg.anchors and "anchor_contact" in missing:
+        raise CheckpointError(f"{p} anchors the hand wherever it anchors the base (trained by an older version); "
+                              "train it again")
     if missing or extra or wrong:
         raise CheckpointError(f"{p}: weights do not fit its config (missing {missing[:3]}, unexpected {extra[:3]}, "
                               f"wrong shape {wrong[:3]})")

@@ -207,7 +207,7 @@ def test_a_keyframe_policy_trains_and_runs_through_the_brainstem(recorded: Path,
     assert got["trace_state_columns"] == [] and got["trace_action_columns"] == [] and got["loss_units"] == "floor"
     assert cfg["policy"]["action_mode"] == "keyframes" and 20 <= cfg["dataset"]["keyframes"] <= 80
     assert cfg["policy"]["anchors"] and cfg["policy"]["max_keyframes"] == cfg["dataset"]["keyframes"]  # one episode
-    assert len(cfg["stats"]["anchor_mean"]) == 8 and all(v >= 0.01 - 1e-6 for v in cfg["stats"]["anchor_std"])  # floored (float32)
+    assert len(cfg["stats"]["anchor_mean"]) == 12 and all(v >= 0.01 - 1e-6 for v in cfg["stats"]["anchor_std"])  # floored (float32)
     summary = tmp_path / "s.json"
     assert main(["run", "--task-id", "put_block_back", "--seed", "0", "--policy", "learned", "--checkpoint",
                  str(ckpt), "--steps-limit", "200", "-q", "--summary-json", str(summary)]) == 1

@@ -427,7 +427,10 @@ def test_anchor_points_targets_and_frames() -> None:
         PLACE_REACH_M,
         anchor_points,
         anchor_targets,
+        contact_targets,
         from_anchor_frame,
+        hand_in_map,
+        pick_targets,
         to_anchor_frame,
     )
 
@@ -466,6 +469,20 @@ def test_anchor_points_targets_and_frames() -> None:
     assert torch.allclose(back, act, atol=1e-5)
     absolute = to_anchor_frame(act, torch.zeros(1, 2), torch.tensor([False]), (0.1, 0.0))
     assert torch.equal(absolute, act)
+    # away from its event (the carry posture) only the base is anchored: the hand stays in the
+    # arm-base frame, the same pose whatever point is picked
+    away = to_anchor_frame(act, point, torch.tensor([True]), (0.1, 0.0), hand=torch.tensor([False]))
+    assert away[0, :2].tolist() == pytest.approx([0.5, 0.03]) and away[0, 10:12].tolist() == pytest.approx([0.03, -0.6])
+    assert torch.allclose(from_anchor_frame(away, point, torch.tensor([True]), (0.1, 0.0), torch.tensor([False])), act,
+                          atol=1e-5)
+    # the hand is at its event within contact_m: in the map it is at (2.03 - 0.6 sin.., ...) = (2.0, 3.0)
+    assert hand_in_map(act, (0.1, 0.0))[0].tolist() == pytest.approx([2.0, 3.0], abs=1e-5)
+    sites = torch.tensor([[2.0, 3.1], [2.0, 3.2], [float("nan"), float("nan")]])
+    assert contact_targets(act.expand(3, 15), sites, (0.1, 0.0), near_m=0.15).tolist() == [True, False, False]
+    # the pointer's targets: a contact's fitting points in the second half, the origin only in the first
+    fits = torch.tensor([[[False, True, True], [False, True, False], [True, False, False]]])
+    doubled = pick_targets(fits, torch.tensor([[True, False, True]]))
+    assert doubled[0].int().tolist() == [[0, 0, 0, 0, 1, 1], [0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]
 
 
 def test_an_anchored_policy_points_at_the_remembered_token_and_carries_over_to_new_positions() -> None:
@@ -476,7 +493,7 @@ def test_an_anchored_policy_points_at_the_remembered_token_and_carries_over_to_n
     cfg = MemoryPolicyConfig(**{**TINY, "image_size": (H, W), "state_dim": 22, "action_dim": 15, "max_memory_tokens": 2,
                                 "action_mode": "keyframes", "step_token": True, "direct_state": True,
                                 "flow_target": "sample", "anchors": True, "decoder_layers": 2, "head_width": 64})
-    stats = {"anchor_mean": [0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, -0.6], "anchor_std": [1.0] * 8}
+    stats = {"anchor_mean": [0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, -0.6, 0.0, 0.0, 0.0, -0.6], "anchor_std": [1.0] * 12}
     model = MemoryPolicy(cfg, stats)
 
     def case(which: int, shift: float) -> dict:

@@ -369,7 +369,9 @@ class SceneGraph:
                 "aliases": list(place.aliases),
             }
             if place.open_direction is not None:
-                attrs.update(state="closed", opening=0.0)
+                attrs.update(state="closed", opening=0.0, open_direction=[float(v) for v in place.open_direction])
+                if getattr(place, "handle", None) is not None:
+                    attrs["handle"] = [float(v) for v in place.handle.position]  # where it is, closed
             self.emit(OpKind.ADD, "node", key, "map", time, attrs)
             self.emit(OpKind.ADD, "edge", edge_key(f"room:{place.room}", "contains", key), "map", time)
         if "agent" not in self.g:

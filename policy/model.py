@@ -420,8 +420,11 @@ OBJECT_REACH_M = 0.08
 patch, the button) within this distance: a 5 cm block is grasped at its centre, a 5 cm button
 cap pressed at its centre, and neighbouring patches are 22 cm apart."""
 PLACE_REACH_M = 0.6
-"""... and to an articulated place (a drawer, whose token is its centre) within this one: its
-handle is at its front, up to half a 0.6 m deep cabinet plus its opening away."""
+"""... and to an articulated place (a drawer) within this one. Its token stands at its handle (now,
+and at the largest opening seen: :mod:`mnemobot.policy.tokens`), where a grasp or release is, but
+the handle's place now comes from an opening memory estimates by looking, and a place without a
+handle in the map stands at its centre, up to half a 0.6 m deep cabinet plus its opening away.
+The nearest point fits first, so the wide reach only matters where nothing else is near."""
 HAND_AT_EVENT_M = 0.15
 """A keyframe whose hand is within this horizontal distance of where its event happens is a
 *contact* keyframe: its hand is given as an offset from the anchor point, so the few centimetres

@@ -31,7 +31,7 @@ from mnemobot.policy.features import (
     image_features,
     state_features,
 )
-from mnemobot.policy.tokens import TOKEN_DIM, memory_tokens
+from mnemobot.policy.tokens import TOKEN_DIM, memory_tokens, token_names
 
 __all__ = ["RecordConfig", "record_demos"]
 
@@ -58,7 +58,7 @@ def features(cfg: RecordConfig) -> dict[str, Feature]:
     return {
         "observation.images.head": Feature("image", (h, w, 3)),
         "observation.state": Feature("float32", (len(STATE_NAMES),), tuple(STATE_NAMES)),
-        "observation.memory": Feature("float32", (cfg.memory_tokens * TOKEN_DIM,)),
+        "observation.memory": Feature("float32", (cfg.memory_tokens * TOKEN_DIM,), token_names(cfg.memory_tokens)),
         "observation.memory_mask": Feature("bool", (cfg.memory_tokens,)),
         "action": Feature("float32", (len(ACTION_NAMES),), tuple(ACTION_NAMES)),
     }

@@ -6,8 +6,9 @@ floats::
     0      label hash (crc32 of the label, ``vocab_buckets``)      - an integer, embedded
     1      id hash (crc32 of the scene-graph node id, ``id_buckets``) - the planner's ids
     2-3    kind: object, articulated place (one that opens: a drawer)
-    4-6    position now, in the robot's base frame (m)
-    7-9    position when first seen, base frame (m)
+    4-6    position now, in the robot's base frame (m); an articulated place's handle now
+    7-9    position when first seen, base frame (m); an articulated place's handle at the
+           largest opening seen
     10-12  size (m): an object's extent, a fixed place's surface (x, y; 0 for articulated places)
     13-14  cos, sin of the yaw relative to the base
     15-18  state: present, missing, held, open
@@ -20,7 +21,10 @@ floats::
 
 Tokens are ordered by relevance: objects and places the task text names first, then the most
 recently seen objects and most recently changed articulated places, then the fixed places in the
-map's order; at most ``max_tokens``. Fixed places give a keyframe policy a point to anchor a
+map's order; at most ``max_tokens``. An articulated place with a handle in the map (a drawer)
+stands at its handle: the closed handle's position moved along the opening direction by the
+opening memory holds now, and by the largest opening seen; that is where the hand grasps and
+releases it, so a keyframe policy anchors a grasp on a drawer like one on a block. Fixed places give a keyframe policy a point to anchor a
 contact that involves no object (a press, a put-down on an empty patch) the way a grasp is
 anchored on its object (:func:`mnemobot.policy.model.anchor_points`). The same function builds tokens when recording
 demonstrations and when the policy runs, from the memory the agent keeps (never the simulator).
@@ -35,13 +39,36 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TOKEN_DIM", "memory_tokens"]
+__all__ = ["TOKEN_DIM", "TOKEN_FIELDS", "TOKEN_LAYOUT", "memory_tokens", "token_names"]
 
 TOKEN_DIM = 25
+TOKEN_FIELDS = ("label_hash", "id_hash", "is_object", "is_articulated", "x", "y", "z", "x_first", "y_first", "z_first",
+                "size_x", "size_y", "size_z", "cos_yaw", "sin_yaw", "present", "missing", "held", "open", "opening",
+                "max_opening", "minutes_since_seen", "minutes_since_first_seen", "confidence", "is_fixed_place")
+"""The name of each of a token's ``TOKEN_DIM`` features (see the module docstring)."""
+TOKEN_LAYOUT = 3
+"""The version of what the features mean: 2 added the fixed places, 3 put an articulated place at
+its handle. A recorded dataset names its memory columns with it (:func:`token_names`), so a
+trainer can refuse tokens that mean something else at run time."""
+
+
+def token_names(max_tokens: int) -> tuple[str, ...]:
+    """The element names of a recorded ``observation.memory`` vector (``max_tokens`` tokens):
+    ``"v3:0.label_hash"``, ... (layout version, token index, feature)."""
+    return tuple(f"v{TOKEN_LAYOUT}:{k}.{f}" for k in range(max_tokens) for f in TOKEN_FIELDS)
 
 
 def _hash(text: str, buckets: int) -> float:
     return float(1 + zlib.crc32(text.encode()) % (buckets - 1))
+
+
+def _handle(node: dict[str, Any], opening: float) -> list[float]:
+    """Where an articulated place's handle is at ``opening`` (m): the closed handle moved along
+    the opening direction; the place's centre where the map gives no handle."""
+    handle, direction = node.get("handle"), node.get("open_direction")
+    if handle is None or direction is None:
+        return [float(v) for v in node.get("center", [0.0, 0.0, 0.0])]
+    return [float(h) + float(u) * opening for h, u in zip(handle, direction, strict=True)]
 
 
 def memory_tokens(graph: Any, base_pose: np.ndarray, t: float, task: str = "", max_tokens: int = 16,
@@ -82,9 +109,11 @@ def memory_tokens(graph: Any, base_pose: np.ndarray, t: float, task: str = "", m
         named = bool(set(name.split("_")) & words)
         if "opening" in d:  # articulated: its state and when it last changed
             opening = float(d.get("opening", 0.0))
-            tok = [_hash(name, vocab_buckets), _hash(str(key), id_buckets), 0.0, 1.0, *to_base(centre),
-                   *to_base(centre), 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, float(d.get("state") == "open"), opening,
-                   float(d.get("max_opening", opening)), (t - float(d.get("last_changed", t))) / 60.0, 0.0, 1.0, 0.0]
+            widest = float(d.get("max_opening", opening))
+            now, wide = _handle(d, opening), _handle(d, widest)
+            tok = [_hash(name, vocab_buckets), _hash(str(key), id_buckets), 0.0, 1.0, *to_base(now),
+                   *to_base(wide), 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, float(d.get("state") == "open"), opening,
+                   widest, (t - float(d.get("last_changed", t))) / 60.0, 0.0, 1.0, 0.0]
             rows.append(((0.0 if named else 1.0, -float(d.get("last_changed", 0.0)), len(rows)), tok))
             continue
         sx, sy = (float(v) for v in (list(d.get("surface") or [0.0, 0.0]) + [0.0, 0.0])[:2])

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mnemobot.policy.dataset import Dataset, DatasetError
-from mnemobot.policy.tokens import TOKEN_DIM
+from mnemobot.policy.tokens import TOKEN_DIM, TOKEN_LAYOUT, token_names
 
 __all__ = ["CheckpointError", "TrainConfig", "TrainData", "load_policy", "train"]
 
@@ -79,7 +79,8 @@ class TrainConfig:
 
 
 def _check_token_width(root: Path | str, features: dict[str, Any]) -> None:
-    """A dataset's memory tokens must have this version's width (:data:`TOKEN_DIM` features)."""
+    """A dataset's memory tokens must have this version's width (:data:`TOKEN_DIM` features) and layout
+    (:data:`~mnemobot.policy.tokens.TOKEN_LAYOUT`, in the element names of the column)."""
     shape = list(features["observation.memory"].shape)
     mask = features.get("observation.memory_mask")
     n = int(mask.shape[0]) if mask is not None else 0
@@ -87,6 +88,12 @@ def _check_token_width(root: Path | str, features: dict[str, Any]) -> None:
         width = f"{shape[0] / n:g}" if n > 0 else "an unknown number of"
         raise DatasetError(f"{root}: its memory tokens have {width} features each, this version's have {TOKEN_DIM} "
                            "(recorded by an older version?); record it again with 'mnemobot record-demos'")
+    names = features["observation.memory"].names
+    want = token_names(n)
+    if names is None or tuple(names) != want:
+        got = "no layout" if not names else f"layout {str(names[0]).split(':')[0]}"
+        raise DatasetError(f"{root}: its memory tokens were recorded with {got}, this version's are layout "
+                           f"v{TOKEN_LAYOUT} (recorded by an older version?); record it again with 'mnemobot record-demos'")
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -418,6 +425,9 @@ def load_policy(path: str | Path, task: str | None = None) -> tuple[Any, dict[st
     if pcfg.token_dim != TOKEN_DIM:
         raise CheckpointError(f"{p} was trained on memory tokens of {pcfg.token_dim} features, this version's have "
                               f"{TOKEN_DIM} (trained by an older version?); record and train it again")
+    if pcfg.symbolic_memory and cfg.get("token_layout", 2) != TOKEN_LAYOUT:
+        raise CheckpointError(f"{p} was trained on memory tokens of layout v{cfg.get('token_layout', 2)}, this version's "
+                              f"are v{TOKEN_LAYOUT} (trained by an older version?); record and train it again")
     weights = p / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{p}: model.safetensors is missing")
@@ -514,7 +524,8 @@ def train(data_dir: str | Path | Sequence[str | Path], out: str | Path, policy_o
                                     if data.keyframes else {})})
     meta = json.loads(json.dumps({  # as config.json will hold it (tuples as lists)
         "format": FORMAT, "version": FORMAT_VERSION, "policy": pcfg.to_dict(), "train": asdict(tc),
-        "dataset": data.summary(), "families": sorted(set(families or [])), "stats": data.stats()}))
+        "dataset": data.summary(), "families": sorted(set(families or [])), "stats": data.stats(),
+        **({"token_layout": TOKEN_LAYOUT} if data.memory is not None else {})}))
     outp = Path(out)
     if outp.exists() and not outp.is_dir():
         raise CheckpointError(f"{outp} is a file, not a checkpoint folder")

@@ -110,5 +110,18 @@ def test_memory_remembers_a_drawer_it_saw_open_after_it_is_closed() -> None:
         assert mem.changes["opened"] == 1 and mem.changes["closed"] == 1
         mem.update(cam.frame())  # seen closed again: no new change
         assert mem.changes["closed"] == 1
+        # the policy's token for the drawer stands at its handle: closed now, and as far out as
+        # memory saw it open (the map's closed handle moved along its opening direction)
+        from mnemobot.policy.tokens import TOKEN_FIELDS, memory_tokens
+
+        place = cam.site.places["right_drawer"]
+        tokens, mask = memory_tokens(mem.graph, np.zeros(3), cam.t)  # the base at the map origin: map frame
+        col = {f: i for i, f in enumerate(TOKEN_FIELDS)}
+        row = next(t for t, m in zip(tokens, mask, strict=True) if m and t[col["max_opening"]] > 0.25)
+        closed = np.asarray(place.handle.position)
+        u = np.asarray(place.open_direction)
+        assert np.allclose(row[col["x"] : col["z"] + 1], closed, atol=1e-4)
+        assert np.allclose(row[col["x_first"] : col["z_first"] + 1], closed + u * node["max_opening"], atol=1e-4)
+        assert abs(node["max_opening"] - 0.3) < 0.05
     finally:
         cam.env.close()

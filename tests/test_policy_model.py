@@ -232,10 +232,15 @@ def test_loss_in_units_of_the_error_that_matters() -> None:
         tiny(loss_units="floor").check()  # frames have no floor
 
 
-def _dataset(root: Path, episodes: int = 4, n: int = 14, token_dim: int = TOKEN_DIM) -> None:
+def _dataset(root: Path, episodes: int = 4, n: int = 14, token_dim: int = TOKEN_DIM,
+             names: tuple[str, ...] | None = None) -> None:
+    from mnemobot.policy.tokens import token_names
+
     rng = np.random.default_rng(0)
+    names = names if names is not None else token_names(M) if token_dim == TOKEN_DIM else None
     feats = {"observation.images.head": Feature("image", (H, W, 3)), "observation.state": Feature("float32", (4,)),
-             "observation.memory": Feature("float32", (M * token_dim,)), "observation.memory_mask": Feature("bool", (M,)),
+             "observation.memory": Feature("float32", (M * token_dim,), names),
+             "observation.memory_mask": Feature("bool", (M,)),
              "action": Feature("float32", (3,))}
     with DatasetWriter(root, fps=10, features=feats) as w:
         for ep in range(episodes):
@@ -255,6 +260,18 @@ def test_a_dataset_with_tokens_of_another_width_is_refused_by_name(tmp_path: Pat
     _dataset(tmp_path / "old", episodes=1, n=3, token_dim=TOKEN_DIM - 1)  # before the fixed places' column
     with pytest.raises(DatasetError, match=f"have {TOKEN_DIM - 1} features each, this version's have {TOKEN_DIM}"):
         TrainData(tmp_path / "old")
+    # as wide, but its features meant something else (a drawer at its centre, not its handle)
+    from mnemobot.policy.tokens import TOKEN_LAYOUT, token_names
+
+    older = tuple(n.replace(f"v{TOKEN_LAYOUT}:", "v2:") for n in token_names(M))
+    _dataset(tmp_path / "v2", episodes=1, n=3, names=older)
+    with pytest.raises(DatasetError, match=f"recorded with layout v2, this version's are layout v{TOKEN_LAYOUT}"):
+        TrainData(tmp_path / "v2")
+    _dataset(tmp_path / "unnamed", episodes=1, n=3, names=())
+    with pytest.raises(DatasetError, match="recorded with no layout"):
+        TrainData(tmp_path / "unnamed")
+    _dataset(tmp_path / "ok", episodes=1, n=3)
+    assert len(TrainData(tmp_path / "ok")) == 3  # this version's layout is read
 
 
 def test_a_strided_chunk_spans_frames_stride_apart_and_pads_past_the_episode(tmp_path: Path) -> None:
@@ -361,6 +378,13 @@ def test_training_never_writes_into_someone_elses_folder_and_bad_checkpoints_are
     conf["policy"]["token_dim"] = TOKEN_DIM - 1
     (p / "config.json").write_text(json.dumps(conf))
     with pytest.raises(CheckpointError, match=f"memory tokens of {TOKEN_DIM - 1} features, this version's have"):
+        load_policy(p)
+    p = broken("layout")  # trained on tokens whose drawers stood at their centre
+    conf = json.loads((p / "config.json").read_text())
+    assert conf["token_layout"] == 3
+    del conf["token_layout"]
+    (p / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(CheckpointError, match="layout v2, this version's are v3"):
         load_policy(p)
 
 

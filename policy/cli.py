@@ -94,6 +94,9 @@ def add_policy_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--loss-floor", action="store_true",
                     help="keyframes: weigh each action error in units of the error that matters (1 cm of hand, "
                          "5 mm of fingers, 2 cm of base) rather than of its spread")
+    tr.add_argument("--contact-anchors", action="store_true",
+                    help="keyframes: anchor the hand on the picked point only at a contact (within 15 cm of its "
+                         "event), elsewhere only the base (experimental: the pointer does not yet tell the two apart)")
     tr.add_argument("--trace", type=int, default=16, metavar="N",
                     help="keyframes: the policy reads the last N keyframes it executed (the hand's trace, part of "
                          "the latent memory) instead of a count of them; 0: the count (default: 16)")
@@ -143,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.update(trace_state_columns=(), trace_action_columns=())
         if args.loss_floor:
             overrides["loss_units"] = "floor"
+        if args.contact_anchors:
+            overrides["contact_anchors"] = True
     if args.keyframes and args.stride != 1:
         raise UserError("--keyframes takes no --stride (each action is the next keyframe)")
     try:

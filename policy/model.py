@@ -126,6 +126,8 @@ class MemoryPolicyConfig:
     loss_units: str = "std"  # "std": errors in normalised units; "floor" (keyframes): in units of the error that matters
     max_keyframes: int = 0  # keyframes: the skill ends after this many (0: only when at rest); from the demonstrations
     arm_mount_xy: tuple[float, float] = (0.10, 0.0)  # where the arm base sits on the mobile base (anchors)
+    contact_anchors: bool = False  # anchors: the hand anchored only at contacts (within contact_m of its event)
+    contact_sigma: float = 4.0  # contact anchors, at run time: a contact's base at most this many stds off (0: no check)
     contact_m: float = 0.15  # anchors: the hand's offset is taken from the point only within this of its event (HAND_AT_EVENT_M)
     d_model: int = 256
     n_heads: int = 8
@@ -690,8 +692,18 @@ class MemoryPolicy(nn.Module):
         points, valid, _ = self._points(batch)
         logits = self._anchor_logits(ctx, cond, batch, valid)
         point, kind = self._split_pick(logits.argmax(-1), points.shape[1])  # (B, C) each
-        self.last_anchors = {"point": point, "kind": kind, "points": points}  # for inspection (a trace)
+        start = generator.get_state() if generator is not None else None
         z = self._sample(cond, generator, temperature, kind=kind, ctx=ctx)
+        # a contact stands where the demonstrations' contacts stood relative to their point: a
+        # keyframe picked as one whose base the head puts farther off (the base still driving
+        # there) is base anchored only, and the chunk is sampled again from the same noise
+        far = (kind == 2) & (z[..., BASE_XY].abs().amax(-1) > self.config.contact_sigma)
+        if self.config.contact_anchors and self.config.contact_sigma > 0 and bool(far.any()):
+            kind = torch.where(far, 1, kind)
+            if start is not None:
+                generator.set_state(start)
+            z = self._sample(cond, generator, temperature, kind=kind, ctx=ctx)
+        self.last_anchors = {"point": point, "kind": kind, "points": points}  # for inspection (a trace)
         return from_anchor_frame(self._denormalise(z, kind), self._point(points, point), kind > 0,
                                  self.config.arm_mount_xy, kind == 2)
 
@@ -709,7 +721,9 @@ class MemoryPolicy(nn.Module):
             points, valid, reach = self._points(batch)
             site = batch["action.site"].float()
             good = anchor_targets(site, points, valid, reach)  # (B, C, K)
-            good = pick_targets(good, contact_targets(action, site, self.config.arm_mount_xy, self.config.contact_m))
+            touch = (contact_targets(action, site, self.config.arm_mount_xy, self.config.contact_m)
+                     if self.config.contact_anchors else torch.ones_like(good[..., 0]))
+            good = pick_targets(good, touch)
             logits = self._anchor_logits(ctx, cond, batch, valid)
             # the likelihood of picking any fitting point (several fit when they coincide)
             ll = torch.logsumexp(logits.masked_fill(~good, float("-inf")), -1) - torch.logsumexp(logits, -1)
@@ -926,7 +940,9 @@ class MemoryPolicy(nn.Module):
         keys = torch.cat([keys, keys + self.anchor_contact], 1)
         q = self.anchor_q(ctx)[:, None] + self.anchor_step[None]
         logits = q @ keys.transpose(1, 2) / math.sqrt(d)
-        both = torch.cat([valid, valid.clone().index_fill_(1, torch.tensor([0], device=valid.device), False)], 1)
+        # without contact anchors every anchored keyframe is a contact: only the origin in the first half
+        first = valid.clone() if self.config.contact_anchors else torch.zeros_like(valid).index_fill_(1, torch.tensor([0], device=valid.device), True) & valid
+        both = torch.cat([first, valid.clone().index_fill_(1, torch.tensor([0], device=valid.device), False)], 1)
         return logits.masked_fill(~both[:, None, :], float("-inf"))
 
     @staticmethod

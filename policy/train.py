@@ -175,7 +175,7 @@ class TrainData:
         """The most keyframes of one demonstration (the skill's end when it never comes to rest)."""
         return max((len(f) - 1 for f in self.kf_frames), default=0)
 
-    def stats(self) -> dict[str, list[float]]:
+    def stats(self, contact_m: float | None = None) -> dict[str, list[float]]:
         """Normalisation. Keyframe actions are scaled by their spread, but never by less than the
         error that does not matter (:data:`~mnemobot.policy.keyframes.ACTION_FLOOR`): a quantity
         that hardly varies (the hand's tilt, the heading) stays near constant for the model
@@ -191,7 +191,7 @@ class TrainData:
         out = {"state_mean": self.state.mean(0).tolist(), "state_std": self.state.std(0).tolist(),
                "action_mean": act.mean(0).tolist(), "action_std": std.tolist()}
         if self.keyframes:
-            out.update(self._anchor_stats())
+            out.update(self._anchor_stats(contact_m))
         return out
 
     def anchored_targets(self, chunk: int = 16, max_tokens: int = 16, use_tokens: bool = True,
@@ -201,11 +201,11 @@ class TrainData:
         fit (:func:`~mnemobot.policy.model.anchor_targets`, :func:`~mnemobot.policy.model.to_anchor_frame`),
         and their anchor kind (:data:`~mnemobot.policy.model.N_KINDS`: 0 the map origin, 1 the
         base on a memory token's point, 2 a contact: the hand within ``contact_m`` of its event,
-        anchored too). ``((N, 15), (N,) int)``."""
+        anchored too; ``None``: every anchored keyframe is one, as the policy without
+        ``contact_anchors`` has it). ``((N, 15), (N,) int)``."""
         import torch
 
         from mnemobot.policy.model import (
-            HAND_AT_EVENT_M,
             anchor_points,
             anchor_targets,
             contact_targets,
@@ -225,13 +225,14 @@ class TrainData:
         site, act = torch.from_numpy(np.stack(sites)), torch.from_numpy(np.stack(acts))
         good = anchor_targets(site, pts, valid, reach)
         pick = good.float().argmax(-1)
-        touch = contact_targets(act, site, mount_xy, HAND_AT_EVENT_M if contact_m is None else contact_m) & (pick > 0)
+        touch = (contact_targets(act, site, mount_xy, contact_m) if contact_m is not None else torch.ones_like(pick > 0)) \
+            & (pick > 0)
         chosen = torch.gather(pts, 1, pick[..., None].expand(*pick.shape, 2))
         rel = to_anchor_frame(act, chosen, pick > 0, mount_xy, touch).numpy()
         kind = (pick > 0).long() + touch.long()
         return rel.reshape(-1, rel.shape[-1]), kind.numpy().reshape(-1)
 
-    def _anchor_stats(self) -> dict[str, list[float]]:
+    def _anchor_stats(self, contact_m: float | None = None) -> dict[str, list[float]]:
         """Normalisation of the anchored columns per anchor kind (absolute keyframes, base
         anchored, contacts); a kind no keyframe has keeps mean 0, std 1."""
         from mnemobot.policy.keyframes import ACTION_FLOOR
@@ -239,7 +240,7 @@ class TrainData:
 
         mean, std = np.zeros((N_KINDS, 4)), np.ones((N_KINDS, 4))
         if self.memory is not None:
-            rel, kind = self.anchored_targets(max_tokens=self.memory.shape[1])
+            rel, kind = self.anchored_targets(max_tokens=self.memory.shape[1], contact_m=contact_m)
         else:
             rel = np.concatenate([a[1:] for a in self.kf_action])
             kind = np.zeros(len(rel), int)
@@ -522,9 +523,10 @@ def train(data_dir: str | Path | Sequence[str | Path], out: str | Path, policy_o
                                  "symbolic_memory": bool(over.get("symbolic_memory", True)) and data.memory is not None,
                                  **({"max_keyframes": over.get("max_keyframes", data.max_keyframes())}
                                     if data.keyframes else {})})
+    contact = pcfg.contact_m if pcfg.contact_anchors else None
     meta = json.loads(json.dumps({  # as config.json will hold it (tuples as lists)
         "format": FORMAT, "version": FORMAT_VERSION, "policy": pcfg.to_dict(), "train": asdict(tc),
-        "dataset": data.summary(), "families": sorted(set(families or [])), "stats": data.stats(),
+        "dataset": data.summary(), "families": sorted(set(families or [])), "stats": data.stats(contact),
         **({"token_layout": TOKEN_LAYOUT} if data.memory is not None else {})}))
     outp = Path(out)
     if outp.exists() and not outp.is_dir():
@@ -561,7 +563,7 @@ def _train_loop(outp: Path, data: TrainData, pcfg: Any, tc: TrainConfig, meta: d
 
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    model = MemoryPolicy(pcfg, stats=data.stats())
+    model = MemoryPolicy(pcfg, stats=meta["stats"])
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = _resume(outp, model, opt, rng) if resuming else 0
     if resuming:

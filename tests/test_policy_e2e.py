@@ -208,6 +208,15 @@ def test_a_keyframe_policy_trains_and_runs_through_the_brainstem(recorded: Path,
     assert cfg["policy"]["action_mode"] == "keyframes" and 20 <= cfg["dataset"]["keyframes"] <= 80
     assert cfg["policy"]["anchors"] and cfg["policy"]["max_keyframes"] == cfg["dataset"]["keyframes"]  # one episode
     assert len(cfg["stats"]["anchor_mean"]) == 12 and all(v >= 0.01 - 1e-6 for v in cfg["stats"]["anchor_std"])  # floored (float32)
+    # by default the hand is anchored wherever the base is: no keyframe of the base-only kind
+    assert not cfg["policy"]["contact_anchors"] and cfg["stats"]["anchor_std"][4:8] == [1.0] * 4
+    touch = tmp_path / "touch"
+    assert main(["train", "--task", "put_block_back", "--data", str(recorded), "--out", str(touch), "--steps", "1",
+                 "--size", "tiny", "--batch-size", "2", "--keyframes", "--contact-anchors"]) == 0
+    got = json.loads((touch / "config.json").read_text())
+    assert got["policy"]["contact_anchors"]
+    std = got["stats"]["anchor_std"]
+    assert std[4:8] != [1.0] * 4 and std[8] < 0.1  # a contact's hand offset spreads by centimetres
     summary = tmp_path / "s.json"
     assert main(["run", "--task-id", "put_block_back", "--seed", "0", "--policy", "learned", "--checkpoint",
                  str(ckpt), "--steps-limit", "200", "-q", "--summary-json", str(summary)]) == 1

@@ -546,6 +546,13 @@ def test_an_anchored_policy_points_at_the_remembered_token_and_carries_over_to_n
         loss.backward()
         opt.step()
     assert info["pointer_loss"] < 0.05, info
+    # without contact anchors the pointer offers each point only with the hand anchored too
+    with torch.no_grad():
+        ctx = model.head.context(*model._condition_train(batch))
+        pts, valid, _ = model._points(batch)
+        logits = model._anchor_logits(ctx, model._condition_train(batch), batch, valid)
+    k = pts.shape[1]
+    assert torch.isinf(logits[..., 1:k]).all() and torch.isfinite(logits[..., k + 1 :]).all()
     model.eval()
     for which in (0, 1):
         for shift in (0.0, 0.3):  # 0.3 m: a layout it never saw

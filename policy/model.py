@@ -941,8 +941,11 @@ class MemoryPolicy(nn.Module):
         q = self.anchor_q(ctx)[:, None] + self.anchor_step[None]
         logits = q @ keys.transpose(1, 2) / math.sqrt(d)
         # without contact anchors every anchored keyframe is a contact: only the origin in the first half
-        first = valid.clone() if self.config.contact_anchors else torch.zeros_like(valid).index_fill_(1, torch.tensor([0], device=valid.device), True) & valid
-        both = torch.cat([first, valid.clone().index_fill_(1, torch.tensor([0], device=valid.device), False)], 1)
+        first, second = valid.clone(), valid.clone()
+        if not self.config.contact_anchors:
+            first[:, 1:] = False
+        second[:, 0] = False
+        both = torch.cat([first, second], 1)
         return logits.masked_fill(~both[:, None, :], float("-inf"))
 
     @staticmethod
